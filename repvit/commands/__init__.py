@@ -1,0 +1,1 @@
+"""Sub-commands of the ``repvit`` CLI, one module each (see ``repvit.cli``)."""

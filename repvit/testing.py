@@ -1,0 +1,24 @@
+"""Helpers for checking fusion honestly (shared by tests, the demo and benchmarks)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters.
+
+    Freshly built BNs (mean 0, var 1, weight 1 or 0, bias 0) make a broken fusion look
+    correct; random ones make each term of the folding matter.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+            if m.weight is not None:
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+    return model
