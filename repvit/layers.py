@@ -130,6 +130,8 @@ class RepDWConv(nn.Module):
     BN), kept so older checkpoints such as EdgeSAM's encoder still load.
     """
 
+    __constants__ = ["legacy"]  # lets TorchScript drop the branch for the absent outer BN
+
     def __init__(self, channels: int, kernel_size: int = 3, *, legacy: bool = False):
         super().__init__()
         self.legacy = legacy
@@ -256,7 +258,7 @@ class Classifier(nn.Module):
     mean, which is also what the fused single Linear computes.
     """
 
-    distillation: torch.jit.Final[bool]
+    __constants__ = ["distillation"]  # lets TorchScript drop the branch for the absent head
 
     def __init__(self, in_features: int, num_classes: int, *, distillation: bool = False):
         super().__init__()

@@ -42,6 +42,8 @@ class FeatureInfo(list):
 class RepViT(nn.Module):
     """RepViT classifier. ``variant`` gives widths and block pattern (see ``variants.py``)."""
 
+    __jit_unused_properties__ = ["pretrained_cfg", "default_cfg"]
+
     def __init__(self, variant: Union[str, Variant] = "repvit_m0_9", *, num_classes: int = 1000,
                  distillation: bool = False, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, kernel_size: Optional[int] = None):
@@ -215,8 +217,8 @@ def _stage_indices(indices, num_stages: int) -> list[int]:
 
 def _check_input(x: torch.Tensor, in_chans: int) -> None:
     if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(f"RepViT expects a 4-D NCHW image batch with {in_chans} channels, got shape "
-                         f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0) or convert the image to RGB")
+        raise ValueError("RepViT expects a 4-D NCHW image batch with {} channels, got shape {}; add a batch "
+                         "dimension with x.unsqueeze(0) or convert the image to RGB".format(in_chans, list(x.shape)))
 
 
 def get_variant(name: str) -> Variant:

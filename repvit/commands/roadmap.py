@@ -1,0 +1,44 @@
+"""``repvit roadmap``: every step from MobileNetV3-L to RepViT-M0.9, measured here beside the paper."""
+from __future__ import annotations
+
+import json
+
+
+def run(args) -> int:
+    import torch
+
+    from ..roadmap.report import format_table, load_accuracy, roadmap_rows
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    accuracy = load_accuracy(args.accuracy) if args.accuracy else None
+    rows = roadmap_rows(ablations=args.ablations, img_size=args.img_size, latency=not args.no_latency,
+                        runs=args.runs, warmup=args.warmup, accuracy=accuracy)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    if args.plot:
+        from ..roadmap.plot import plot_roadmap
+        path = plot_roadmap(rows, args.plot)
+        if not args.json:
+            print(f"plot written to {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "roadmap", help="the paper's roadmap MobileNetV3-L -> RepViT-M0.9: sizes, CPU latency, paper figures",
+        description="Build every roadmap step (and with --ablations the paper's side ablations), fuse it, and "
+                    "report parameters, MACs and measured batch-1 CPU latency beside the paper's ImageNet top-1 "
+                    "and iPhone 12 latency.")
+    p.add_argument("--ablations", action="store_true", help="also the side ablations (MobileNetV3 block, SE, re-param)")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.add_argument("--plot", metavar="FILE.png", help="draw a Figure-2-style chart of the steps into FILE.png")
+    p.add_argument("--accuracy", metavar="FILE.json",
+                   help="merge top-1 measured by benchmarks/roadmap_imagenette.py into the table and plot")
+    p.add_argument("--img-size", type=int, default=224, help="input resolution for MACs and latency (default 224)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the latency runs (default: torch's)")
+    p.add_argument("--runs", type=int, default=50, help="timed forward passes per model (median reported)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed forward passes before timing")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.set_defaults(func=run)

@@ -1,0 +1,269 @@
+"""Training options: one table of flags whose defaults are the paper's ImageNet recipe.
+
+Resolution order, lowest to highest: the defaults below, a YAML file given with
+``-c/--config`` (keys are the flag names, with ``-`` or ``_``), then flags on the command line.
+The resolved options are saved as ``OUTPUT/config.yaml``, which ``-c`` accepts back.
+
+The recipe follows the official RepViT training script (AdamW, lr 1e-3 per 512 images,
+cosine schedule with 5 warm-up epochs, AGC 0.02, RandAugment, random erasing, repeated
+augmentation, Mixup/CutMix, hard distillation from RegNetY-16GF, EMA 0.99996).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import yaml
+
+# (flags, argparse keyword arguments). ``default`` is the paper's value unless noted.
+OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    # -- what to train, where ------------------------------------------------------------------
+    (("--model",), dict(default=None, help="variant name, e.g. repvit_m0_9 (default: the one recorded in "
+                                           "--finetune/--resume, else repvit_m0_9)")),
+    (("--data",), dict(default=None, help="dataset root holding train/ and val/ folders of class folders")),
+    (("--train-split",), dict(default="train", help="train folder name under --data")),
+    (("--val-split",), dict(default="val", help="validation folder name under --data")),
+    (("--output",), dict(default="runs/train", help="folder for checkpoints, logs and curves")),
+    (("--overwrite",), dict(action="store_true", default=False,
+                            help="start a new run even if --output already holds last.pth")),
+    (("--resume",), dict(default=None, help="continue from a training checkpoint (PATH, or 'auto' for "
+                                            "OUTPUT/last.pth when it exists)")),
+    (("--finetune",), dict(default=None, help="start from the weights of any checkpoint the model library "
+                                              "loads; the classifier is replaced when the class count differs")),
+    (("--seed",), dict(type=int, default=0, help="random seed (rank r uses seed + r for augmentation)")),
+    (("--device",), dict(default="auto", help="auto, cpu, cuda or cuda:N")),
+    (("--workers", "-j"), dict(type=int, default=8, help="data-loading worker processes per rank")),
+    # -- schedule and optimizer ------------------------------------------------------------------
+    (("--epochs",), dict(type=int, default=300, help="number of epochs (the paper: 300, 450 for long runs)")),
+    (("--batch-size", "-b"), dict(type=int, default=256, help="images per process and step")),
+    (("--eval-batch-size",), dict(type=int, default=None, help="validation batch (default: --batch-size)")),
+    (("--lr",), dict(type=float, default=None, help="absolute learning rate; default: --lr-base scaled by "
+                                                    "global batch / --lr-base-size")),
+    (("--lr-base",), dict(type=float, default=1e-3, help="learning rate for a global batch of --lr-base-size")),
+    (("--lr-base-size",), dict(type=int, default=512, help="global batch size that --lr-base refers to")),
+    (("--opt",), dict(default="adamw", help="optimizer name known to timm (adamw, sgd, lamb, ...)")),
+    (("--opt-eps",), dict(type=float, default=1e-8, help="optimizer epsilon")),
+    (("--opt-betas",), dict(type=float, nargs=2, default=None, metavar=("B1", "B2"),
+                            help="optimizer betas (default: the optimizer's own)")),
+    (("--momentum",), dict(type=float, default=0.9, help="SGD momentum")),
+    (("--weight-decay",), dict(type=float, default=0.025, help="weight decay (never applied to norms and biases)")),
+    (("--sched",), dict(default="cosine", choices=["cosine", "step", "poly", "none"], help="learning-rate schedule")),
+    (("--warmup-epochs",), dict(type=float, default=5, help="linear warm-up epochs (stepped per iteration)")),
+    (("--warmup-lr",), dict(type=float, default=1e-6, help="learning rate at the start of warm-up")),
+    (("--min-lr",), dict(type=float, default=1e-5, help="learning rate at the end of the schedule")),
+    (("--decay-epochs",), dict(type=float, default=30, help="epochs between decays for --sched step")),
+    (("--decay-rate",), dict(type=float, default=0.1, help="decay factor for --sched step")),
+    (("--clip-grad",), dict(type=float, default=0.02, help="gradient clipping value; 0 turns clipping off")),
+    (("--clip-mode",), dict(default="agc", choices=["agc", "norm", "value"],
+                            help="agc: adaptive gradient clipping (the paper)")),
+    # -- augmentation ------------------------------------------------------------------------------
+    (("--img-size",), dict(type=int, default=224, help="training and evaluation image size")),
+    (("--crop-pct",), dict(type=float, default=0.875, help="evaluation: resize to img-size / crop-pct, "
+                                                           "then centre-crop img-size")),
+    (("--scale",), dict(type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
+                        help="RandomResizedCrop area range")),
+    (("--ratio",), dict(type=float, nargs=2, default=[3 / 4, 4 / 3], metavar=("MIN", "MAX"),
+                        help="RandomResizedCrop aspect-ratio range")),
+    (("--hflip",), dict(type=float, default=0.5, help="horizontal flip probability")),
+    (("--train-interpolation",), dict(default="bicubic", help="interpolation of the training crop")),
+    (("--eval-interpolation",), dict(default="bicubic", help="interpolation of the evaluation resize")),
+    (("--color-jitter",), dict(type=float, default=0.4, help="colour jitter (timm ignores it when --aa is set)")),
+    (("--aa",), dict(default="rand-m9-mstd0.5-inc1", help="RandAugment policy in timm's notation; 'none' "
+                                                          "turns it off")),
+    (("--reprob",), dict(type=float, default=0.25, help="random-erasing probability")),
+    (("--remode",), dict(default="pixel", choices=["pixel", "rand", "const"], help="random-erasing fill")),
+    (("--recount",), dict(type=int, default=1, help="random-erasing count")),
+    (("--aug-repeats",), dict(type=int, default=3, help="repeated-augmentation sampler repeats; 0 or 1 "
+                                                        "turns it off")),
+    (("--mixup",), dict(type=float, default=0.8, help="Mixup alpha (0 off)")),
+    (("--cutmix",), dict(type=float, default=1.0, help="CutMix alpha (0 off)")),
+    (("--mixup-prob",), dict(type=float, default=1.0, help="probability of mixing a batch")),
+    (("--mixup-switch-prob",), dict(type=float, default=0.5, help="probability of CutMix instead of Mixup")),
+    (("--mixup-mode",), dict(default="batch", choices=["batch", "pair", "elem"], help="how mixing is applied")),
+    (("--smoothing",), dict(type=float, default=0.1, help="label smoothing")),
+    # -- model -----------------------------------------------------------------------------------------
+    (("--drop-path",), dict(type=float, default=0.0, help="stochastic depth rate")),
+    (("--drop",), dict(type=float, default=0.0, help="dropout before the classifier")),
+    (("--model-ema",), dict(action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of the weights")),
+    (("--model-ema-decay",), dict(type=float, default=0.99996, help="EMA decay per step")),
+    (("--sync-bn",), dict(action="store_true", default=False, help="SyncBatchNorm across processes")),
+    (("--channels-last",), dict(action="store_true", default=False, help="channels_last memory format")),
+    (("--amp",), dict(action=argparse.BooleanOptionalAction, default=True,
+                      help="automatic mixed precision (CUDA only; ignored on CPU)")),
+    (("--amp-dtype",), dict(default="float16", choices=["float16", "bfloat16"], help="AMP dtype")),
+    # -- distillation --------------------------------------------------------------------------------
+    (("--distillation-type",), dict(default="auto", choices=["auto", "none", "soft", "hard"],
+                                    help="auto: hard when teacher weights are given and not fine-tuning, "
+                                         "else none")),
+    (("--teacher",), dict(default="regnety_160", help="teacher: a timm or torchvision architecture name, one "
+                                                      "of ours, or the path of one of our checkpoints")),
+    (("--teacher-checkpoint",), dict(default=None, help="weights for --teacher (nothing is downloaded)")),
+    (("--distillation-alpha",), dict(type=float, default=0.5, help="weight of the distillation loss")),
+    (("--distillation-tau",), dict(type=float, default=1.0, help="temperature of soft distillation")),
+    # -- data problems, feedback ---------------------------------------------------------------------
+    (("--skip-bad-images",), dict(action="store_true", default=False,
+                                  help="check every image before training and skip unreadable ones "
+                                       "(default: stop with an error naming the file)")),
+    (("--log-interval",), dict(type=int, default=50, help="steps between log lines when not on a terminal")),
+    (("--tensorboard",), dict(action=argparse.BooleanOptionalAction, default=True,
+                              help="write TensorBoard logs when tensorboard is installed")),
+    # Test hook: SIGKILL the process right after the checkpoint of this epoch is written.
+    (("--stop-after-epoch",), dict(type=int, default=None, help=argparse.SUPPRESS)),
+]
+
+DEFAULTS: dict[str, Any] = {}
+for _flags, _kw in OPTIONS:
+    DEFAULTS[_flags[0].lstrip("-").replace("-", "_")] = _kw.get("default")
+
+
+def add_options(parser: argparse.ArgumentParser, *, suppress_defaults: bool = True) -> None:
+    """Add every training flag. With ``suppress_defaults`` only flags actually given appear in
+    the parsed namespace, which is how config files and flags are layered."""
+    parser.add_argument("-c", "--config", default=argparse.SUPPRESS if suppress_defaults else None,
+                        help="YAML file of option defaults (flags given here override it)")
+    for flags, kwargs in OPTIONS:
+        kwargs = dict(kwargs)
+        default = kwargs.get("default")
+        if kwargs.get("help") not in (None, argparse.SUPPRESS) and default not in (None, False, []):
+            shown = " ".join(f"{v:g}" for v in default) if isinstance(default, list) else default
+            kwargs["help"] += f" [{shown}]"
+        if suppress_defaults:
+            kwargs["default"] = argparse.SUPPRESS
+        parser.add_argument(*flags, dest=flags[0].lstrip("-").replace("-", "_"), **kwargs)
+
+
+def build_parser(prog: str = "repvit train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Train RepViT (defaults: the paper's ImageNet recipe)")
+    add_options(parser)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse a training command line into fully resolved, validated options."""
+    explicit = vars(build_parser().parse_args(argv))
+    return resolve(explicit)
+
+
+def resolve(explicit: dict) -> argparse.Namespace:
+    """Layer defaults, the ``config`` YAML file (if named in ``explicit``) and ``explicit`` flags."""
+    explicit = dict(explicit)
+    config_file = explicit.pop("config", None)
+    values = dict(DEFAULTS)
+    from_file = load_config_file(config_file) if config_file else {}
+    values.update(from_file)
+    values.update(explicit)
+    values["config"] = str(config_file) if config_file else None
+    cfg = argparse.Namespace(**values)
+    validate(cfg)
+    return cfg
+
+
+def load_config_file(path) -> dict:
+    """Read a YAML mapping of option names to values, checking names, types and choices."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must be a mapping of option: value, not {type(data).__name__}")
+    specs = {flags[0].lstrip("-").replace("-", "_"): kw for flags, kw in OPTIONS}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "config":
+            continue  # a saved resolved config names the file it came from; nothing to apply
+        if name not in specs:
+            close = [k for k in specs if k.startswith(name[:4])]
+            raise ValueError(f"config file {str(path)!r}: unknown option {key!r}"
+                             + (f" (did you mean {', '.join(close[:3])}?)" if close else "")
+                             + "; see `repvit train --help` for the names")
+        out[name] = _coerce(name, value, specs[name], path)
+    return out
+
+
+def _coerce(name: str, value: Any, spec: dict, path: Path) -> Any:
+    where = f"config file {str(path)!r}, option {name}"
+    if value is None:
+        return None
+    action = spec.get("action")
+    if action in ("store_true", argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    kind = spec.get("type", str)
+    try:
+        if spec.get("nargs"):
+            if not isinstance(value, (list, tuple)) or len(value) != spec["nargs"]:
+                raise ValueError
+            value = [kind(v) for v in value]
+        elif isinstance(value, (list, dict)) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        else:
+            value = kind(value)  # YAML reads 2e-3 as a string; this makes it the float it means
+    except (TypeError, ValueError):
+        shape = f"a list of {spec['nargs']} numbers" if spec.get("nargs") else f"a {kind.__name__}"
+        raise ValueError(f"{where}: expected {shape}, got {value!r}") from None
+    if spec.get("choices") and value not in spec["choices"]:
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(spec['choices'])}")
+    return value
+
+
+def _positive(cfg, names: Iterable[str], *, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = "zero or more" if allow_zero else "more than zero"
+            raise ValueError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+
+
+def validate(cfg: argparse.Namespace) -> None:
+    """Reject impossible combinations with messages that say what to change."""
+    if not cfg.data:
+        raise ValueError("--data is required: a folder holding train/ and val/ folders of class folders "
+                         "(or set `data:` in the -c config file)")
+    _positive(cfg, ["epochs", "batch_size", "eval_batch_size", "lr", "lr_base", "lr_base_size", "img_size",
+                    "log_interval"])
+    _positive(cfg, ["workers", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "mixup",
+                    "cutmix", "reprob", "smoothing", "drop_path", "drop", "aug_repeats", "distillation_alpha"],
+              allow_zero=True)
+    for name in ("mixup_prob", "mixup_switch_prob", "hflip", "reprob", "drop", "drop_path", "distillation_alpha"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} is a probability/fraction in [0, 1], got {getattr(cfg, name)}")
+    if not 0.0 < cfg.crop_pct <= 1.0:
+        raise ValueError(f"--crop-pct must be in (0, 1], got {cfg.crop_pct}")
+    if not 0.0 < cfg.scale[0] <= cfg.scale[1] <= 1.0:
+        raise ValueError(f"--scale MIN MAX needs 0 < MIN <= MAX <= 1, got {cfg.scale}")
+    if not 0.0 < cfg.ratio[0] <= cfg.ratio[1]:
+        raise ValueError(f"--ratio MIN MAX needs 0 < MIN <= MAX, got {cfg.ratio}")
+    if cfg.warmup_epochs >= cfg.epochs and cfg.sched != "none":
+        raise ValueError(f"--warmup-epochs ({cfg.warmup_epochs}) must be fewer than --epochs ({cfg.epochs})")
+    if cfg.distillation_tau <= 0:
+        raise ValueError(f"--distillation-tau must be more than zero, got {cfg.distillation_tau}")
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0 and cfg.batch_size % 2:
+        raise ValueError(f"Mixup/CutMix pair images within a batch, so --batch-size must be even (got "
+                         f"{cfg.batch_size}); or turn mixing off with --mixup 0 --cutmix 0")
+    if cfg.resume and cfg.finetune:
+        raise ValueError("--resume continues a run and --finetune starts a new one from weights: pass only one")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: pass only one")
+    if cfg.stop_after_epoch is not None and cfg.stop_after_epoch < 1:
+        raise ValueError("--stop-after-epoch counts completed epochs and must be 1 or more")
+
+
+def dump(cfg: argparse.Namespace) -> dict:
+    """The resolved options as plain data (what ``config.yaml`` and checkpoints store)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(cfg).items())}
+
+
+def save(cfg: argparse.Namespace, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Resolved options of this run; `repvit train -c config.yaml` repeats it.\n"
+    path.write_text(header + yaml.safe_dump(dump(cfg), sort_keys=True))
+    return path

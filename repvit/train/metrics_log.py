@@ -1,0 +1,86 @@
+"""Per-epoch metrics in ``metrics.csv`` and ``metrics.jsonl``, TensorBoard scalars when
+tensorboard is installed, and ``curves.png`` (loss, val top-1, lr) redrawn after each epoch."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, output: Path, *, tensorboard: bool = True, resume: bool = False):
+        self.output = Path(output)
+        self.csv_path = self.output / "metrics.csv"
+        self.jsonl_path = self.output / "metrics.jsonl"
+        self.png_path = self.output / "curves.png"
+        if not resume:
+            for path in (self.csv_path, self.jsonl_path):
+                path.unlink(missing_ok=True)
+        self.history = self._read_history()
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(log_dir=str(self.output / "tensorboard"))
+
+    def _read_history(self) -> list[dict]:
+        if not self.jsonl_path.is_file():
+            return []
+        return [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+
+    def add(self, row: dict) -> None:
+        # A resumed run repeats no epoch: drop rows of epochs at or after this one (a crash between
+        # the log and the checkpoint leaves one behind).
+        self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
+        with open(self.jsonl_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.history)
+        fields = list(dict.fromkeys(k for r in self.history for k in r))
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.history)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+        plot_curves(self.history, self.png_path)
+
+    def add_step(self, step: int, loss: float, lr: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("step/train_loss", loss, step)
+            self.writer.add_scalar("step/lr", lr, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Three panels: train/val loss, val top-1 (and EMA), learning rate; by epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(12, 3.6), tight_layout=True)
+    FigureCanvasAgg(fig)
+    panels = [("loss", ["train_loss", "val_loss"]), ("val top-1 (%)", ["val_top1", "val_top1_ema"]), ("lr", ["lr"])]
+    for i, (title, keys) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for key in keys:
+            points = [(e, r[key]) for e, r in zip(epochs, history) if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if title == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        else:
+            ax.legend(fontsize=8)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
