@@ -264,6 +264,8 @@ def build_run(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> tuple[
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and env.distributed:
+        if env.device.type != "cuda":
+            raise ValueError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs only on CUDA; drop the flag on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema = None
     if cfg.model_ema:
