@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Union
 
@@ -19,14 +20,18 @@ EXTRA_FILE = "repvit.json"
 def export_torchscript(fused: nn.Module, path: Union[str, os.PathLike], *, metadata: dict[str, str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scripted = torch.jit.script(fused)
-    torch.jit.save(scripted, str(path), _extra_files={EXTRA_FILE: json.dumps(metadata, indent=1)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still the libtorch path
+        scripted = torch.jit.script(fused)
+        torch.jit.save(scripted, str(path), _extra_files={EXTRA_FILE: json.dumps(metadata, indent=1)})
     return path
 
 
 def load(path: Union[str, os.PathLike]) -> tuple[torch.jit.ScriptModule, dict[str, str]]:
     extra = {EXTRA_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module.eval(), json.loads(extra[EXTRA_FILE] or "{}")
 
 

@@ -1,0 +1,88 @@
+"""ExecuTorch export: a ``.pte`` program whose whole graph is delegated to XNNPACK.
+
+ExecuTorch is PyTorch's on-device runtime (Android, iOS, embedded). The fused model is
+captured with ``torch.export`` at a fixed input shape (batch 1 by default; mobile apps run
+one image at a time), lowered with the XNNPACK partitioner and checked with ExecuTorch's
+own Python runtime. The metadata is embedded as a constant method ``metadata`` that
+returns the JSON text, so an app can read it with ``module.execute("metadata")``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Union
+
+import torch
+from torch import nn
+
+METADATA_METHOD = "metadata"
+
+
+def available() -> bool:
+    try:
+        import executorch.exir  # noqa: F401
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require():
+    if not available():
+        raise ValueError("ExecuTorch export needs the executorch package: pip install 'repvit[executorch]'")
+
+
+def export_executorch(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: int, metadata: dict[str, str],
+                      batch_size: int = 1) -> tuple[Path, dict]:
+    """Write the ``.pte``; returns ``(path, facts)`` where facts counts delegated and leftover ops."""
+    _require()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    example = (torch.randn(batch_size, 3, img_size, img_size),)
+    meta = {**metadata, "input": f"float32 tensor {batch_size}x3x{img_size}x{img_size}, normalized as in 'preprocessing'",
+            "delegate": "XNNPACK", "batch_size": str(batch_size)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(fused, example)
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                              constant_methods={METADATA_METHOD: json.dumps(meta)})
+        et_program = lowered.to_executorch()
+    calls = [n for n in et_program.exported_program().graph.nodes if n.op == "call_function"]
+    delegated = sum("executorch_call_delegate" in str(n.target) for n in calls)
+    leftover = sorted({str(n.target) for n in calls
+                       if "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(et_program.buffer)
+    return path, {"delegate_calls": delegated, "ops_outside_delegate": leftover, "batch_size": batch_size}
+
+
+def _program(path: Union[str, os.PathLike]):
+    _require()
+    from executorch.runtime import Runtime
+    return Runtime.get().load_program(str(path))
+
+
+def read_metadata(path: Union[str, os.PathLike]) -> dict[str, str]:
+    program = _program(path)
+    if METADATA_METHOD not in program.method_names:
+        return {}
+    return json.loads(program.load_method(METADATA_METHOD).execute([])[0])
+
+
+def runner(path: Union[str, os.PathLike]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Batch runner over ExecuTorch's runtime; the program's fixed batch is fed one slice at a time."""
+    fixed = int(read_metadata(path).get("batch_size", 1))
+    program = _program(path)
+    method = program.load_method("forward")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] % fixed:
+            raise ValueError(f"the program takes batches of {fixed}; got {x.shape[0]} images")
+        _ = program  # keep the program alive as long as its method
+        outs = [method.execute([x[i:i + fixed].contiguous().float()])[0] for i in range(0, x.shape[0], fixed)]
+        return torch.cat([torch.as_tensor(o) for o in outs])
+    return run
