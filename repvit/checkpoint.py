@@ -79,8 +79,7 @@ def _first_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------- normalising
 def extract_state_dict(obj: Mapping[str, Any], *, use_ema: bool = False) -> tuple[dict, dict]:
     """Split a loaded object into ``(state_dict in official layout, metadata)``."""
-    meta = {k: v for k, v in obj.items() if not isinstance(v, (torch.Tensor, Mapping))} \
-        if obj.get("format") == FORMAT_NAME else {}
+    meta = {k: v for k, v in obj.items() if _is_plain_data(v)} if obj.get("format") == FORMAT_NAME else {}
     keys = ("model_ema", "state_dict_ema", "ema") if use_ema else ("model", "state_dict")
     state = next((obj[k] for k in keys if isinstance(obj.get(k), Mapping)), None)
     if state is None:
@@ -94,6 +93,15 @@ def extract_state_dict(obj: Mapping[str, Any], *, use_ema: bool = False) -> tupl
         state = state["module"]  # EMA wrappers that keep the averaged model as .module
     state = {_strip_wrappers(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     return to_official_layout(state), meta
+
+
+def _is_plain_data(value) -> bool:
+    """True for JSON-like values (metadata), False for anything holding tensors (weights, optimizer state)."""
+    if isinstance(value, Mapping):
+        return all(_is_plain_data(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain_data(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _strip_wrappers(key: str) -> str:

@@ -12,12 +12,12 @@ from ..variants import VARIANTS
 def variant_table(img_size: int = 224) -> list[dict]:
     rows = []
     for name, variant in VARIANTS.items():
-        plain = build_skeleton(name, distillation=False)
         distilled = build_skeleton(name, distillation=True).eval()
+        params_dist, params_plain = count_params(distilled), count_params(build_skeleton(name, distillation=False))
         fused = reparameterize(distilled, inplace=True)
         rows.append({
             "name": name, "widths": list(variant.widths), "stages": list(variant.stages), "legacy": variant.legacy,
-            "params_train": count_params(plain), "params_train_dist": count_params(build_skeleton(name, distillation=True)),
+            "params_train": params_plain, "params_train_dist": params_dist,
             "params_fused": count_params(fused), "gmacs_fused": round(count_macs(fused, img_size) / 1e9, 4),
             "img_size": img_size, "paper_top1_300e": variant.top1_300e, "paper_top1_450e": variant.top1_450e,
             "paper_iphone12_ms": variant.iphone12_ms, "note": variant.note,
