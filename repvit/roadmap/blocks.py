@@ -66,7 +66,7 @@ class InvertedResidual(nn.Module):
     the residual exists only where shape allows (stride 1, same width).
     """
 
-    use_residual: bool
+    __constants__ = ["use_residual"]
 
     def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int, hidden: int, stride: int,
                  use_se: bool, act: str, drop_path: float = 0.0):

@@ -44,6 +44,8 @@ def build_block(b: BlockSpec, drop_path: float = 0.0) -> nn.Module:
 class RoadmapNet(nn.Module):
     """One network of the RepViT roadmap (see ``repvit.roadmap``), with timm-style conventions."""
 
+    __jit_unused_properties__ = ["pretrained_cfg", "default_cfg"]
+
     def __init__(self, spec: NetSpec, *, name: str = "roadmap", num_classes: int = 1000, distillation: bool = False,
                  in_chans: int = 3, drop_rate: Optional[float] = None, drop_path_rate: float = 0.0):
         super().__init__()

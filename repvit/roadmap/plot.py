@@ -22,13 +22,13 @@ def plot_roadmap(rows: list[dict], path: Union[str, os.PathLike]) -> Path:
     if not steps:
         raise ValueError("no roadmap steps to plot")
     x = list(range(len(steps)))
-    labels = [f"{r['label']}\n{r['change'].split(':')[0][:22]}" for r in steps]
+    labels = [f"{r['label']}\n{r.get('short', '')}" for r in steps]
     fig, (ax_lat, ax_acc) = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True, constrained_layout=True)
 
     if all(r.get("cpu_ms") is not None for r in steps):
         bars = ax_lat.bar(x, [r["cpu_ms"] for r in steps], color="#8fb3d9", label=f"fused, CPU batch 1 "
-                          f"({steps[0]['threads']} threads, {steps[0]['img_size']}px), measured")
-        ax_lat.bar_label(bars, fmt="%.1f", fontsize=8)
+                          f"({steps[0]['threads']} thread(s), {steps[0]['img_size']}px), measured here")
+        ax_lat.bar_label(bars, fmt="%.1f", fontsize=8, label_type="center", color="#1f3f66")
         ax_lat.set_ylabel("CPU latency here (ms)")
     else:
         ax_lat.text(0.5, 0.5, "latency not measured (--no-latency)", transform=ax_lat.transAxes, ha="center")
@@ -36,7 +36,7 @@ def plot_roadmap(rows: list[dict], path: Union[str, os.PathLike]) -> Path:
     _series(paper_lat, x, [r["paper_iphone12_ms"] for r in steps], "o-", "#c0392b", "iPhone 12 latency, paper", ".2f")
     paper_lat.set_ylabel("iPhone 12 latency, paper (ms)", color="#c0392b")
     _legend(ax_lat, paper_lat)
-    ax_lat.set_title("RepViT roadmap: MobileNetV3-L (step 0) to RepViT-M0.9 (step 8)")
+    fig.suptitle("RepViT roadmap: MobileNetV3-L (step 0) to RepViT-M0.9 (step 8)")
 
     _series(ax_acc, x, [r["paper_top1"] for r in steps], "s-", "#c0392b", "ImageNet top-1, paper (300 ep)", ".1f")
     ax_acc.set_ylabel("ImageNet top-1, paper (%)", color="#c0392b")
@@ -47,7 +47,7 @@ def plot_roadmap(rows: list[dict], path: Union[str, os.PathLike]) -> Path:
         ours.set_ylabel("top-1 measured here (%)", color="#1f5f99")
         _legend(ax_acc, ours)
     else:
-        ax_acc.legend(loc="lower right", fontsize=8)
+        _legend(ax_acc)
     ax_acc.set_xticks(x, labels, fontsize=8)
     ax_acc.grid(axis="y", alpha=0.3)
 
@@ -79,4 +79,5 @@ def _legend(*axes):
         h, lab = ax.get_legend_handles_labels()
         handles += h
         labels += lab
-    axes[0].legend(handles, labels, loc="lower right", fontsize=8)
+    axes[0].legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), fontsize=8,
+                   frameon=False)

@@ -19,7 +19,7 @@ opens a deeper downsampling layer (it runs at the old resolution), ``down`` the 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Optional
 
 REPVIT_WIDTHS = (48, 96, 192, 384)      # step 2b
 REPVIT_DEPTHS = (2, 2, 14, 2)          # step 6: stage ratio 1:1:7:1
@@ -190,10 +190,11 @@ def step8_cross_block_se(spec: NetSpec) -> NetSpec:
 class Step:
     name: str                         # registered model name
     label: str                        # "0", "1", "2a", ...
+    short: str                        # axis label for plots
     change: str                       # the paper's one-line description
     build_spec: Callable[[], NetSpec]
-    paper_top1: float | None          # ImageNet-1k, 300 epochs, no distillation
-    paper_iphone12_ms: float | None
+    paper_top1: Optional[float]       # ImageNet-1k, 300 epochs, no distillation (Figure 2)
+    paper_iphone12_ms: Optional[float]
 
 
 def _chain(*steps: Callable[[NetSpec], NetSpec]) -> Callable[[], NetSpec]:
@@ -205,23 +206,24 @@ def _chain(*steps: Callable[[NetSpec], NetSpec]) -> Callable[[], NetSpec]:
     return build
 
 
-_ORDER = [step1_repvit_block, step2a_expansion_ratio_2, step2b_wider, step3_early_conv,
-          step4_deeper_downsampling, step5_simple_classifier, step6_stage_ratio, step7_kernel3,
-          step8_cross_block_se]
-
-STEPS: list[Step] = [
-    Step("roadmap_0_mnv3l", "0", "MobileNetV3-L, GELU for hard-swish", _chain(), 71.5, 1.01),
-    Step("roadmap_1_repvit_block", "1", "RepViT block: DW (+SE) moved up, re-parameterized", _chain(*_ORDER[:1]),
-         68.3, 0.81),
-    Step("roadmap_2a_expansion2", "2a", "channel-mixer expansion ratio 2", _chain(*_ORDER[:2]), None, 0.65),
-    Step("roadmap_2b_wider", "2b", "widths 48/96/192/384", _chain(*_ORDER[:3]), 73.5, 0.89),
-    Step("roadmap_3_early_conv", "3", "early convolutions stem", _chain(*_ORDER[:4]), 73.9, 0.86),
-    Step("roadmap_4_deeper_down", "4", "deeper downsampling layers", _chain(*_ORDER[:5]), 75.4, 0.96),
-    Step("roadmap_5_simple_classifier", "5", "simple classifier (pool + linear)", _chain(*_ORDER[:6]), 74.8, 0.77),
-    Step("roadmap_6_stage_ratio", "6", "stage depths 2:2:14:2", _chain(*_ORDER[:7]), 76.9, 0.91),
-    Step("roadmap_7_kernel3", "7", "3x3 kernels only", _chain(*_ORDER[:8]), 76.9, 0.89),
-    Step("roadmap_8_cross_se", "8", "cross-block SE = RepViT-M0.9", _chain(*_ORDER[:9]), 77.4, 0.87),
+_TRANSFORMS = [step1_repvit_block, step2a_expansion_ratio_2, step2b_wider, step3_early_conv,
+               step4_deeper_downsampling, step5_simple_classifier, step6_stage_ratio, step7_kernel3,
+               step8_cross_block_se]
+_STEP_ROWS = [
+    # name                          label short           change                                               top-1  iPhone ms
+    ("roadmap_0_mnv3l",             "0",  "MobileNetV3-L", "MobileNetV3-L, GELU for hard-swish",                 71.5, 1.01),
+    ("roadmap_1_repvit_block",      "1",  "RepViT block",  "RepViT block: DW (+SE) moved up, re-parameterized", 68.3, 0.81),
+    ("roadmap_2a_expansion2",       "2a", "ratio 2",       "channel-mixer expansion ratio 2",                    None, 0.65),
+    ("roadmap_2b_wider",            "2b", "wider",         "widths 48/96/192/384",                               73.5, 0.89),
+    ("roadmap_3_early_conv",        "3",  "early conv",    "early-convolution stem",                             73.9, 0.86),
+    ("roadmap_4_deeper_down",       "4",  "deeper down",   "deeper downsampling layers",                         75.4, 0.96),
+    ("roadmap_5_simple_classifier", "5",  "simple head",   "simple classifier (pool + linear)",                  74.8, 0.77),
+    ("roadmap_6_stage_ratio",       "6",  "2:2:14:2",      "stage depths 2:2:14:2",                              76.9, 0.91),
+    ("roadmap_7_kernel3",           "7",  "3x3 only",      "3x3 kernels only",                                   76.9, 0.89),
+    ("roadmap_8_cross_se",          "8",  "cross SE",      "cross-block SE = RepViT-M0.9",                       77.4, 0.87),
 ]
+STEPS: list[Step] = [Step(name, label, short, change, _chain(*_TRANSFORMS[:i]), top1, ms)
+                     for i, (name, label, short, change, top1, ms) in enumerate(_STEP_ROWS)]
 
 
 def stage_patterns(spec: NetSpec) -> tuple[str, ...]:
