@@ -1,0 +1,79 @@
+"""``repvit bench``: CPU batch-1 latency or GPU throughput, every figure with its conditions."""
+from __future__ import annotations
+
+import json
+
+from ..bench import CPU_RUNTIMES, format_report, ratios
+
+
+def run(args) -> int:
+    from ..variants import VARIANTS
+    models = args.model or ["repvit_m0_9"]
+    unknown = [m for m in models if m not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.checkpoint and len(models) > 1:
+        raise ValueError("--checkpoint measures one model: pass a single --model (or none)")
+    log = print if not args.quiet else (lambda _: None)
+    if args.device == "cpu":
+        if args.compile or args.cuda_graphs or args.dtype not in (None, "float32") or args.channels_last:
+            raise ValueError("--compile/--cuda-graphs/--dtype/--channels-last are GPU throughput options; "
+                             "on CPU choose runtimes with --runtimes (use optimize_for_inference for compile)")
+        from ..bench import cpu_latency
+        runtimes = args.runtimes.split(",") if args.runtimes else list(CPU_RUNTIMES)
+        report = cpu_latency(models, img_size=args.img_size, threads=args.threads, runtimes=runtimes,
+                             compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+                             batch=args.batch_size or 1, checkpoint=args.checkpoint, calib_images=args.calib_images,
+                             calib_count=args.calib_count, log=log)
+    else:
+        from ..bench import gpu_throughput
+        report = gpu_throughput(models, device=args.device, batch=args.batch_size or 256, img_size=args.img_size,
+                                dtype=args.dtype or "float16",
+                                channels_last=args.channels_last, fused=not args.unfused, compile=args.compile,
+                                cuda_graphs=args.cuda_graphs, compare_timm=args.compare_timm,
+                                optimized=args.optimized, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+                                checkpoint=args.checkpoint, log=log)
+    print(format_report(report))
+    compared = ratios(report)
+    for row in compared:
+        print(f"ours / timm, {row['model']} {row['runtime']} {'fused' if row['fused'] else 'unfused'}: "
+              f"{row['ratio']:.3f} ({row['ours_ms']:.3f} ms vs {row['timm_ms']:.3f} ms)")
+    if args.json:
+        payload = {**report.as_dict(), "ours_vs_timm": compared}
+        if args.json == "-":
+            print(json.dumps(payload, indent=2))
+        else:
+            with open(args.json, "w") as f:
+                json.dump(payload, f, indent=2)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="latency (CPU, batch 1) or throughput (GPU) with the conditions stated")
+    p.add_argument("--model", action="append", help="variant (repeat for several; default repvit_m0_9)")
+    p.add_argument("--checkpoint", help="measure this checkpoint's model instead of random weights")
+    p.add_argument("--device", default="cpu", help="cpu (latency) or cuda[:N] (throughput)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, help="default 1 on CPU, 256 on GPU")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime")
+    p.add_argument("--runtimes", help=f"CPU: comma-separated subset of {','.join(CPU_RUNTIMES)} (default all)")
+    p.add_argument("--calib-images", help="CPU INT8: calibrate on these images (default random inputs, "
+                                          "latency only)")
+    p.add_argument("--calib-count", type=int, default=300)
+    gpu = p.add_argument_group("GPU throughput")
+    gpu.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                     help="GPU compute dtype (default float16); the CPU benchmark is float32 (and INT8)")
+    gpu.add_argument("--channels-last", action="store_true")
+    gpu.add_argument("--unfused", action="store_true", help="measure the training-form (unfused) model")
+    gpu.add_argument("--compile", action="store_true", help="torch.compile")
+    gpu.add_argument("--cuda-graphs", action="store_true")
+    gpu.add_argument("--optimized", action="store_true", help="also measure optimize_for_inference's path")
+    p.add_argument("--compare-timm", action="store_true", help="run timm's RepViT through the same harness, "
+                                                               "interleaved")
+    timing = p.add_argument_group("timing")
+    timing.add_argument("--warmup", type=int, default=10)
+    timing.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
+    timing.add_argument("--iters", type=int, default=20, help="calls per candidate per round")
+    p.add_argument("--json", help="write the results as JSON to this file ('-' for stdout)")
+    p.add_argument("--quiet", action="store_true", help="print only the table")
+    p.set_defaults(func=run)

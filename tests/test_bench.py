@@ -1,0 +1,78 @@
+"""The benchmark harness in a tiny configuration: structure and conditions, never timing values."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from repvit.bench import cpu_latency, format_report, ratios, summarize, time_interleaved
+from repvit.cli import main
+
+TINY = dict(img_size=32, warmup=1, rounds=2, iters=2, threads=1)
+
+
+def test_interleaving_rotates_order_and_counts_samples():
+    calls = []
+    samples = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               warmup=1, rounds=2, iters=3)
+    assert calls[:2] == ["a", "b"]  # warm-up
+    assert calls[2:] == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3  # round 2 starts with b
+    assert {k: len(v) for k, v in samples.items()} == {"a": 6, "b": 6}
+    assert all(t >= 0 for v in samples.values() for t in v)
+    with pytest.raises(ValueError):
+        time_interleaved({"a": lambda: None}, rounds=0)
+
+
+def test_summary_statistics():
+    stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert stats == {"samples": 5, "median_ms": 3.0, "p10_ms": 1.0, "p90_ms": 5.0, "min_ms": 1.0}
+
+
+def test_cpu_latency_every_runtime_with_conditions():
+    report = cpu_latency(["repvit_m0_6"], **TINY)
+    runtimes = [(r.runtime, r.fused) for r in report.results]
+    assert runtimes == [("eager", False), ("eager", True), ("torchscript", True), ("onnxruntime", True),
+                        ("onnxruntime-int8", True)]
+    for r in report.results:
+        assert r.median_ms > 0 and r.p90_ms >= r.median_ms >= r.p10_ms > 0 and r.img_per_s > 0
+        assert r.samples == 4 and r.threads == 1 and r.batch == 1 and r.device == "cpu"
+        assert r.paper_iphone12_ms == 0.6
+    assert report.results[-1].dtype.startswith("int8") and "random" in report.results[-1].note
+    env = report.environment
+    assert env["versions"]["torch"] == torch.__version__ and "onnxruntime" in env["versions"]
+    assert report.load_before >= 0 and report.load_after >= 0
+    text = format_report(report)
+    assert "paper iPhone 12 ms" in text and "0.6 (paper)" in text and "threads" in text
+    json.dumps(report.as_dict())  # serializable
+
+
+def test_compare_timm_runs_both_in_one_report():
+    report = cpu_latency(["repvit_m0_9"], runtimes=["eager-fused"], compare_timm=True, **TINY)
+    assert [(r.source, r.fused) for r in report.results] == [("repvit", True), ("timm", True)]
+    (row,) = ratios(report)
+    assert row["model"] == "repvit_m0_9" and row["ratio"] > 0
+
+
+def test_cli_bench_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", "repvit_m0_6", "--img-size", "32", "--runtimes", "eager-fused,onnxruntime",
+                 "--warmup", "1", "--rounds", "1", "--iters", "2", "--threads", "1", "--json", str(out), "--quiet"])
+    assert code == 0
+    assert "repvit_m0_6" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert {"environment", "settings", "results", "load_avg_1min_before", "paper_latency_note"} <= set(data)
+    for r in data["results"]:
+        for key in ("device", "threads", "dtype", "memory_format", "batch", "fused", "median_ms", "p10_ms",
+                    "p90_ms", "img_per_s", "paper_iphone12_ms"):
+            assert key in r
+        assert r["median_ms"] > 0
+
+
+def test_cli_bench_rejects_gpu_options_on_cpu_and_missing_gpu(capsys):
+    assert main(["bench", "--compile"]) == 2
+    assert "GPU throughput options" in capsys.readouterr().err
+    assert main(["bench", "--runtimes", "tensorrt", "--img-size", "32"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda", "--img-size", "32"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+"""Core ML and ExecuTorch exports (optional extras: skipped, with the reason, when not installed)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from repvit import create_model, reparameterize
+from repvit.export import coreml as fmt_cm
+from repvit.export import executorch as fmt_et
+from repvit.export import export_model
+from repvit.testing import randomize_batchnorm
+
+IMG = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = create_model("repvit_m0_6", num_classes=10, distillation=True)
+    randomize_batchnorm(m, seed=2)
+    return m.eval()
+
+
+def test_normalization_wrapper_equals_normalize_then_model(model):
+    fused = reparameterize(model)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    wrapper = fmt_cm.NormalizedInput(fused, mean, std).eval()
+    pixels = torch.rand(2, 3, IMG, IMG)
+    normalized = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(wrapper(pixels), fused(normalized), atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not fmt_cm.available(), reason="coremltools is not installed (pip install 'repvit[coreml]')")
+def test_coreml_image_input_with_normalization_inside(model, imagenette_root, tmp_path):
+    result = export_model(model, "coreml", tmp_path, img_size=IMG, images=imagenette_root / "val", num_real=2)
+    assert result.path.name == "repvit_m0_6-fused.mlpackage" and result.path.is_dir()
+    assert result.facts["type"] == "mlProgram"
+    assert result.facts["inputs"] == [{"name": "image", "kind": "image", "width": IMG, "height": IMG, "color": "RGB"}]
+    assert result.facts["outputs"] == [{"name": "logits", "shape": [1, 10]}]
+    assert all(r.passed for r in result.reports)
+    meta = fmt_cm.read_metadata(result.path)
+    assert meta["variant"] == "repvit_m0_6" and meta["fused"] == "true"
+    assert meta["input_type"] == "image" and meta["normalization"] == "inside the model"
+    assert json.loads(meta["preprocessing"])["input_size"] == [3, IMG, IMG]
+    if not fmt_cm.can_predict():
+        assert any("macOS" in note for note in result.notes)
+
+
+@pytest.mark.skipif(not fmt_cm.available(), reason="coremltools is not installed (pip install 'repvit[coreml]')")
+def test_coreml_tensor_input_spec(model, tmp_path):
+    result = export_model(model, "coreml", tmp_path, img_size=32, num_real=0, coreml_input="tensor",
+                          coreml_precision="float32")
+    assert result.facts["inputs"][0]["shape"] == [1, 3, 32, 32]
+    meta = fmt_cm.read_metadata(result.path)
+    assert meta["normalization"] == "by the caller" and meta["compute_precision"] == "float32"
+
+
+@pytest.mark.skipif(not fmt_et.available(), reason="executorch is not installed (pip install 'repvit[executorch]')")
+def test_executorch_xnnpack_program_runs_in_executorch_runtime(model, imagenette_root, tmp_path):
+    result = export_model(model, "executorch", tmp_path, img_size=IMG, images=imagenette_root / "val", num_real=3)
+    assert result.path.name == "repvit_m0_6-fused.pte" and result.path.is_file()
+    assert result.facts["delegate_calls"] >= 1 and result.facts["ops_outside_delegate"] == []
+    for report in result.reports:
+        assert report.passed and report.max_abs_diff <= 1e-4
+    meta = fmt_et.read_metadata(result.path)
+    assert meta["variant"] == "repvit_m0_6" and meta["delegate"] == "XNNPACK" and meta["batch_size"] == "1"
