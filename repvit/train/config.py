@@ -205,7 +205,8 @@ def _coerce(name: str, value: Any, spec: dict, path: Path) -> Any:
         else:
             value = kind(value)  # YAML reads 2e-3 as a string; this makes it the float it means
     except (TypeError, ValueError):
-        shape = f"a list of {spec['nargs']} numbers" if spec.get("nargs") else f"a {kind.__name__}"
+        kinds = {int: "an integer", float: "a number", str: "a string"}
+        shape = f"a list of {spec['nargs']} numbers" if spec.get("nargs") else kinds.get(kind, kind.__name__)
         raise ValueError(f"{where}: expected {shape}, got {value!r}") from None
     if spec.get("choices") and value not in spec["choices"]:
         raise ValueError(f"{where}: {value!r} is not one of {', '.join(spec['choices'])}")

@@ -277,6 +277,9 @@ def build_run(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> tuple[
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
     lr = effective_lr(cfg, env.world_size)
+    if cfg.sched != "none" and cfg.min_lr > lr:
+        raise ValueError(f"--min-lr {cfg.min_lr:g} is above the learning rate {lr:g}, so the schedule would raise "
+                         "it: lower --min-lr (or raise --lr)")
     optimizer = build_optimizer(model, cfg, lr)
     steps_per_epoch = len(data.train_loader)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
@@ -391,7 +394,7 @@ def _train(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> dict:
             first_step = 0
             val = evaluate(run.model, run.data.val_loader, env, run.autocast)
             row = {"epoch": epoch + 1, **train_stats, "val_loss": val["loss"], "val_top1": val["top1"],
-                   "val_top5": val["top5"]}
+                   "val_top5": val["top5"], "val_images": val["images"]}
             if run.ema is not None:
                 row["val_top1_ema"] = evaluate(run.ema.module, run.data.val_loader, env, run.autocast)["top1"]
             is_best = val["top1"] > best

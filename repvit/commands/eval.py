@@ -1,0 +1,36 @@
+"""``repvit eval``: top-1/top-5 and loss of a checkpoint (fused) on a labelled image folder."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="accuracy of a checkpoint on a folder of class folders (or a root holding val/)",
+        description="Evaluate the fused model of CHECKPOINT with the preprocessing the checkpoint records.")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `repvit train` (or any the library reads)")
+    parser.add_argument("--data", required=True, help="folder of class folders, or a dataset root holding val/")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file (top1 in percent)")
+    parser.add_argument("--batch-size", "-b", type=int, default=64, help="images per batch [64]")
+    parser.add_argument("--workers", "-j", type=int, default=2, help="data-loading worker processes [2]")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
+    parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="check every image first and skip unreadable ones (default: stop naming the file)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.inference import evaluate_checkpoint
+    result = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
+                                 device=args.device, use_ema=args.ema, skip_bad_images=args.skip_bad_images)
+    print(f"{result['images']} images in {result['classes']} classes ({result['data']}), fused model at "
+          f"{result['img_size']} px: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+          f"loss {result['loss']:.4f}")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return 0

@@ -1,0 +1,33 @@
+"""``repvit predict``: the top classes and their probabilities for each image."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="top-5 classes with probabilities for image files",
+                                   description="Classify images with the fused model of CHECKPOINT.")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `repvit train` (or any the library reads)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
+    parser.add_argument("--topk", type=int, default=5, help="classes to show per image [5]")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.inference import predict
+    if args.topk < 1:
+        raise ValueError(f"--topk must be 1 or more, got {args.topk}")
+    results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device, use_ema=args.ema)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        print(result["image"])
+        for rank, entry in enumerate(result["top"], 1):
+            label = f"  ({entry['label']})" if entry["label"] else ""
+            print(f"  {rank}. {entry['probability'] * 100:6.2f}%  {entry['class']}{label}")
+    return 0
