@@ -74,7 +74,7 @@ def export_metadata(model: nn.Module, fmt: str, preprocessing: dict, **extra) ->
 def artifact_path(output: Union[str, os.PathLike, None], variant: str, fmt: str, *, tag: str = "") -> Path:
     """Where to write: ``output`` as given when it names a fused artifact, else a clear default.
 
-    A directory (existing, or written with a trailing slash) gets ``<variant>-fused[-tag]<ext>``.
+    A directory (existing, written with a trailing slash, or any name without a suffix) gets ``<variant>-fused[-tag]<ext>``.
     A file name without "fused" gets "-fused" appended to its stem, so fused and unfused
     artifacts can never be confused; a name that says "unfused" is refused.
     """
@@ -86,7 +86,7 @@ def artifact_path(output: Union[str, os.PathLike, None], variant: str, fmt: str,
         return Path(default_name)
     text = os.fspath(output)
     path = Path(text)
-    if text.endswith(("/", os.sep)) or (path.is_dir() and path.suffix != ext):
+    if text.endswith(("/", os.sep)) or not path.suffix or (path.is_dir() and path.suffix != ext):
         return path / default_name
     if path.suffix != ext:
         raise ValueError(f"a {fmt} artifact must end in {ext}, got {text!r} (or pass a directory)")

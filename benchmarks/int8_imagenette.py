@@ -1,0 +1,154 @@
+"""INT8 post-training static quantization on Imagenette: top-1 change and CPU latency gain.
+
+Starting from a checkpoint trained on ``../shared/data/imagenette-96``:
+
+1. ``repvit export --format onnx --int8``'s library path: fuse, export float32 ONNX (verified
+   against PyTorch), calibrate on ``--calib-count`` training images spread over the classes,
+   write the INT8 QDQ model;
+2. top-1 of the fused PyTorch model, the float32 ONNX model and the INT8 model on the whole
+   validation split, every image preprocessed once with the checkpoint's own preprocessing;
+3. batch-1 latency of eager fused PyTorch, ONNX Runtime float32 and ONNX Runtime INT8 with
+   ``--threads`` threads, interleaved, at the checkpoint's resolution and at 224 px.
+
+    PYTHONPATH=. python benchmarks/int8_imagenette.py --checkpoint runs/imagenette-m0_9/best.pth \
+        --json runs/bench/int8_imagenette.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from repvit import create_model, reparameterize  # noqa: E402
+from repvit.bench import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.export import export_model  # noqa: E402
+from repvit.export import onnx as fmt_onnx  # noqa: E402
+from repvit.export.artifact import export_metadata, resolved_preprocessing  # noqa: E402
+from repvit.export.quantize import calibration_batches, quantize_onnx  # noqa: E402
+from repvit.export.verify import IMAGE_SUFFIXES, load_crop, normalize  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-96"
+
+
+def load_split(root: Path, class_names: list[str], preprocessing: dict, limit: int = 0):
+    """All images of ``root`` (class folders) as one normalized tensor, with labels."""
+    index = {name: i for i, name in enumerate(class_names)}
+    paths, labels = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name not in index:
+            raise SystemExit(f"class folder {folder.name} is not among the checkpoint's classes")
+        files = sorted(p for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES)
+        paths += files
+        labels += [index[folder.name]] * len(files)
+    if limit:
+        keep = np.linspace(0, len(paths) - 1, limit).astype(int)
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    images = torch.stack([normalize(load_crop(p, preprocessing), preprocessing) for p in paths])
+    return images, torch.tensor(labels)
+
+
+def predict(run, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    return torch.cat([run(images[i:i + batch]).float() for i in range(0, len(images), batch)])
+
+
+def latency(fused, fp32_path, int8_path, img_size: int, threads: int, rounds: int, iters: int, calib_images: Path,
+            calib_count: int) -> dict:
+    x = torch.randn(1, 3, img_size, img_size)
+    feed = x.numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        if img_size != fused.preprocessing["input_size"][-1]:
+            # The ONNX graphs have a fixed spatial size; re-export at this size (same weights, same recipe).
+            pre = resolved_preprocessing(fused, img_size)
+            fp32_path = Path(tmp) / "fp32.onnx"
+            fmt_onnx.export_onnx(fused, fp32_path, img_size=img_size, metadata=export_metadata(fused, "onnx", pre))
+            arrays, _ = calibration_batches(calib_images, pre, calib_count)
+            int8_path = Path(tmp) / "int8.onnx"
+            quantize_onnx(fp32_path, int8_path, arrays)
+        sessions = {"onnxruntime_fp32": fmt_onnx.session(fp32_path, threads),
+                    "onnxruntime_int8": fmt_onnx.session(int8_path, threads)}
+        name = sessions["onnxruntime_fp32"].get_inputs()[0].name
+        candidates = {"eager_fused_fp32": lambda: fused(x)}
+        candidates.update({k: (lambda s=s: s.run(None, {name: feed})) for k, s in sessions.items()})
+        with torch.inference_mode():
+            before = load_average()
+            samples = time_interleaved(candidates, warmup=10, rounds=rounds, iters=iters)
+            after = load_average()
+    stats = {k: summarize(v) for k, v in samples.items()}
+    return {"img_size": img_size, "threads": threads, "load_before": before, "load_after": after,
+            "stats": stats, "int8_speedup_vs_ort_fp32": stats["onnxruntime_fp32"]["median_ms"]
+            / stats["onnxruntime_int8"]["median_ms"],
+            "int8_speedup_vs_eager_fused": stats["eager_fused_fp32"]["median_ms"]
+            / stats["onnxruntime_int8"]["median_ms"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="runs/imagenette-m0_9/best.pth")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--calib-count", type=int, default=300)
+    parser.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    parser.add_argument("--val-limit", type=int, default=0, help="evaluate on this many val images (0: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--sizes", type=int, nargs="*", help="latency resolutions (default: checkpoint's and 224)")
+    parser.add_argument("--out", default="runs/bench/int8", help="folder for the ONNX artifacts")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    data = Path(args.data)
+
+    model = create_model(checkpoint=args.checkpoint)
+    class_names = list(getattr(model, "class_names", None) or sorted(p.name for p in (data / "train").iterdir()))
+    pre = resolved_preprocessing(model)
+    size = pre["input_size"][-1]
+    print(f"{args.checkpoint}: {model.variant.name}, {model.num_classes} classes, {size}px, preprocessing {pre}")
+    with torch_threads(args.threads) as threads:
+        start = time.time()
+        result = export_model(model, "onnx", Path(args.out), images=data / "val", num_real=16, int8=True,
+                              calib_images=data / "train", calib_count=args.calib_count,
+                              calib_method=args.calib_method, log=print)
+        print(f"export + INT8 calibration: {time.time() - start:.0f} s")
+        fused = reparameterize(model.eval())
+        images, labels = load_split(data / "val", class_names, pre, args.val_limit)
+        print(f"validation: {len(images)} images")
+        with torch.inference_mode():
+            logits = {"pytorch_fused_fp32": predict(fused, images),
+                      "onnxruntime_fp32": predict(fmt_onnx.runner(result.path, threads), images),
+                      "onnxruntime_int8": predict(fmt_onnx.runner(result.int8_path, threads), images)}
+        top1 = {k: (v.argmax(1) == labels).float().mean().item() * 100 for k, v in logits.items()}
+        agree = (logits["onnxruntime_int8"].argmax(1) == logits["pytorch_fused_fp32"].argmax(1)).float().mean().item()
+        accuracy = {"val_images": len(images), "top1": top1,
+                    "top1_change_int8_minus_fp32": top1["onnxruntime_int8"] - top1["pytorch_fused_fp32"],
+                    "int8_fp32_prediction_agreement": agree * 100,
+                    "max_abs_diff_ort_fp32": (logits["onnxruntime_fp32"] - logits["pytorch_fused_fp32"]).abs().max().item()}
+        for k, v in top1.items():
+            print(f"top-1 {k}: {v:.2f}%")
+        print(f"INT8 - float top-1: {accuracy['top1_change_int8_minus_fp32']:+.2f} points; predictions agree on "
+              f"{agree:.2%} of images")
+        with torch.inference_mode():
+            lat = [latency(fused, result.path, result.int8_path, s, threads, args.rounds, args.iters,
+                           data / "train", args.calib_count) for s in (args.sizes or [size, 224])]
+        for entry in lat:
+            s = entry["stats"]
+            print(f"{entry['img_size']}px, batch 1, {threads} threads (load {entry['load_before']}->{entry['load_after']}): "
+                  + ", ".join(f"{k} {v['median_ms']:.2f} ms [{v['p10_ms']:.2f}-{v['p90_ms']:.2f}]" for k, v in s.items())
+                  + f"; INT8 speed-up {entry['int8_speedup_vs_ort_fp32']:.2f}x vs ORT fp32, "
+                  f"{entry['int8_speedup_vs_eager_fused']:.2f}x vs eager fused")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "environment": environment("cpu"), "checkpoint": args.checkpoint, "settings": vars(args),
+            "export": result.as_dict(), "accuracy": accuracy, "latency": lat}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
