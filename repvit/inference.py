@@ -131,8 +131,7 @@ def prepare_gpu(model: nn.Module, *, device: Union[str, torch.device], dtype: to
     run: Callable = model
     if compile:
         # With CUDA graphs, torch.compile's own graph trees replay the compiled kernels.
-        run = torch.compile(model, mode="reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs",
-                            dynamic=False)
+        run = torch.compile(model, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
     elif cuda_graphs:
         run = CUDAGraphRunner(model)
     if example is not None:
