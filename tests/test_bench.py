@@ -76,3 +76,13 @@ def test_cli_bench_rejects_gpu_options_on_cpu_and_missing_gpu(capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "--device", "cuda", "--img-size", "32"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_cli_bench_reads_the_variant_from_a_checkpoint(tmp_path, capsys):
+    from repvit import create_model, save_checkpoint
+    ckpt = save_checkpoint(create_model("repvit_m0_6", num_classes=3).eval(), tmp_path / "m.pth")
+    code = main(["bench", "--checkpoint", str(ckpt), "--img-size", "32", "--runtimes", "eager-fused",
+                 "--warmup", "1", "--rounds", "1", "--iters", "1", "--threads", "1", "--json", "-"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)  # stdout is pure JSON with --json -
+    assert [r["model"] for r in data["results"]] == ["repvit_m0_6"]

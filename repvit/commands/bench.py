@@ -7,14 +7,23 @@ from ..bench import CPU_RUNTIMES, format_report, ratios
 
 
 def run(args) -> int:
+    import sys
+
+    from ..checkpoint import read_checkpoint
     from ..variants import VARIANTS
+    if args.checkpoint and not args.model:
+        recorded = read_checkpoint(args.checkpoint)[1].get("variant")
+        if not recorded:
+            raise ValueError(f"{args.checkpoint} does not record its variant: pass --model NAME")
+        args.model = [recorded]
     models = args.model or ["repvit_m0_9"]
     unknown = [m for m in models if m not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if args.checkpoint and len(models) > 1:
         raise ValueError("--checkpoint measures one model: pass a single --model (or none)")
-    log = print if not args.quiet else (lambda _: None)
+    out = sys.stderr if args.json == "-" else sys.stdout  # keep stdout pure JSON with --json -
+    log = (lambda line: print(line, file=out)) if not args.quiet else (lambda _: None)
     if args.device == "cpu":
         if args.compile or args.cuda_graphs or args.dtype not in (None, "float32") or args.channels_last:
             raise ValueError("--compile/--cuda-graphs/--dtype/--channels-last are GPU throughput options; "
@@ -33,11 +42,11 @@ def run(args) -> int:
                                 cuda_graphs=args.cuda_graphs, compare_timm=args.compare_timm,
                                 optimized=args.optimized, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
                                 checkpoint=args.checkpoint, log=log)
-    print(format_report(report))
+    print(format_report(report), file=out)
     compared = ratios(report)
     for row in compared:
         print(f"ours / timm, {row['model']} {row['runtime']} {'fused' if row['fused'] else 'unfused'}: "
-              f"{row['ratio']:.3f} ({row['ours_ms']:.3f} ms vs {row['timm_ms']:.3f} ms)")
+              f"{row['ratio']:.3f} ({row['ours_ms']:.3f} ms vs {row['timm_ms']:.3f} ms)", file=out)
     if args.json:
         payload = {**report.as_dict(), "ours_vs_timm": compared}
         if args.json == "-":
