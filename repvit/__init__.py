@@ -4,6 +4,7 @@ from .factory import create_model
 from .model import RepViT, RepViTFeatures, list_models, register_model
 from .reparam import is_fused, reparameterize
 from .variants import VARIANTS, Variant
+from . import roadmap  # noqa: F401  (registers roadmap_* models)
 
 __version__ = "0.1.0"
 
