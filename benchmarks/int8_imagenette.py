@@ -59,8 +59,13 @@ def predict(run, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     return torch.cat([run(images[i:i + batch]).float() for i in range(0, len(images), batch)])
 
 
-def latency(fused, fp32_path, int8_path, img_size: int, threads: int, rounds: int, iters: int, calib_images: Path,
-            calib_count: int) -> dict:
+# INT8 variants compared: every op the quantizer supports (the export default), or only the
+# convolutions and the classifier (GELU, SE gate and residual adds stay float).
+INT8_VARIANTS = {"onnxruntime_int8": None, "onnxruntime_int8_conv_only": ("Conv", "Gemm")}
+
+
+def latency(fused, fp32_path, int8_paths: dict, img_size: int, threads: int, rounds: int, iters: int,
+            calib_images: Path, calib_count: int) -> dict:
     x = torch.randn(1, 3, img_size, img_size)
     feed = x.numpy()
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,10 +75,10 @@ def latency(fused, fp32_path, int8_path, img_size: int, threads: int, rounds: in
             fp32_path = Path(tmp) / "fp32.onnx"
             fmt_onnx.export_onnx(fused, fp32_path, img_size=img_size, metadata=export_metadata(fused, "onnx", pre))
             arrays, _ = calibration_batches(calib_images, pre, calib_count)
-            int8_path = Path(tmp) / "int8.onnx"
-            quantize_onnx(fp32_path, int8_path, arrays)
-        sessions = {"onnxruntime_fp32": fmt_onnx.session(fp32_path, threads),
-                    "onnxruntime_int8": fmt_onnx.session(int8_path, threads)}
+            int8_paths = {label: quantize_onnx(fp32_path, Path(tmp) / f"{label}.onnx", arrays,
+                                               op_types=INT8_VARIANTS[label]) for label in int8_paths}
+        sessions = {"onnxruntime_fp32": fmt_onnx.session(fp32_path, threads)}
+        sessions.update({label: fmt_onnx.session(path, threads) for label, path in int8_paths.items()})
         name = sessions["onnxruntime_fp32"].get_inputs()[0].name
         candidates = {"eager_fused_fp32": lambda: fused(x)}
         candidates.update({k: (lambda s=s: s.run(None, {name: feed})) for k, s in sessions.items()})
@@ -82,11 +87,11 @@ def latency(fused, fp32_path, int8_path, img_size: int, threads: int, rounds: in
             samples = time_interleaved(candidates, warmup=10, rounds=rounds, iters=iters)
             after = load_average()
     stats = {k: summarize(v) for k, v in samples.items()}
+    speedups = {label: {"vs_onnxruntime_fp32": stats["onnxruntime_fp32"]["median_ms"] / stats[label]["median_ms"],
+                        "vs_eager_fused": stats["eager_fused_fp32"]["median_ms"] / stats[label]["median_ms"]}
+                for label in int8_paths}
     return {"img_size": img_size, "threads": threads, "load_before": before, "load_after": after,
-            "stats": stats, "int8_speedup_vs_ort_fp32": stats["onnxruntime_fp32"]["median_ms"]
-            / stats["onnxruntime_int8"]["median_ms"],
-            "int8_speedup_vs_eager_fused": stats["eager_fused_fp32"]["median_ms"]
-            / stats["onnxruntime_int8"]["median_ms"]}
+            "stats": stats, "int8_speedup": speedups}
 
 
 def main() -> int:
@@ -116,32 +121,42 @@ def main() -> int:
                               calib_images=data / "train", calib_count=args.calib_count,
                               calib_method=args.calib_method, log=print)
         print(f"export + INT8 calibration: {time.time() - start:.0f} s")
+        int8_paths = {"onnxruntime_int8": result.int8_path}
+        calib, _ = calibration_batches(data / "train", pre, args.calib_count)
+        int8_paths["onnxruntime_int8_conv_only"] = quantize_onnx(
+            result.path, result.int8_path.with_name(result.int8_path.stem + "-convonly.onnx"), calib,
+            method=args.calib_method, op_types=INT8_VARIANTS["onnxruntime_int8_conv_only"],
+            calibration_source=str(data / "train"))
         fused = reparameterize(model.eval())
         images, labels = load_split(data / "val", class_names, pre, args.val_limit)
         print(f"validation: {len(images)} images")
         with torch.inference_mode():
             logits = {"pytorch_fused_fp32": predict(fused, images),
-                      "onnxruntime_fp32": predict(fmt_onnx.runner(result.path, threads), images),
-                      "onnxruntime_int8": predict(fmt_onnx.runner(result.int8_path, threads), images)}
+                      "onnxruntime_fp32": predict(fmt_onnx.runner(result.path, threads), images)}
+            logits.update({label: predict(fmt_onnx.runner(path, threads), images) for label, path in int8_paths.items()})
         top1 = {k: (v.argmax(1) == labels).float().mean().item() * 100 for k, v in logits.items()}
-        agree = (logits["onnxruntime_int8"].argmax(1) == logits["pytorch_fused_fp32"].argmax(1)).float().mean().item()
+        reference = logits["pytorch_fused_fp32"]
         accuracy = {"val_images": len(images), "top1": top1,
-                    "top1_change_int8_minus_fp32": top1["onnxruntime_int8"] - top1["pytorch_fused_fp32"],
-                    "int8_fp32_prediction_agreement": agree * 100,
-                    "max_abs_diff_ort_fp32": (logits["onnxruntime_fp32"] - logits["pytorch_fused_fp32"]).abs().max().item()}
+                    "max_abs_diff_ort_fp32": (logits["onnxruntime_fp32"] - reference).abs().max().item()}
+        for label in int8_paths:
+            agree = (logits[label].argmax(1) == reference.argmax(1)).float().mean().item()
+            accuracy[label] = {"top1_change_points": top1[label] - top1["pytorch_fused_fp32"],
+                               "prediction_agreement": agree * 100}
         for k, v in top1.items():
             print(f"top-1 {k}: {v:.2f}%")
-        print(f"INT8 - float top-1: {accuracy['top1_change_int8_minus_fp32']:+.2f} points; predictions agree on "
-              f"{agree:.2%} of images")
+        for label in int8_paths:
+            print(f"{label} - float top-1: {accuracy[label]['top1_change_points']:+.2f} points; predictions agree on "
+                  f"{accuracy[label]['prediction_agreement']:.2f}% of images")
         with torch.inference_mode():
-            lat = [latency(fused, result.path, result.int8_path, s, threads, args.rounds, args.iters,
+            lat = [latency(fused, result.path, int8_paths, s, threads, args.rounds, args.iters,
                            data / "train", args.calib_count) for s in (args.sizes or [size, 224])]
         for entry in lat:
             s = entry["stats"]
             print(f"{entry['img_size']}px, batch 1, {threads} threads (load {entry['load_before']}->{entry['load_after']}): "
-                  + ", ".join(f"{k} {v['median_ms']:.2f} ms [{v['p10_ms']:.2f}-{v['p90_ms']:.2f}]" for k, v in s.items())
-                  + f"; INT8 speed-up {entry['int8_speedup_vs_ort_fp32']:.2f}x vs ORT fp32, "
-                  f"{entry['int8_speedup_vs_eager_fused']:.2f}x vs eager fused")
+                  + ", ".join(f"{k} {v['median_ms']:.2f} ms [{v['p10_ms']:.2f}-{v['p90_ms']:.2f}]" for k, v in s.items()))
+            for label, gain in entry["int8_speedup"].items():
+                print(f"  {label}: {gain['vs_onnxruntime_fp32']:.2f}x faster than ONNX Runtime fp32, "
+                      f"{gain['vs_eager_fused']:.2f}x faster than eager fused PyTorch")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
