@@ -330,7 +330,9 @@ def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 
     torch.backends.cudnn.benchmark = True
     memory = "channels_last" if channels_last else "NCHW"
     candidates, meta = {}, {}
-    with torch.inference_mode():
+    # no_grad, not inference_mode, throughout: compiled and graph-captured modules are keyed on
+    # the grad mode they were prepared in, and must be timed in the same one.
+    with torch.no_grad():
         x = torch.randn(batch, 3, img_size, img_size, device=device, dtype=DTYPES[dtype])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -77,7 +77,7 @@ class CUDAGraphRunner(nn.Module):
             raise ValueError("CUDAGraphRunner runs CUDA tensors only; move the input to the GPU "
                              "(InferenceModule does this for you)")
         key = (tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last))
-        with torch.inference_mode():
+        with torch.no_grad():
             entry = self._graphs.get(key)
             if entry is None:
                 if len(self._graphs) >= self.max_shapes:
@@ -135,7 +135,7 @@ def prepare_gpu(model: nn.Module, *, device: Union[str, torch.device], dtype: to
     elif cuda_graphs:
         run = CUDAGraphRunner(model)
     if example is not None:
-        with torch.inference_mode():
+        with torch.no_grad():
             run(example)
             run(example)
         torch.cuda.synchronize(device)
@@ -209,7 +209,7 @@ def _optimize_gpu(fused, device, dtype, example, reference, *, batch_size, chann
                                                             ("channels_last", channels_last), ("compile", compile),
                                                             ("cuda_graphs", cuda_graphs)) if on),
                              compiled=compile, cuda_graphs=cuda_graphs)
-    with torch.inference_mode():
+    with torch.no_grad():
         got = module(example).cpu()
     diff = (got - reference).abs().max().item()
     allowed = HALF_REL_TOLERANCE.get(dtype, 1e-4) * max(1.0, reference.abs().max().item())
