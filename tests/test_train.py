@@ -83,8 +83,13 @@ def test_config_file_flags_override_and_resolved_config_is_saved(tiny_imagenette
                                         "aa": "none", "model_ema": False}))
     out = tmp_path / "out"
     rc = cli(["train", "-c", str(cfg_file), "--data", str(tiny_imagenette), "--output", str(out), *TINY[2:],
-              "--batch-size", "16"])
+              "--batch-size", "16", "--tensorboard"])
     assert rc == 0
+    try:
+        import tensorboard  # noqa: F401  (optional)
+        assert any((out / "tensorboard").iterdir())
+    except ImportError:
+        assert not (out / "tensorboard").exists()
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["batch_size"] == 16          # flag beats the file
     assert saved["lr"] == 1e-3                # TINY's --lr beats the file's 2e-3
@@ -244,3 +249,29 @@ def test_teacher_from_timm_name_and_checkpoint(tmp_path):
         build_teacher("resnet10t", None, num_classes=10)
     with pytest.raises(ValueError, match="does not fit the resnet10t"):
         build_teacher("resnet10t", str(tmp_path / "teacher.pth"), num_classes=5)
+
+
+# --------------------------------------------------------------------------- feedback
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path):
+    import io
+    from repvit.train.progress import Reporter
+    plain_out = io.StringIO()
+    plain = Reporter(interval=2, stream=plain_out, bar_stream=io.StringIO(), log_file=tmp_path / "log.txt")
+    assert not plain.tty
+    plain.start_epoch(0, 3, total_steps=5)
+    for step in range(5):
+        plain.step(step, loss=1.5, lr=1e-3, batch_images=16)
+    plain.end_epoch()
+    lines = plain_out.getvalue().splitlines()
+    assert [line.split(" loss")[0] for line in lines] == ["epoch 1/3 step 2/5", "epoch 1/3 step 4/5", "epoch 1/3 step 5/5"]
+    assert all("lr 1.000e-03" in line and "img/s" in line and "eta" in line for line in lines)
+    assert (tmp_path / "log.txt").read_text().splitlines() == lines
+    bar_out, log_out = io.StringIO(), io.StringIO()
+    bar = Reporter(interval=2, stream=log_out, bar_stream=bar_out, tty=True)
+    bar.start_epoch(1, 3, total_steps=4)
+    for step in range(4):
+        bar.step(step, loss=0.25, lr=2e-4, batch_images=8)
+    bar.end_epoch()
+    drawn = bar_out.getvalue()
+    assert "epoch 2/3" in drawn and "4/4" in drawn and "loss 0.2500" in drawn and "img/s" in drawn
+    assert log_out.getvalue() == ""  # the bar replaces the periodic lines

@@ -41,7 +41,7 @@ def test_two_cpu_processes_with_torchrun(odd_data, tmp_path):
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     log = result.stdout
-    assert "world size 2 (cpu), batch 8 per process, global batch 16" in log
+    assert "world size 2 (cpu, 1 thread), batch 8 per process, global batch 16" in log
     assert "effective lr 0.001" in log
     # Only rank 0 reports: each line once. 40 train images, 3 repeats / 2 ranks -> 20 per rank -> 2 steps.
     assert log.count("world size 2") == 1 and log.count("epoch 1/1 step 2/2") == 1

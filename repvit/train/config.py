@@ -34,6 +34,8 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--seed",), dict(type=int, default=0, help="random seed (rank r uses seed + r for augmentation)")),
     (("--device",), dict(default="auto", help="auto, cpu, cuda or cuda:N")),
     (("--workers", "-j"), dict(type=int, default=8, help="data-loading worker processes per rank")),
+    (("--threads",), dict(type=int, default=None, help="CPU threads for torch per process (default: torch's "
+                                                       "choice; 1 avoids oversubscription on a busy machine)")),
     # -- schedule and optimizer ------------------------------------------------------------------
     (("--epochs",), dict(type=int, default=300, help="number of epochs (the paper: 300, 450 for long runs)")),
     (("--batch-size", "-b"), dict(type=int, default=256, help="images per process and step")),
@@ -229,7 +231,7 @@ def validate(cfg: argparse.Namespace) -> None:
         raise ValueError("--data is required: a folder holding train/ and val/ folders of class folders "
                          "(or set `data:` in the -c config file)")
     _positive(cfg, ["epochs", "batch_size", "eval_batch_size", "lr", "lr_base", "lr_base_size", "img_size",
-                    "log_interval"])
+                    "log_interval", "threads"])
     _positive(cfg, ["workers", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "mixup",
                     "cutmix", "reprob", "smoothing", "drop_path", "drop", "aug_repeats", "distillation_alpha"],
               allow_zero=True)

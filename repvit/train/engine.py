@@ -340,6 +340,7 @@ def restore_run(run: Run, state: dict, path_label: str) -> tuple[int, int, float
 def describe(run: Run) -> str:
     cfg, env = run.cfg, run.env
     params = sum(p.numel() for p in run.model.parameters())
+    threads = torch.get_num_threads()
     global_batch = cfg.batch_size * env.world_size
     how = "--lr" if cfg.lr is not None else f"{cfg.lr_base:g} x {global_batch}/{cfg.lr_base_size}"
     amp = (f"AMP {cfg.amp_dtype}" if cfg.amp and env.device.type == "cuda"
@@ -350,7 +351,8 @@ def describe(run: Run) -> str:
         f"data {cfg.data}: {run.data.num_train} train / {run.data.num_val} val images, "
         f"{run.steps_per_epoch} steps per epoch" + (f", {len(run.data.skipped)} unreadable skipped"
                                                      if run.data.skipped else ""),
-        f"world size {env.world_size} ({env.device.type}), batch {cfg.batch_size} per process, global batch "
+        f"world size {env.world_size} ({env.device.type}, {threads} thread{'s' if threads != 1 else ''}), "
+        f"batch {cfg.batch_size} per process, global batch "
         f"{global_batch}, effective lr {run.lr:.4g} ({how}), {amp}, EMA "
         + (f"{cfg.model_ema_decay}" if run.ema is not None else "off"),
         f"output {run.output}",
@@ -361,6 +363,8 @@ def describe(run: Run) -> str:
 # --------------------------------------------------------------------------- the whole run
 def main(cfg) -> dict:
     """Train with resolved options (see ``repvit.train.config``); returns a summary dict."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     env = setup(cfg.device)
     reporter = Reporter(enabled=env.is_main, interval=cfg.log_interval)
     try:

@@ -13,12 +13,15 @@ from typing import Optional
 
 class Reporter:
     def __init__(self, enabled: bool = True, log_file: Optional[Path] = None, interval: int = 50,
-                 stream=None):
+                 stream=None, bar_stream=None, tty: Optional[bool] = None):
         self.enabled = enabled
         self.stream = stream or sys.stdout
+        self.bar_stream = bar_stream or sys.stderr
         self.log_file = log_file
         self.interval = max(1, interval)
-        self.tty = enabled and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        if tty is None:
+            tty = hasattr(self.bar_stream, "isatty") and self.bar_stream.isatty()
+        self.tty = enabled and tty
         self._bar = None
 
     def set_log_file(self, path: Optional[Path]) -> None:
@@ -41,9 +44,13 @@ class Reporter:
         self.t0 = time.perf_counter()
         self.images = 0
         if self.tty:
-            from tqdm import tqdm
+            try:
+                from tqdm import tqdm
+            except ImportError:  # no bar without tqdm: plain lines instead
+                self.tty = False
+                return
             self._bar = tqdm(total=total_steps, initial=first_step, desc=f"epoch {epoch + 1}/{epochs}",
-                             file=sys.stderr, dynamic_ncols=True, leave=False)
+                             file=self.bar_stream, dynamic_ncols=True, leave=False)
 
     def step(self, step: int, loss: float, lr: float, batch_images: int) -> None:
         """``step`` is the 0-based index of the step just finished; ``batch_images`` counts all ranks."""
@@ -55,7 +62,7 @@ class Reporter:
         rate = self.images / elapsed if elapsed > 0 else 0.0
         eta = elapsed / done * (self.total - step - 1) if done else 0.0
         if self._bar is not None:
-            self._bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {rate:.0f} img/s", refresh=False)
+            self._bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {rate:.1f} img/s", refresh=False)
             self._bar.update(1)
         elif (step + 1) % self.interval == 0 or step + 1 == self.total:
             self.log(f"epoch {self.epoch + 1}/{self.epochs} step {step + 1}/{self.total} loss {loss:.4f} "
@@ -63,6 +70,7 @@ class Reporter:
 
     def end_epoch(self) -> float:
         if self._bar is not None:
+            self._bar.refresh()  # draw the final state (updates are throttled) before clearing the bar
             self._bar.close()
             self._bar = None
         return time.perf_counter() - self.t0
