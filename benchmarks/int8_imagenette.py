@@ -99,12 +99,13 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="runs/imagenette-m0_9/best.pth")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--calib-count", type=int, default=300)
-    parser.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    parser.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"])
     parser.add_argument("--val-limit", type=int, default=0, help="evaluate on this many val images (0: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--sizes", type=int, nargs="*", help="latency resolutions (default: checkpoint's and 224)")
+    parser.add_argument("--sizes", type=int, nargs="*", help="latency resolutions (default: checkpoint's and 224; "
+                        "pass --sizes with no value to skip the latency part)")
     parser.add_argument("--out", default="runs/bench/int8", help="folder for the ONNX artifacts")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -149,7 +150,8 @@ def main() -> int:
                   f"{accuracy[label]['prediction_agreement']:.2f}% of images")
         with torch.inference_mode():
             lat = [latency(fused, result.path, int8_paths, s, threads, args.rounds, args.iters,
-                           data / "train", args.calib_count) for s in (args.sizes or [size, 224])]
+                           data / "train", args.calib_count)
+                   for s in ([size, 224] if args.sizes is None else args.sizes)]
         for entry in lat:
             s = entry["stats"]
             print(f"{entry['img_size']}px, batch 1, {threads} threads (load {entry['load_before']}->{entry['load_after']}): "

@@ -63,7 +63,8 @@ def register(subparsers) -> None:
                                                           "--calib-images")
     onnx.add_argument("--calib-images", help="folder of training images for INT8 calibration")
     onnx.add_argument("--calib-count", type=int, default=300, help="calibration images (spread over sub-folders)")
-    onnx.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    onnx.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"],
+                      help="activation ranges: 99.999th percentile (default), extremes, or entropy")
     cm = p.add_argument_group("Core ML")
     cm.add_argument("--coreml-input", default="image", choices=["image", "tensor"],
                     help="image: RGB image input, normalization inside the model; tensor: normalized float input")

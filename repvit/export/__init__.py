@@ -48,7 +48,7 @@ def export_model(model: nn.Module, fmt: str, output: Union[str, os.PathLike, Non
                  img_size: Optional[int] = None, images=None, num_random: int = 4, num_real: int = 8,
                  tolerance: Optional[float] = None, keep_failed: bool = False, opset: Optional[int] = None,
                  fp16: bool = False, int8: bool = False, calib_images=None, calib_count: int = 300,
-                 calib_method: str = "minmax", coreml_input: str = "image", coreml_precision: str = "float16",
+                 calib_method: str = "percentile", coreml_input: str = "image", coreml_precision: str = "float16",
                  batch_size: int = 1, log: Callable[[str], None] = lambda _: None) -> ExportResult:
     """Fuse ``model``, write it as ``fmt`` and verify it; see the module docstring."""
     if fmt not in FORMATS:
