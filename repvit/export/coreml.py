@@ -15,6 +15,7 @@ normalization wrapper that was converted equals the fused model on preprocessed 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import platform
 import warnings
@@ -75,7 +76,7 @@ def export_coreml(fused: nn.Module, path: Union[str, os.PathLike], *, preprocess
         ml_input = ct.ImageType(name=INPUT_NAME, shape=(1, 3, size, size), scale=1 / 255.0, bias=[0.0, 0.0, 0.0],
                                 color_layout=ct.colorlayout.RGB)
         input_text = (f"RGB image {size}x{size} (resize the shorter side to "
-                      f"{round(size / float(preprocessing.get('crop_pct', 1.0)))} with "
+                      f"{math.floor(size / float(preprocessing.get('crop_pct', 1.0)))} with "
                       f"{preprocessing.get('interpolation', 'bicubic')} interpolation, centre-crop); the model scales "
                       f"pixels by 1/255 and normalizes with mean {preprocessing['mean']} and std "
                       f"{preprocessing['std']} itself")

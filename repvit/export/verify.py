@@ -8,6 +8,7 @@ format's tolerance, and top-1 agreement is reported alongside.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,9 +89,10 @@ def find_images(source: Union[str, os.PathLike, Sequence, None], limit: int) -> 
 
 
 def load_crop(path: Union[str, os.PathLike], preprocessing: dict) -> Image.Image:
-    """RGB image resized (shorter side to size / crop_pct) and centre-cropped to the input size."""
+    """RGB image resized (shorter side to floor(size / crop_pct), as timm's eval transform and
+    the training engine do) and centre-cropped to the input size."""
     size = int(preprocessing["input_size"][-1])
-    scale = int(round(size / float(preprocessing.get("crop_pct", 1.0))))
+    scale = math.floor(size / float(preprocessing.get("crop_pct", 1.0)))
     interp = InterpolationMode(preprocessing.get("interpolation", "bicubic"))
     with Image.open(path) as img:
         img = img.convert("RGB")
