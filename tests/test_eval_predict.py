@@ -71,7 +71,8 @@ def test_predict_prints_top5_names_and_probabilities(run_dir, tiny_imagenette, c
     results = predict(run_dir / "best.pth", images, device="cpu")
     assert all(str(image) in out for image in images)
     # Imagenette folders are ImageNet WordNet ids; the printout adds the readable name.
-    assert results[0]["top"][0]["label"] and f"{results[0]['top'][0]['class']}  ({results[0]['top'][0]['label']})" in out
+    best = results[0]["top"][0]
+    assert best["label"] and f"{best['class']}  ({best['label']})" in out
     names = sorted(p.name for p in (tiny_imagenette / "train").iterdir())
     model = repvit.reparameterize(repvit.create_model(checkpoint=run_dir / "best.pth"))
     from repvit.train.data import eval_transform, load_rgb

@@ -237,7 +237,8 @@ def validate(cfg: argparse.Namespace) -> None:
               allow_zero=True)
     for name in ("mixup_prob", "mixup_switch_prob", "hflip", "reprob", "drop", "drop_path", "distillation_alpha"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} is a probability/fraction in [0, 1], got {getattr(cfg, name)}")
+            raise ValueError(f"--{name.replace('_', '-')} is a probability/fraction in [0, 1], "
+                             f"got {getattr(cfg, name)}")
     if not 0.0 < cfg.crop_pct <= 1.0:
         raise ValueError(f"--crop-pct must be in (0, 1], got {cfg.crop_pct}")
     if not 0.0 < cfg.scale[0] <= cfg.scale[1] <= 1.0:

@@ -63,7 +63,8 @@ def scan_class_folders(root, class_names: Optional[Sequence[str]] = None) -> tup
     if not folders:
         loose = [p.name for p in root.iterdir() if p.is_file() and is_image_file(p.name)]
         what = f"{len(loose)} images but no class folders" if loose else "no class folders"
-        raise ValueError(f"{str(root)!r} holds {what}: expected {root}/<class name>/<image files>, one folder per class")
+        raise ValueError(f"{str(root)!r} holds {what}: expected {root}/<class name>/<image files>, "
+                         "one folder per class")
     names = [p.name for p in folders]
     if class_names is None:
         class_names = names
@@ -82,8 +83,8 @@ def scan_class_folders(root, class_names: Optional[Sequence[str]] = None) -> tup
             files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
                          if is_image_file(f) and not f.startswith("."))
         if not files:
-            raise ValueError(f"class folder {str(folder)!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}); "
-                             "add images or remove the folder")
+            raise ValueError(f"class folder {str(folder)!r} holds no images (looked for "
+                             f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
         samples.extend((path, index[folder.name]) for path in files)
     return samples, list(class_names)
 

@@ -143,10 +143,11 @@ def train_one_epoch(run: Run, epoch: int, first_step: int = 0) -> dict:
         finite = bool(torch.isfinite(loss).item())
         if any_rank([not finite], env)[0]:
             what = f"{loss.item()}" if not finite else "non-finite on another process"
+            last = run.output / "last.pth"
             raise NonFiniteLossError(
                 f"loss is {what} at epoch {epoch + 1} step {step + 1}/{run.steps_per_epoch} (update "
                 f"{run.num_updates + 1}, lr {lr:.3e}); stopped before applying it. Lower --lr or raise "
-                f"--warmup-epochs/--clip-grad; {run.output / 'last.pth'} holds the last finished epoch")
+                f"--warmup-epochs/--clip-grad" + (f"; {last} holds the last finished epoch" if last.is_file() else ""))
         run.optimizer.zero_grad(set_to_none=True)
         _backward_and_step(run, loss)
         run.num_updates += 1
