@@ -13,7 +13,9 @@ def run(args) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    accuracy = load_accuracy(args.accuracy) if args.accuracy else None
+    accuracy = {}
+    for path in args.accuracy or []:  # later files win for models they share
+        accuracy.update(load_accuracy(path))
     rows = roadmap_rows(ablations=args.ablations, img_size=args.img_size, latency=not args.no_latency,
                         runs=args.runs, warmup=args.warmup, accuracy=accuracy)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
@@ -34,8 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--ablations", action="store_true", help="also the side ablations (MobileNetV3 block, SE, re-param)")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     p.add_argument("--plot", metavar="FILE.png", help="draw a Figure-2-style chart of the steps into FILE.png")
-    p.add_argument("--accuracy", metavar="FILE.json",
-                   help="merge top-1 measured by benchmarks/roadmap_imagenette.py into the table and plot")
+    p.add_argument("--accuracy", metavar="FILE.json", nargs="+",
+                   help="merge top-1 measured by benchmarks/roadmap_imagenette.py (one or more results.json) "
+                        "into the table and plot")
     p.add_argument("--img-size", type=int, default=224, help="input resolution for MACs and latency (default 224)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the latency runs (default: torch's)")
     p.add_argument("--runs", type=int, default=50, help="timed forward passes per model (median reported)")
