@@ -16,6 +16,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", "-b", type=int, default=64, help="images per batch [64]")
     parser.add_argument("--workers", "-j", type=int, default=2, help="data-loading worker processes [2]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="check every image first and skip unreadable ones (default: stop naming the file)")
@@ -23,7 +24,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from ..train.inference import evaluate_checkpoint
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be 1 or more, got {args.threads}")
+        torch.set_num_threads(args.threads)
     result = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
                                  device=args.device, use_ema=args.ema, skip_bad_images=args.skip_bad_images)
     print(f"{result['images']} images in {result['classes']} classes ({result['data']}), fused model at "
