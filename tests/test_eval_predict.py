@@ -18,7 +18,7 @@ def run_dir(tiny_imagenette, tmp_path_factory):
     rc = cli(["train", "--data", str(tiny_imagenette), "--output", str(out), "--model", "repvit_m0_6",
               "--img-size", "32", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0",
               "--lr", "1e-3", "--no-tensorboard", "--no-model-ema", "--aug-repeats", "0", "--mixup", "0",
-              "--cutmix", "0"])
+              "--cutmix", "0", "--threads", "1"])
     assert rc == 0
     return out
 

@@ -21,7 +21,7 @@ from repvit.train.optim import build_optimizer, build_scheduler
 # A tiny model at 32 px keeps each run to a few seconds; everything else is the paper's recipe
 # (RandAugment, random erasing, repeated augmentation, Mixup/CutMix, EMA, AGC).
 TINY = ["--model", "repvit_m0_6", "--img-size", "32", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0",
-        "--workers", "0", "--lr", "1e-3", "--no-tensorboard", "--log-interval", "2"]
+        "--workers", "0", "--lr", "1e-3", "--no-tensorboard", "--log-interval", "2", "--threads", "1"]
 
 
 def copy_subset(src: Path, dst: Path, classes: int, train: int, val: int) -> Path:
@@ -37,8 +37,10 @@ def copy_subset(src: Path, dst: Path, classes: int, train: int, val: int) -> Pat
 def trained(tiny_imagenette, tmp_path_factory):
     """One finished run of the tiny recipe, shared by the tests that only read its outputs."""
     out = tmp_path_factory.mktemp("run") / "out"
+    threads = torch.get_num_threads()
     rc = cli(["train", "--data", str(tiny_imagenette), "--output", str(out), *TINY])
     assert rc == 0
+    assert torch.get_num_threads() == threads  # --threads 1 applied to the run only
     return out
 
 
@@ -212,7 +214,7 @@ def test_finetune_with_same_classes_keeps_the_head_and_refuses_fused(trained, ti
 def test_hard_distillation_from_our_checkpoint(trained, tiny_imagenette, tmp_path):
     out = tmp_path / "kd"
     assert cli(["train", "--data", str(tiny_imagenette), "--output", str(out), *TINY,
-                "--teacher", str(trained / "best.pth"), "--no-model-ema", "--channels-last", "--threads", "1"]) == 0
+                "--teacher", str(trained / "best.pth"), "--no-model-ema", "--channels-last"]) == 0
     # (distillation "auto" becomes hard when a teacher is given)
     assert "distillation hard" in (out / "train.log").read_text()
     student = repvit.create_model(checkpoint=out / "last.pth")

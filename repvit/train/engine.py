@@ -364,6 +364,7 @@ def describe(run: Run) -> str:
 # --------------------------------------------------------------------------- the whole run
 def main(cfg) -> dict:
     """Train with resolved options (see ``repvit.train.config``); returns a summary dict."""
+    threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env = setup(cfg.device)
@@ -373,6 +374,7 @@ def main(cfg) -> dict:
             return _train(cfg, env, reporter, stop)
     finally:
         teardown(env)
+        torch.set_num_threads(threads_before)
 
 
 def _train(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> dict:
