@@ -279,3 +279,16 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path):
     drawn = bar_out.getvalue()
     assert "epoch 2/3" in drawn and "4/4" in drawn and "loss 0.2500" in drawn and "img/s" in drawn
     assert log_out.getvalue() == ""  # the bar replaces the periodic lines
+
+
+def test_distillation_is_hard_with_a_teacher_and_off_when_fine_tuning_unless_asked(trained):
+    from repvit.train.engine import resolve_distillation
+    teacher = str(trained / "best.pth")
+
+    def kind(*flags):
+        return resolve_distillation(train_config.parse_args(["--data", "x", *flags]))
+    assert kind() == "none"                                             # paper default, but no teacher weights
+    assert kind("--teacher-checkpoint", teacher) == "hard"              # the paper's recipe
+    assert kind("--teacher", teacher) == "hard"                         # one of our checkpoints
+    assert kind("--teacher", teacher, "--finetune", teacher) == "none"  # fine-tuning: off ...
+    assert kind("--teacher", teacher, "--finetune", teacher, "--distillation-type", "soft") == "soft"  # ... unless asked
