@@ -45,18 +45,30 @@ def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
     from onnxruntime.quantization.shape_inference import quant_pre_process
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    calibration = list(calibration)
     if len(calibration) == 0:
         raise ValueError("INT8 quantization needs calibration images")
     source = onnx.load(str(fp32_path))
     input_name = source.graph.input[0].name
 
     class Feed(CalibrationDataReader):
+        """Calibration images in chunks (``set_range``): ranges and histograms are merged chunk by
+        chunk, so memory stays bounded (all 300 images' activations at 224 px do not fit in 24 GB)."""
+
         def __init__(self):
-            self._items = iter(calibration)
+            self.set_range(0, len(calibration))
+
+        def __len__(self):
+            return len(calibration)
+
+        def set_range(self, start_index: int, end_index: int):
+            self._items = iter(calibration[start_index:end_index])
 
         def get_next(self):
             item = next(self._items, None)
             return None if item is None else {input_name: np.ascontiguousarray(item, dtype=np.float32)}
+
+    chunk = next(s for s in range(min(16, len(calibration)), 0, -1) if len(calibration) % s == 0)
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +83,7 @@ def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
                                   "entropy": CalibrationMethod.Entropy}[method],
                 op_types_to_quantize=list(op_types) if op_types else None,
                 extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True,
-                               "CalibMovingAverage": False})
+                               "CalibMovingAverage": False, "CalibStridedMinMax": chunk})
     quantized = onnx.load(str(out_path))
     meta = {p.key: p.value for p in source.metadata_props}
     meta["precision"] = "int8"
