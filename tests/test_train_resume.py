@@ -16,7 +16,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # Two epochs of the paper's recipe at toy size; RandAugment, random erasing, Mixup/CutMix, the
 # repeated-augmentation sampler and EMA all draw random numbers, so all of them must be restored.
-ARGS = ["--model", "repvit_m0_6", "--img-size", "32", "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1",
+ARGS = ["--model", "repvit_m0_6", "--img-size", "32", "--batch-size", "8", "--epochs", "2", "--warmup-epochs", "1",
         "--workers", "0", "--lr", "1e-3", "--seed", "7", "--no-tensorboard", "--log-interval", "1",
         "--threads", "1"]
 
