@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..model import IMAGENET_MEAN, IMAGENET_STD
+from .augment import fix_posterize
 from .distributed import DistEnv, gather_objects
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -170,10 +171,11 @@ def preprocessing(cfg) -> dict:
 def train_transform(cfg):
     from timm.data import create_transform
     aa = None if str(cfg.aa).lower() in ("", "none", "null") else cfg.aa
-    return create_transform(cfg.img_size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
-                            hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=aa,
-                            interpolation=cfg.train_interpolation, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                            re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+    transform = create_transform(cfg.img_size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+                                 hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=aa,
+                                 interpolation=cfg.train_interpolation, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                 re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+    return fix_posterize(transform)
 
 
 def eval_transform(prep: dict):
