@@ -7,6 +7,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import traceback
 from typing import Optional, Sequence
 
 from . import commands
@@ -35,8 +36,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # CheckpointError is a ValueError
         if os.environ.get("REPVIT_DEBUG"):
             raise
-        print(f"repvit {args.command}: error: {err}", file=sys.stderr)
+        print(f"repvit {args.command}: error: {err}{_foreign_origin(err)}", file=sys.stderr)
         return 2
+
+
+def _foreign_origin(err: BaseException) -> str:
+    """Where an error raised outside this package came from: our own messages say what to do,
+    a library's bare message (e.g. from PIL inside a transform) needs its location to be useful."""
+    frames = traceback.extract_tb(err.__traceback__)
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    if not frames or os.path.abspath(frames[-1].filename).startswith(package_dir + os.sep):
+        return ""
+    last = frames[-1]
+    return (f"\n  raised by {last.filename}:{last.lineno} ({last.name}), not by repvit; "
+            "run with REPVIT_DEBUG=1 for the full traceback")
 
 
 if __name__ == "__main__":

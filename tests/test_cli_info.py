@@ -38,3 +38,17 @@ def test_demo_reports_fusion_parity(capsys):
 def test_cli_error_is_clean(capsys):
     assert main(["demo", "--model", "repvit_x"]) == 2
     assert "unknown RepViT variant" in capsys.readouterr().err
+
+
+def test_library_errors_name_their_origin_and_ours_stay_one_line(monkeypatch, capsys):
+    import repvit.commands.info as info_command
+
+    monkeypatch.setattr(info_command, "run", lambda args: json.loads("{"))  # a ValueError from the stdlib
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("repvit info: error: ") and "decoder.py" in err and "REPVIT_DEBUG=1" in err
+
+    monkeypatch.setattr(info_command, "run", lambda args: build_skeleton("repvit_m9_9"))  # raised in repvit
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("repvit info: error: ") and "repvit_m9_9" in err and err.count("\n") == 1
