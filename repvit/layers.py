@@ -255,7 +255,8 @@ class Classifier(nn.Module):
     """BN+Linear head, plus an identical distillation head when ``distillation``.
 
     Training returns ``(cls, dist)`` so each head gets its own loss; evaluation returns their
-    mean, which is also what the fused single Linear computes.
+    mean, which is also what the fused single Linear computes. Subclasses change the kind of
+    head through ``make_head`` / ``fold_head`` and keep this contract.
     """
 
     __constants__ = ["distillation"]  # lets TorchScript drop the branch for the absent head
@@ -263,9 +264,18 @@ class Classifier(nn.Module):
     def __init__(self, in_features: int, num_classes: int, *, distillation: bool = False):
         super().__init__()
         self.distillation = distillation
-        self.classifier = NormLinear(in_features, num_classes)
+        self.classifier = self.make_head(in_features, num_classes)
         if distillation:
-            self.classifier_dist = NormLinear(in_features, num_classes)
+            self.classifier_dist = self.make_head(in_features, num_classes)
+
+    @staticmethod
+    def make_head(in_features: int, num_classes: int) -> nn.Module:
+        return NormLinear(in_features, num_classes)
+
+    @staticmethod
+    def fold_head(head: nn.Module) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+        """The head as ``(linear whose dtype/device to keep, float32 weight, float32 bias)``."""
+        return (head.l, *head.folded())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(x)
@@ -278,11 +288,11 @@ class Classifier(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> nn.Linear:
-        weight, bias = self.classifier.folded()
+        template, weight, bias = self.fold_head(self.classifier)
         if self.distillation:
-            weight_dist, bias_dist = self.classifier_dist.folded()
+            _, weight_dist, bias_dist = self.fold_head(self.classifier_dist)
             weight, bias = (weight + weight_dist) / 2, (bias + bias_dist) / 2
-        return linear_with_params(self.classifier.l, weight, bias)
+        return linear_with_params(template, weight, bias)
 
 
 def is_fusable(module: nn.Module) -> bool:

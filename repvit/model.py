@@ -39,10 +39,46 @@ class FeatureInfo(list):
         return [f["module"] for f in self]
 
 
-class RepViT(nn.Module):
-    """RepViT classifier. ``variant`` gives widths and block pattern (see ``variants.py``)."""
+class TimmHeadConventions:
+    """timm's head API (``pretrained_cfg``, ``get/reset_classifier``, grad checkpointing), shared
+    by ``RepViT`` and the roadmap networks; a subclass provides ``_make_classifier`` and the
+    ``classifier``, ``num_classes``, ``distillation``, ``fused`` and ``preprocessing`` attributes."""
 
     __jit_unused_properties__ = ["pretrained_cfg", "default_cfg"]
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        return {**self.preprocessing, "num_classes": self.num_classes, "first_conv": "features.0.0.c",
+                "classifier": "classifier"}
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    @torch.jit.ignore
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, distillation: bool = False) -> None:
+        """Replace the classifier (new random weights) on the model's device and dtype."""
+        name = type(self).__name__
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"{name} only supports global_pool='avg', got {global_pool!r}")
+        if self.fused:
+            raise ValueError(f"reset_classifier on a fused {name} is not supported; reset before reparameterize()")
+        ref = next(self.parameters())
+        self.num_classes, self.distillation = num_classes, distillation
+        self.classifier = self._make_classifier(num_classes, distillation).to(device=ref.device, dtype=ref.dtype)
+        self.classifier.train(self.training)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+
+class RepViT(TimmHeadConventions, nn.Module):
+    """RepViT classifier. ``variant`` gives widths and block pattern (see ``variants.py``)."""
 
     def __init__(self, variant: Union[str, Variant] = "repvit_m0_9", *, num_classes: int = 1000,
                  distillation: bool = False, in_chans: int = 3, drop_rate: float = 0.0,
@@ -68,40 +104,10 @@ class RepViT(nn.Module):
         self.distillation = distillation
         self.classifier = self._make_classifier(num_classes, distillation)
 
-    # -- timm conventions -------------------------------------------------------------------
-    @property
-    def pretrained_cfg(self) -> dict:
-        return {**self.preprocessing, "num_classes": self.num_classes, "first_conv": "features.0.0.c",
-                "classifier": "classifier"}
-
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
     def _make_classifier(self, num_classes: int, distillation: bool) -> nn.Module:
         if num_classes == 0:
             return nn.Identity()
         return Classifier(self.num_features, num_classes, distillation=distillation)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    @torch.jit.ignore
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, distillation: bool = False) -> None:
-        """Replace the head (new random weights) on the model's device and dtype."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"RepViT only supports global_pool='avg', got {global_pool!r}")
-        if self.fused:
-            raise ValueError("reset_classifier on a fused model is not supported; reset before reparameterize()")
-        ref = self.features[0][0].c.weight
-        self.num_classes, self.distillation = num_classes, distillation
-        self.classifier = self._make_classifier(num_classes, distillation).to(device=ref.device, dtype=ref.dtype)
-        self.classifier.train(self.training)
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

@@ -10,17 +10,14 @@ from repvit import create_model, reparameterize
 from repvit.export import coreml as fmt_cm
 from repvit.export import executorch as fmt_et
 from repvit.export import export_model
-from repvit.testing import randomize_batchnorm
+from repvit.testing import random_eval_model
 
 IMG = 64
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = create_model("repvit_m0_6", num_classes=10, distillation=True)
-    randomize_batchnorm(m, seed=2)
-    return m.eval()
+    return random_eval_model("repvit_m0_6", bn_seed=2, num_classes=10, distillation=True)
 
 
 def test_normalization_wrapper_equals_normalize_then_model(model):

@@ -6,15 +6,12 @@ import torch
 
 from repvit import create_model, is_fused, reparameterize
 from repvit.inference import CUDAGraphRunner, InferenceModule, optimize_for_inference
-from repvit.testing import randomize_batchnorm
+from repvit.testing import random_eval_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = create_model("repvit_m0_6", num_classes=10, distillation=True)
-    randomize_batchnorm(m, seed=3)
-    return m.eval()
+    return random_eval_model("repvit_m0_6", bn_seed=3, num_classes=10, distillation=True)
 
 
 def test_cpu_picks_a_faithful_measured_path(model):

@@ -7,7 +7,7 @@ import torch
 import repvit
 from repvit import create_model, reparameterize
 from repvit.profile import count_macs, count_params
-from repvit.testing import randomize_batchnorm
+from repvit.testing import assert_torchscript_matches, randomize_batchnorm
 from repvit.variants import VARIANTS
 
 ALL = list(VARIANTS)
@@ -128,11 +128,7 @@ def test_distillation_default_agrees_between_constructor_and_reset():
 @pytest.mark.parametrize("name", ALL)
 def test_torchscript_fused_and_unfused(name):
     model = randomize_batchnorm(create_model(name, num_classes=10, distillation=True)).eval()
-    x = torch.randn(1, 3, IMG, IMG)
-    for m in (model, reparameterize(model)):
-        scripted = torch.jit.script(m)
-        with torch.no_grad():
-            torch.testing.assert_close(scripted(x), m(x), rtol=1e-5, atol=1e-5)
+    assert_torchscript_matches(model, torch.randn(1, 3, IMG, IMG))
 
 
 @pytest.mark.parametrize("name", ["repvit_m0_6", "repvit_m0_9", "repvit_m1"])

@@ -15,7 +15,7 @@ from repvit.factory import build_skeleton
 from repvit.profile import count_macs, count_params
 from repvit.roadmap import ABLATIONS, STEPS, RoadmapNet, roadmap_names, stage_patterns
 from repvit.roadmap import spec as rs
-from repvit.testing import randomize_batchnorm
+from repvit.testing import assert_torchscript_matches, randomize_batchnorm
 from repvit.variants import VARIANTS
 
 IMG = 64
@@ -137,11 +137,7 @@ def test_trains_a_few_steps(name):
 @pytest.mark.parametrize("name", STEP_NAMES)
 def test_torchscript_fused_and_unfused(name):
     model = randomize_batchnorm(create_model(name, num_classes=10, distillation=True)).eval()
-    x = torch.randn(1, 3, IMG, IMG)
-    for m in (model, reparameterize(model)):
-        scripted = torch.jit.script(m)
-        with torch.no_grad():
-            torch.testing.assert_close(scripted(x), m(x), rtol=1e-5, atol=1e-5)
+    assert_torchscript_matches(model, torch.randn(1, 3, IMG, IMG))
 
 
 @pytest.mark.parametrize("name", ["roadmap_0_mnv3l", "roadmap_4_deeper_down"])

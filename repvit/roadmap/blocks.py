@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from ..layers import ConvBN, RepDWConv, Residual, SqueezeExcite, linear_with_params
+from ..layers import Classifier, ConvBN, RepDWConv, Residual, SqueezeExcite
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish}
 
@@ -116,35 +116,14 @@ class SeparatedBlock(nn.Module):
         return self.channel_mixer(self.token_mixer(x))
 
 
-class LinearClassifier(nn.Module):
-    """MobileNetV3's final Linear, plus an identical distillation head when ``distillation``.
+class LinearClassifier(Classifier):
+    """MobileNetV3's final Linear, plus an identical distillation head when ``distillation``;
+    ``repvit.layers.Classifier``'s train/eval/fuse contract with a plain Linear per head."""
 
-    Same contract as ``repvit.layers.Classifier``: training returns ``(cls, dist)``, evaluation
-    their mean, and ``fuse()`` averages the two into one Linear.
-    """
+    @staticmethod
+    def make_head(in_features: int, num_classes: int) -> nn.Module:
+        return nn.Linear(in_features, num_classes)
 
-    __constants__ = ["distillation"]
-
-    def __init__(self, in_features: int, num_classes: int, *, distillation: bool = False):
-        super().__init__()
-        self.distillation = distillation
-        self.classifier = nn.Linear(in_features, num_classes)
-        if distillation:
-            self.classifier_dist = nn.Linear(in_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(x)
-        if self.distillation:
-            logits_dist = self.classifier_dist(x)
-            if self.training and not torch.jit.is_scripting():
-                return logits, logits_dist
-            return (logits + logits_dist) / 2
-        return logits
-
-    @torch.no_grad()
-    def fuse(self) -> nn.Linear:
-        weight, bias = self.classifier.weight.float(), self.classifier.bias.float()
-        if self.distillation:
-            weight = (weight + self.classifier_dist.weight.float()) / 2
-            bias = (bias + self.classifier_dist.bias.float()) / 2
-        return linear_with_params(self.classifier, weight, bias)
+    @staticmethod
+    def fold_head(head: nn.Module) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+        return head, head.weight.float(), head.bias.float()

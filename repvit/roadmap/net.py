@@ -15,7 +15,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..layers import Classifier, ConvBN, DownsampleBlock, RepViTBlock, SqueezeExcite, stem
-from ..model import FeatureInfo, default_preprocessing
+from ..model import FeatureInfo, TimmHeadConventions, default_preprocessing
 from .blocks import InvertedResidual, LinearClassifier, SeparatedBlock, act_layer, make_act
 from .spec import EARLY_CONV_WIDTHS, BlockSpec, NetSpec
 
@@ -41,10 +41,8 @@ def build_block(b: BlockSpec, drop_path: float = 0.0) -> nn.Module:
     raise ValueError(f"unknown block kind {b.kind!r}")
 
 
-class RoadmapNet(nn.Module):
+class RoadmapNet(TimmHeadConventions, nn.Module):
     """One network of the RepViT roadmap (see ``repvit.roadmap``), with timm-style conventions."""
-
-    __jit_unused_properties__ = ["pretrained_cfg", "default_cfg"]
 
     def __init__(self, spec: NetSpec, *, name: str = "roadmap", num_classes: int = 1000, distillation: bool = False,
                  in_chans: int = 3, drop_rate: Optional[float] = None, drop_path_rate: float = 0.0):
@@ -91,36 +89,6 @@ class RoadmapNet(nn.Module):
 
     def __repr__(self) -> str:  # the name first: a roadmap step is easier to recognise by it
         return f"{self.model_name}: {super().__repr__()}"
-
-    # -- timm conventions -------------------------------------------------------------------
-    @property
-    def pretrained_cfg(self) -> dict:
-        return {**self.preprocessing, "num_classes": self.num_classes, "first_conv": "features.0.0.c",
-                "classifier": "classifier"}
-
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    @torch.jit.ignore
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, distillation: bool = False) -> None:
-        """Replace the last classifier (new random weights) on the model's device and dtype."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"roadmap models only support global_pool='avg', got {global_pool!r}")
-        if self.fused:
-            raise ValueError("reset_classifier on a fused model is not supported; reset before reparameterize()")
-        ref = next(self.parameters())
-        self.num_classes, self.distillation = num_classes, distillation
-        self.classifier = self._make_classifier(num_classes, distillation).to(device=ref.device, dtype=ref.dtype)
-        self.classifier.train(self.training)
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
 
     @torch.jit.unused
     def _run_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
