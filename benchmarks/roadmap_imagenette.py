@@ -11,7 +11,7 @@ The training subset is a folder of symbolic links to the first N images per clas
 shared data set (nothing is copied). Results go to ``OUT/results.json`` after every step; a
 rerun with the same settings skips the steps already done.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/roadmap_imagenette.py --jobs 2   # 10-25 min on 2 quiet CPU cores
+    PYTHONPATH=. .venv/bin/python benchmarks/roadmap_imagenette.py --jobs 2   # 3.5 min on 2 idle CPU cores
     PYTHONPATH=. .venv/bin/python -m repvit roadmap --accuracy runs/roadmap_imagenette/results.json --plot roadmap.png
 """
 from __future__ import annotations
