@@ -45,3 +45,11 @@ def test_refuses_runs_of_different_budgets_or_a_repeated_seed(tmp_path):
         roadmap_seeds.load_runs([a, b])
     with pytest.raises(SystemExit, match="same seed"):
         roadmap_seeds.load_runs([a, a])
+
+
+def test_repvit_roadmap_reads_the_combined_means(tmp_path):
+    from repvit.roadmap.report import load_accuracy
+    paths = [run(0, [20.0, 30.0, 26.0], tmp_path), run(1, [24.0, 30.0, 28.0], tmp_path)]
+    combined = tmp_path / "seeds.json"
+    assert roadmap_seeds.main([str(p) for p in paths] + ["--json", str(combined)]) == 0
+    assert load_accuracy(combined) == {"step0": 22.0, "step1": 30.0, "step2": 27.0, "side": 50.0}

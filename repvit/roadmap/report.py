@@ -87,16 +87,20 @@ def roadmap_rows(*, ablations: bool = False, img_size: int = 224, latency: bool 
 
 
 def load_accuracy(path: Union[str, os.PathLike]) -> dict:
-    """``{model name: top-1}`` from the benchmark's JSON (``{"results": [{"name", "top1"}, ...]}``) or a plain dict."""
+    """``{model name: top-1}`` from the benchmark's JSON (``{"results": [{"name", "top1"}, ...]}``), from
+    ``benchmarks/roadmap_seeds.py --json`` (the mean over seeds), or a plain ``{name: top1}`` dict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"accuracy file {str(path)!r} not found; write one with benchmarks/roadmap_imagenette.py")
     data = json.loads(path.read_text())
     if isinstance(data, dict) and "results" in data:
         return {r["name"]: r["top1"] for r in data["results"] if r.get("top1") is not None}
+    if isinstance(data, dict) and "rows" in data and "seeds" in data:
+        return {r["name"]: r["top1_mean"] for r in data["rows"]}
     if isinstance(data, dict) and all(isinstance(v, (int, float)) for v in data.values()):
         return dict(data)
-    raise ValueError(f"{str(path)!r} is neither the roadmap benchmark's JSON nor a {{name: top1}} mapping")
+    raise ValueError(f"{str(path)!r} is not the JSON of benchmarks/roadmap_imagenette.py or roadmap_seeds.py, "
+                     "nor a {{name: top1}} mapping")
 
 
 def format_table(rows: list[dict]) -> str:
