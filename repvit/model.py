@@ -55,6 +55,9 @@ class TimmHeadConventions:
     def default_cfg(self) -> dict:
         return self.pretrained_cfg
 
+    def _make_classifier(self, num_classes: int, distillation: bool) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} must define _make_classifier")
+
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.classifier
