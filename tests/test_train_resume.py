@@ -103,6 +103,27 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_identical(reference, data,
     assert_identical(reference, weights(out / "last.pth"))
 
 
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_exits_cleanly(data, tmp_path):
+    # `timeout`, `docker stop` and cluster preemption signal every process of the group, workers included.
+    out = tmp_path / "terminated"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(train_cmd(data, out, "--workers", "1"), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if "epoch 1/2 step 2/" in line:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "SIGTERM received" in stdout and "interrupted: stopped in epoch 1" in stdout
+    assert "Traceback" not in stderr
+    saved = torch.load(out / "last.pth", weights_only=True)
+    assert saved["epoch"] == 0 and saved["next_step"] >= 2
+    resumed = run(train_cmd(data, out, "--workers", "1", "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 2
+
+
 def test_resume_refuses_weights_only_checkpoints(data, tmp_path):
     import repvit
     repvit.save_checkpoint(repvit.create_model("repvit_m0_6", num_classes=10), tmp_path / "w.pth")

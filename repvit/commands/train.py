@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -25,4 +26,6 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"repvit train: {err}", file=sys.stderr)
         return 3
-    return 130 if summary.get("interrupted") else 0
+    if summary.get("interrupted"):  # the shell's convention: 128 + the signal (130 Ctrl-C, 143 SIGTERM)
+        return 128 + (summary.get("signal") or signal.SIGINT)
+    return 0

@@ -228,16 +228,19 @@ def train_sampler(dataset: Dataset, cfg, env: DistEnv) -> ResumableSampler:
     return ResumableSampler(inner)
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; only the main process decides how to stop.
+def _leave_stop_signals_to_main(worker_id: int) -> None:
+    # Ctrl-C, and SIGTERM from `timeout`, `docker stop` or a cluster's preemption, reach the whole
+    # process group; a worker killed by one would crash the main process before it could save.
+    # The main process decides how to stop, then shuts its workers down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
                 drop_last: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=workers > 0,
-                      worker_init_fn=_ignore_sigint if workers > 0 else None)
+                      worker_init_fn=_leave_stop_signals_to_main if workers > 0 else None)
 
 
 # --------------------------------------------------------------------------- everything for a run

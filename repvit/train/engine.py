@@ -52,6 +52,7 @@ class StopSignal:
 
     def __init__(self, log=print):
         self.requested = False
+        self.signum: Optional[int] = None  # the first stop signal received
         self.log = log
         self._previous = {}
 
@@ -69,7 +70,7 @@ class StopSignal:
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         self.log(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
                  "stopping (send it again to stop at once without saving)")
 
@@ -397,7 +398,8 @@ def _train(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> dict:
                 _save_last(run, epoch=epoch, next_step=stopped.next_step, best=best, config=config)
                 reporter.log(f"interrupted: {stopped}; saved {run.output / 'last.pth'}. Continue with the same "
                              f"command plus --resume {run.output / 'last.pth'}")
-                return {"interrupted": True, "epoch": epoch, "next_step": stopped.next_step, "best_top1": best}
+                return {"interrupted": True, "signal": stop.signum, "epoch": epoch, "next_step": stopped.next_step,
+                        "best_top1": best}
             first_step = 0
             val = evaluate(run.model, run.data.val_loader, env, run.autocast)
             row = {"epoch": epoch + 1, **train_stats, "val_loss": val["loss"], "val_top1": val["top1"],
@@ -423,7 +425,8 @@ def _train(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> dict:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: die as a crash would, right after saving
             if any_rank([stop.requested], env)[0] and epoch + 1 < cfg.epochs:
                 reporter.log(f"interrupted after epoch {epoch + 1}; continue with --resume {run.output / 'last.pth'}")
-                return {"interrupted": True, "epoch": epoch + 1, "next_step": 0, "best_top1": best}
+                return {"interrupted": True, "signal": stop.signum, "epoch": epoch + 1, "next_step": 0,
+                        "best_top1": best}
     finally:
         if run.metrics is not None:
             run.metrics.close()
