@@ -18,6 +18,8 @@ from repvit.train.data import scan_class_folders, split_folder
 from repvit.train.distill import DistillationLoss, build_teacher
 from repvit.train.optim import build_optimizer, build_scheduler
 
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 # A tiny model at 32 px keeps each run to a few seconds; everything else is the paper's recipe
 # (RandAugment, random erasing, repeated augmentation, Mixup/CutMix, EMA, AGC).
 TINY = ["--model", "repvit_m0_6", "--img-size", "32", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0",
@@ -292,3 +294,15 @@ def test_distillation_is_hard_with_a_teacher_and_off_when_fine_tuning_unless_ask
     assert kind("--teacher", teacher) == "hard"                         # one of our checkpoints
     assert kind("--teacher", teacher, "--finetune", teacher) == "none"  # fine-tuning: off ...
     assert kind("--teacher", teacher, "--finetune", teacher, "--distillation-type", "soft") == "soft"  # ... unless asked
+
+
+@pytest.mark.parametrize("name", ["imagenet-repvit.yaml", "imagenette-cpu.yaml"])
+def test_shipped_configs_load_and_validate(name):
+    cfg = train_config.parse_args(["-c", str(REPO_CONFIGS / name), "--data", "x"])
+    assert cfg.model.startswith("repvit_") and cfg.epochs > 0 and cfg.config.endswith(name)
+    if name == "imagenet-repvit.yaml":  # the paper's recipe, item by item from the table
+        assert (cfg.opt, cfg.weight_decay, cfg.opt_eps, cfg.warmup_epochs, cfg.warmup_lr, cfg.min_lr) == \
+            ("adamw", 0.025, 1e-8, 5, 1e-6, 1e-5)
+        assert (cfg.clip_grad, cfg.clip_mode, cfg.aa, cfg.reprob, cfg.aug_repeats) == \
+            (0.02, "agc", "rand-m9-mstd0.5-inc1", 0.25, 3)
+        assert (cfg.mixup, cfg.cutmix, cfg.smoothing, cfg.model_ema_decay) == (0.8, 1.0, 0.1, 0.99996)
