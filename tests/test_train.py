@@ -2,6 +2,7 @@
 and config files, fine-tuning, distillation, and the errors a user meets (data, divergence)."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -48,8 +49,13 @@ def trained(tiny_imagenette, tmp_path_factory):
 
 # --------------------------------------------------------------------------- a complete run
 def test_run_writes_checkpoints_logs_and_curves(trained):
-    for name in ("last.pth", "best.pth", "config.yaml", "metrics.csv", "metrics.jsonl", "curves.png", "train.log"):
+    for name in ("last.pth", "best.pth", "config.yaml", "metrics.csv", "metrics.jsonl", "steps.csv", "curves.png",
+                 "train.log"):
         assert (trained / name).is_file(), name
+    steps = list(csv.DictReader((trained / "steps.csv").open()))
+    updates = [int(r["update"]) for r in steps]
+    assert updates and updates == sorted(updates) and all(u % 2 == 0 for u in updates)  # --log-interval 2
+    assert all(0 < float(r["epoch"]) <= 1 and math.isfinite(float(r["train_loss"])) for r in steps)
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]
     row = rows[0]
@@ -306,3 +312,18 @@ def test_shipped_configs_load_and_validate(name):
         assert (cfg.clip_grad, cfg.clip_mode, cfg.aa, cfg.reprob, cfg.aug_repeats) == \
             (0.02, "agc", "rand-m9-mstd0.5-inc1", 0.25, 3)
         assert (cfg.mixup, cfg.cutmix, cfg.smoothing, cfg.model_ema_decay) == (0.8, 1.0, 0.1, 0.99996)
+
+
+def test_step_log_survives_a_resume_from_an_older_checkpoint(tmp_path):
+    from repvit.train.metrics_log import MetricsLog
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for update in (2, 4, 6, 8):
+        log.add_step(update, loss=1.0 / update, lr=1e-3, epoch=update / 8)
+    log.add({"epoch": 1, "train_loss": 0.5, "val_loss": 0.6, "val_top1": 50.0, "lr": 1e-3})
+    resumed = MetricsLog(tmp_path, tensorboard=False, resume=True)  # last.pth was written at update 4
+    resumed.add_step(6, loss=0.3, lr=1e-3, epoch=0.75)
+    rows = list(csv.DictReader((tmp_path / "steps.csv").open()))
+    assert [int(r["update"]) for r in rows] == [2, 4, 6] and float(rows[-1]["train_loss"]) == 0.3
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    MetricsLog(tmp_path, tensorboard=False)  # a fresh run starts a fresh log
+    assert not (tmp_path / "steps.csv").exists()

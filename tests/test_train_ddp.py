@@ -49,7 +49,9 @@ def test_two_cpu_processes_with_torchrun(odd_data, tmp_path):
     assert row["val_images"] == 15  # 8 + 7: every image once, nothing padded or dropped
     assert len((out / "metrics.csv").read_text().splitlines()) == 2
     assert sorted(p.name for p in out.iterdir()) == ["best.pth", "config.yaml", "curves.png", "last.pth",
-                                                     "metrics.csv", "metrics.jsonl", "train.log"]
+                                                     "metrics.csv", "metrics.jsonl", "steps.csv", "train.log"]
+    updates = [line.split(",")[0] for line in (out / "steps.csv").read_text().splitlines()[1:]]
+    assert updates == sorted(set(updates), key=int)  # written by rank 0 alone: no step twice
     # The distributed accuracy equals a single-process evaluation of the same weights.
     model = repvit.create_model(checkpoint=out / "last.pth")
     assert model.num_classes == 5 and len(torch.load(out / "last.pth", weights_only=True)["rng"]) == 2

@@ -161,7 +161,7 @@ def train_one_epoch(run: Run, epoch: int, first_step: int = 0) -> dict:
         loss_value = float(loss.item())
         run.reporter.step(step, loss_value, lr, images.shape[0] * env.world_size)
         if run.metrics is not None and (step + 1) % cfg.log_interval == 0:
-            run.metrics.add_step(run.num_updates, loss_value, lr)
+            run.metrics.add_step(run.num_updates, loss_value, lr, epoch + (step + 1) / run.steps_per_epoch)
         if any_rank([run.stop.requested], env)[0] and step + 1 < run.steps_per_epoch:
             run.reporter.end_epoch()
             raise StopRequested(epoch, step + 1)

@@ -1,10 +1,12 @@
-"""Per-epoch metrics in ``metrics.csv`` and ``metrics.jsonl``, TensorBoard scalars when
-tensorboard is installed, and ``curves.png`` (loss, val top-1, lr) redrawn after each epoch."""
+"""Per-epoch metrics in ``metrics.csv`` and ``metrics.jsonl``, per-step loss and lr (every
+``--log-interval`` steps) in ``steps.csv``, TensorBoard scalars when tensorboard is installed,
+and ``curves.png`` (loss, val top-1, lr) redrawn after each epoch."""
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+from typing import Optional
 
 
 class MetricsLog:
@@ -13,10 +15,12 @@ class MetricsLog:
         self.csv_path = self.output / "metrics.csv"
         self.jsonl_path = self.output / "metrics.jsonl"
         self.png_path = self.output / "curves.png"
+        self.steps_path = self.output / "steps.csv"
         if not resume:
-            for path in (self.csv_path, self.jsonl_path):
+            for path in (self.csv_path, self.jsonl_path, self.steps_path):
                 path.unlink(missing_ok=True)
         self.history = self._read_history()
+        self.steps = self._read_steps()
         self.writer = None
         if tensorboard:
             try:
@@ -30,6 +34,12 @@ class MetricsLog:
         if not self.jsonl_path.is_file():
             return []
         return [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+
+    def _read_steps(self) -> list[dict]:
+        if not self.steps_path.is_file():
+            return []
+        with open(self.steps_path, newline="") as f:
+            return [{k: (int(v) if k == "update" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
     def add(self, row: dict) -> None:
         # A resumed run repeats no epoch: drop rows of epochs at or after this one (a crash between
@@ -47,33 +57,57 @@ class MetricsLog:
                 if key != "epoch" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, row["epoch"])
             self.writer.flush()
-        plot_curves(self.history, self.png_path)
+        plot_curves(self.history, self.png_path, self.steps)
 
-    def add_step(self, step: int, loss: float, lr: float) -> None:
+    def add_step(self, step: int, loss: float, lr: float, epoch: float) -> None:
+        """``step``: optimizer updates so far; ``epoch``: fractional epochs done (for plotting)."""
+        row = {"update": step, "epoch": round(epoch, 4), "train_loss": loss, "lr": lr}
+        if self.steps and self.steps[-1]["update"] >= step:
+            # Resumed from a checkpoint older than the last logged steps: those steps are redone.
+            self.steps = [r for r in self.steps if r["update"] < step]
+            self._write_steps(self.steps, mode="w")
+        self.steps.append(row)
+        self._write_steps([row], mode="a")
         if self.writer is not None:
             self.writer.add_scalar("step/train_loss", loss, step)
             self.writer.add_scalar("step/lr", lr, step)
+
+    def _write_steps(self, rows: list[dict], mode: str) -> None:
+        new_file = mode == "w" or not self.steps_path.is_file()
+        with open(self.steps_path, mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["update", "epoch", "train_loss", "lr"])
+            if new_file:
+                writer.writeheader()
+            writer.writerows(rows)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Three panels: train/val loss, val top-1 (and EMA), learning rate; by epoch."""
+def plot_curves(history: list[dict], path: Path, steps: Optional[list[dict]] = None) -> None:
+    """Three panels against epochs: loss (per logged step and per epoch), val top-1 (and EMA),
+    learning rate (per logged step, so the warm-up shows, else per epoch)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    steps = steps or []
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(12, 3.6), tight_layout=True)
     FigureCanvasAgg(fig)
     panels = [("loss", ["train_loss", "val_loss"]), ("val top-1 (%)", ["val_top1", "val_top1_ema"]), ("lr", ["lr"])]
     for i, (title, keys) in enumerate(panels):
         ax = fig.add_subplot(1, 3, i + 1)
+        if title != "val top-1 (%)" and steps:
+            key = "lr" if title == "lr" else "train_loss"
+            ax.plot([r["epoch"] for r in steps], [r[key] for r in steps], linewidth=0.8,
+                    alpha=0.5 if key == "train_loss" else 1.0, label=f"{key} (logged steps)")
         for key in keys:
+            if title == "lr" and steps:
+                break
             points = [(e, r[key]) for e, r in zip(epochs, history) if r.get(key) is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+                ax.plot(*zip(*points), marker="o", markersize=3, label=f"{key} (epoch)" if steps else key)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
