@@ -320,10 +320,18 @@ def test_step_log_survives_a_resume_from_an_older_checkpoint(tmp_path):
     for update in (2, 4, 6, 8):
         log.add_step(update, loss=1.0 / update, lr=1e-3, epoch=update / 8)
     log.add({"epoch": 1, "train_loss": 0.5, "val_loss": 0.6, "val_top1": 50.0, "lr": 1e-3})
+    with open(tmp_path / "steps.csv", "a") as f:
+        f.write("10,1.2")  # a kill in the middle of a write
     resumed = MetricsLog(tmp_path, tensorboard=False, resume=True)  # last.pth was written at update 4
     resumed.add_step(6, loss=0.3, lr=1e-3, epoch=0.75)
     rows = list(csv.DictReader((tmp_path / "steps.csv").open()))
     assert [int(r["update"]) for r in rows] == [2, 4, 6] and float(rows[-1]["train_loss"]) == 0.3
+    with open(tmp_path / "steps.csv", "a") as f:
+        f.write("1")  # cut off again, this time before any newer step is logged
+    appended = MetricsLog(tmp_path, tensorboard=False, resume=True)
+    appended.add_step(12, loss=0.2, lr=1e-3, epoch=1.5)
+    rows = list(csv.DictReader((tmp_path / "steps.csv").open()))
+    assert [int(r["update"]) for r in rows] == [2, 4, 6, 12] and all(None not in r for r in rows)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     MetricsLog(tmp_path, tensorboard=False)  # a fresh run starts a fresh log
     assert not (tmp_path / "steps.csv").exists()

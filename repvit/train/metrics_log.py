@@ -21,6 +21,8 @@ class MetricsLog:
                 path.unlink(missing_ok=True)
         self.history = self._read_history()
         self.steps = self._read_steps()
+        if self.steps_path.is_file():  # rewrite what parsed, so appends never continue a cut-off line
+            self._write_steps(self.steps, mode="w")
         self.writer = None
         if tensorboard:
             try:
@@ -38,8 +40,15 @@ class MetricsLog:
     def _read_steps(self) -> list[dict]:
         if not self.steps_path.is_file():
             return []
+        rows = []
         with open(self.steps_path, newline="") as f:
-            return [{k: (int(v) if k == "update" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+            for r in csv.DictReader(f):
+                try:
+                    rows.append({"update": int(r["update"]), "epoch": float(r["epoch"]),
+                                 "train_loss": float(r["train_loss"]), "lr": float(r["lr"])})
+                except (TypeError, ValueError):  # a line cut short by a kill during the write
+                    continue
+        return rows
 
     def add(self, row: dict) -> None:
         # A resumed run repeats no epoch: drop rows of epochs at or after this one (a crash between
