@@ -24,17 +24,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from ..bench import torch_threads
     from ..train.inference import evaluate_checkpoint
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be 1 or more, got {args.threads}")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(args.threads or threads_before)
-    try:
+    with torch_threads(args.threads):
         result = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
                                      device=args.device, use_ema=args.ema, skip_bad_images=args.skip_bad_images)
-    finally:
-        torch.set_num_threads(threads_before)
     print(f"{result['images']} images in {result['classes']} classes ({result['data']}), fused model at "
           f"{result['img_size']} px: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
           f"loss {result['loss']:.4f}")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bench import torch_threads
 from ..checkpoint import load_state_dict
 from ..factory import create_model
 from . import config as config_mod
@@ -365,17 +366,14 @@ def describe(run: Run) -> str:
 # --------------------------------------------------------------------------- the whole run
 def main(cfg) -> dict:
     """Train with resolved options (see ``repvit.train.config``); returns a summary dict."""
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    env = setup(cfg.device)
-    reporter = Reporter(enabled=env.is_main, interval=cfg.log_interval)
-    try:
-        with StopSignal(reporter.log) as stop:
-            return _train(cfg, env, reporter, stop)
-    finally:
-        teardown(env)
-        torch.set_num_threads(threads_before)
+    with torch_threads(cfg.threads):  # --threads for this run only
+        env = setup(cfg.device)
+        reporter = Reporter(enabled=env.is_main, interval=cfg.log_interval)
+        try:
+            with StopSignal(reporter.log) as stop:
+                return _train(cfg, env, reporter, stop)
+        finally:
+            teardown(env)
 
 
 def _train(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> dict:
