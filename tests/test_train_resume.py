@@ -30,6 +30,21 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+def signal_at_step_2(cmd: list[str], send, **popen) -> tuple[int, str, str]:
+    """Run ``cmd``, call ``send(proc)`` once step 2 of epoch 1 is logged; (returncode, stdout, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
+    lines = []
+    for line in proc.stdout:  # wait until training is under way
+        lines.append(line)
+        if "epoch 1/2 step 2/" in line:
+            send(proc)
+            break
+    stdout, stderr = proc.communicate(timeout=600)
+    return proc.returncode, "".join(lines) + stdout, stderr
+
+
 def weights(path: Path) -> dict:
     raw = torch.load(path, map_location="cpu", weights_only=True)
     return {"model": raw["model"], "model_ema": raw["model_ema"], "optimizer": raw["optimizer"]["state"],
@@ -82,18 +97,8 @@ def test_sigkill_after_an_epoch_then_resume_is_bitwise_identical(reference, data
 
 def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_identical(reference, data, tmp_path):
     out = tmp_path / "interrupted"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(train_cmd(data, out), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in proc.stdout:  # wait until training is under way, then press "Ctrl-C"
-        lines.append(line)
-        if "epoch 1/2 step 2/" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    stdout, stderr = proc.communicate(timeout=600)
-    text = "".join(lines) + stdout
-    assert proc.returncode == 130, stderr[-3000:]
+    returncode, text, stderr = signal_at_step_2(train_cmd(data, out), lambda proc: proc.send_signal(signal.SIGINT))
+    assert returncode == 130, stderr[-3000:]
     assert "interrupted: stopped in epoch 1" in text and "Traceback" not in stderr
     saved = torch.load(out / "last.pth", weights_only=True)
     assert saved["epoch"] == 0 and saved["next_step"] >= 2
@@ -106,15 +111,10 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_identical(reference, data,
 def test_sigterm_to_the_process_group_with_loader_workers_saves_and_exits_cleanly(data, tmp_path):
     # `timeout`, `docker stop` and cluster preemption signal every process of the group, workers included.
     out = tmp_path / "terminated"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(train_cmd(data, out, "--workers", "1"), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    for line in proc.stdout:
-        if "epoch 1/2 step 2/" in line:
-            os.killpg(proc.pid, signal.SIGTERM)
-            break
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    returncode, stdout, stderr = signal_at_step_2(train_cmd(data, out, "--workers", "1"),
+                                                  lambda proc: os.killpg(proc.pid, signal.SIGTERM),
+                                                  start_new_session=True)
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "SIGTERM received" in stdout and "interrupted: stopped in epoch 1" in stdout
     assert "Traceback" not in stderr
     saved = torch.load(out / "last.pth", weights_only=True)

@@ -111,9 +111,7 @@ def plot_curves(history: list[dict], path: Path, steps: Optional[list[dict]] = N
             key = "lr" if title == "lr" else "train_loss"
             ax.plot([r["epoch"] for r in steps], [r[key] for r in steps], linewidth=0.8,
                     alpha=0.5 if key == "train_loss" else 1.0, label=f"{key} (logged steps)")
-        for key in keys:
-            if title == "lr" and steps:
-                break
+        for key in ([] if title == "lr" and steps else keys):  # per-step lr supersedes per-epoch lr
             points = [(e, r[key]) for e, r in zip(epochs, history) if r.get(key) is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=f"{key} (epoch)" if steps else key)
