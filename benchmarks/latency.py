@@ -1,6 +1,6 @@
 """The CPU latency table of benchmarks/deployment.md: every runtime, ours and timm's, per variant.
 
-Runs ``repvit.bench.cpu_latency`` (what ``repvit bench`` runs) once per variant, all runtimes
+Runs ``repvit.runtime.bench.cpu_latency`` (what ``repvit bench`` runs) once per variant, all runtimes
 and timm's models interleaved in one measurement, and prints a Markdown table with the
 conditions of each figure. The paper's iPhone 12 latency is the last column, labelled.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from repvit.bench import CPU_RUNTIMES, cpu_latency, format_report, ratios  # noqa: E402
+from repvit.runtime.bench import CPU_RUNTIMES, cpu_latency, format_report, ratios  # noqa: E402
 
 
 def markdown(reports) -> str:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from repvit.bench import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
-from repvit.factory import create_model  # noqa: E402
+from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.models.factory import create_model  # noqa: E402
 
 
 def build_pair(name: str, device: torch.device, channels_last: bool):

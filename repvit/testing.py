@@ -27,14 +27,14 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 def random_eval_model(name: str, *, seed: int = 0, bn_seed: int = 0, **kwargs) -> nn.Module:
     """``create_model(name, **kwargs)`` with weights from ``seed`` (reseeds torch's global RNG)
     and randomized BatchNorm statistics from ``bn_seed``, in eval mode."""
-    from .factory import create_model
+    from .models.factory import create_model
     torch.manual_seed(seed)
     return randomize_batchnorm(create_model(name, **kwargs), seed=bn_seed).eval()
 
 
 def assert_torchscript_matches(model: nn.Module, x: torch.Tensor, tol: float = 1e-5) -> None:
     """TorchScript of ``model`` and of its fused form give the eager outputs on ``x``."""
-    from .reparam import reparameterize
+    from .models.reparam import reparameterize
     for m in (model, reparameterize(model)):
         scripted = torch.jit.script(m)
         with torch.no_grad():

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from repvit.bench import cpu_latency, format_report, ratios, summarize, time_interleaved
+from repvit.runtime.timing import summarize, time_interleaved
+
+from repvit.runtime.bench import cpu_latency, format_report, ratios
 from repvit.cli import main
 
 TINY = dict(img_size=32, warmup=1, rounds=2, iters=2, threads=1)

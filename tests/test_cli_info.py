@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 from repvit.cli import main
-from repvit.factory import build_skeleton
-from repvit.profile import count_params
-from repvit.variants import VARIANTS
+from repvit.models.skeleton import build_skeleton
+from repvit.models.profile import count_params
+from repvit.models.variants import VARIANTS
 
 
 def test_info_json_is_computed_from_models(capsys):

@@ -9,7 +9,7 @@ import torch
 
 import repvit
 from repvit.cli import main as cli
-from repvit.train.inference import evaluate_checkpoint, predict
+from repvit.train.eval_predict import evaluate_checkpoint, predict
 
 
 @pytest.fixture(scope="module")

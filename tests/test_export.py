@@ -78,7 +78,7 @@ def test_onnx_metadata_records_variant_classes_preprocessing_opset(onnx_export):
 
 def test_onnx_fp16_has_its_own_tolerance(model, tmp_path):
     result = export_model(model, "onnx", tmp_path / "m.onnx", img_size=IMG, fp16=True, num_real=2)
-    assert result.path.name == "m-fused-fp16.onnx"
+    assert result.path.name == "m.onnx"  # an explicit name is used as given
     assert fmt_onnx.read_metadata(result.path)["precision"] == "float16"
     for report in result.reports:
         assert report.passed
@@ -101,7 +101,7 @@ def test_onnx_int8_is_quantized_and_close(model, tiny_imagenette, tmp_path):
 
 def test_torchscript_export_parity_and_extra_files(model, val_images, tmp_path):
     result = export_model(model, "torchscript", tmp_path / "deploy.pt", img_size=IMG, images=val_images, num_real=4)
-    assert result.path.name == "deploy-fused.pt"
+    assert result.path == tmp_path / "deploy.pt"
     for report in result.reports:
         assert report.passed and report.max_abs_diff <= 1e-5
     module, meta = fmt_ts.load(result.path)
@@ -150,11 +150,12 @@ def test_cli_export_from_checkpoint(model, tmp_path, val_images, capsys):
     assert report["passed"] and {r["inputs"] for r in report["reports"]} == {"random", "real"}
 
 
-def test_artifact_names_say_fused(tmp_path):
+def test_default_names_say_fused_and_explicit_names_are_honoured(tmp_path):
     assert artifact_path(None, "repvit_m0_9", "onnx").name == "repvit_m0_9-fused.onnx"
+    assert artifact_path(None, "repvit_m0_9", "onnx", tag="fp16").name == "repvit_m0_9-fused-fp16.onnx"
     assert artifact_path(tmp_path, "repvit_m0_9", "coreml") == tmp_path / "repvit_m0_9-fused.mlpackage"
-    assert artifact_path(tmp_path / "model.pte", "repvit_m0_9", "executorch").name == "model-fused.pte"
-    assert artifact_path(tmp_path / "m-fused.onnx", "x", "onnx", tag="fp16").name == "m-fused-fp16.onnx"
+    assert artifact_path(tmp_path / "model.pte", "repvit_m0_9", "executorch") == tmp_path / "model.pte"
+    assert artifact_path(tmp_path / "m.onnx", "x", "onnx", tag="fp16") == tmp_path / "m.onnx"
     with pytest.raises(ValueError, match="unfused"):
         artifact_path(tmp_path / "m_unfused.onnx", "x", "onnx")
     with pytest.raises(ValueError, match="must end in .onnx"):
@@ -179,3 +180,13 @@ def test_export_rejects_bad_requests(model):
         export_model(model, "torchscript", int8=True)
     with pytest.raises(ValueError, match="fp16"):
         export_model(model, "coreml", fp16=True)
+
+
+def test_cli_torchscript_output_is_the_file_the_user_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["export", "--model", "repvit_m0_6", "--format", "torchscript", "--output", "m.pt",
+                 "--img-size", str(IMG), "--num-real", "0", "--num-random", "1"])
+    assert code == 0, capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    module, meta = fmt_ts.load(tmp_path / "m.pt")
+    assert meta["fused"] == "true"

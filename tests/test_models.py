@@ -6,9 +6,9 @@ import torch
 
 import repvit
 from repvit import create_model, reparameterize
-from repvit.profile import count_macs, count_params
+from repvit.models.profile import count_macs, count_params
 from repvit.testing import assert_torchscript_matches, randomize_batchnorm
-from repvit.variants import VARIANTS
+from repvit.models.variants import VARIANTS
 
 ALL = list(VARIANTS)
 IMG = 64  # smallest size the four stride-2 stages handle comfortably; keeps the suite fast

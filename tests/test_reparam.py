@@ -7,7 +7,7 @@ from torch import nn
 
 import repvit
 from repvit import create_model, reparameterize
-from repvit.layers import RepDWConv
+from repvit.models.layers import RepDWConv
 from repvit.testing import randomize_batchnorm
 
 IMG = 64

@@ -9,14 +9,14 @@ import torchvision
 
 import repvit
 from repvit import create_model, is_fused, reparameterize
-from repvit.checkpoint import checkpoint_metadata, save_checkpoint
+from repvit.models.checkpoint import checkpoint_metadata, save_checkpoint
 from repvit.cli import main as cli_main
-from repvit.factory import build_skeleton
-from repvit.profile import count_macs, count_params
+from repvit.models.skeleton import build_skeleton
+from repvit.models.profile import count_macs, count_params
 from repvit.roadmap import ABLATIONS, STEPS, RoadmapNet, roadmap_names, stage_patterns
 from repvit.roadmap import spec as rs
 from repvit.testing import assert_torchscript_matches, randomize_batchnorm
-from repvit.variants import VARIANTS
+from repvit.models.variants import VARIANTS
 
 IMG = 64
 STEP_NAMES = [s.name for s in STEPS]
@@ -89,7 +89,7 @@ def test_each_step_makes_the_papers_change():
     assert [b.se for b in s7.blocks] != [b.se for b in s8.blocks]
     # 5x5 kernels stay re-parameterizable (the 1x1 branch is padded by 2) until step 7.
     model = create_model("roadmap_6_stage_ratio")
-    assert any(isinstance(m, repvit.layers.RepDWConv) and m.conv.c.kernel_size == (5, 5) for m in model.modules())
+    assert any(isinstance(m, repvit.models.layers.RepDWConv) and m.conv.c.kernel_size == (5, 5) for m in model.modules())
 
 
 def test_step_functions_refuse_what_they_cannot_do():

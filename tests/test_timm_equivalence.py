@@ -10,9 +10,9 @@ import torch
 from timm.models.repvit import RepVit
 
 from repvit import create_model, reparameterize
-from repvit.checkpoint import load_state_dict, to_official_layout
+from repvit.models.checkpoint import load_state_dict, to_official_layout
 from repvit.testing import randomize_batchnorm
-from repvit.variants import VARIANTS
+from repvit.models.variants import VARIANTS
 
 IMG = 64
 

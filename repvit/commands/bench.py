@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 
-from ..bench import CPU_RUNTIMES, format_report, ratios
+from ..runtime.bench import CPU_RUNTIMES, format_report, ratios
 
 
 def run(args) -> int:
     import sys
 
-    from ..checkpoint import read_checkpoint
-    from ..variants import VARIANTS
+    from ..models.checkpoint import read_checkpoint
+    from ..models.variants import VARIANTS
     if args.checkpoint and not args.model:
         recorded = read_checkpoint(args.checkpoint)[1].get("variant")
         if not recorded:
@@ -28,14 +28,14 @@ def run(args) -> int:
         if args.compile or args.cuda_graphs or args.dtype not in (None, "float32") or args.channels_last:
             raise ValueError("--compile/--cuda-graphs/--dtype/--channels-last are GPU throughput options; "
                              "on CPU choose runtimes with --runtimes (use optimize_for_inference for compile)")
-        from ..bench import cpu_latency
+        from ..runtime.bench import cpu_latency
         runtimes = args.runtimes.split(",") if args.runtimes else list(CPU_RUNTIMES)
         report = cpu_latency(models, img_size=args.img_size, threads=args.threads, runtimes=runtimes,
                              compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
                              batch=args.batch_size or 1, checkpoint=args.checkpoint, calib_images=args.calib_images,
                              calib_count=args.calib_count, log=log)
     else:
-        from ..bench import gpu_throughput
+        from ..runtime.bench import gpu_throughput
         report = gpu_throughput(models, device=args.device, batch=args.batch_size or 256, img_size=args.img_size,
                                 dtype=args.dtype or "float16",
                                 channels_last=args.channels_last, fused=not args.unfused, compile=args.compile,

@@ -5,9 +5,9 @@ import time
 
 import torch
 
-from ..factory import create_model
-from ..profile import count_params
-from ..reparam import is_fused, reparameterize
+from ..models.factory import create_model
+from ..models.profile import count_params
+from ..models.reparam import is_fused, reparameterize
 from ..testing import randomize_batchnorm
 
 

@@ -5,7 +5,7 @@ import json
 import sys
 
 from ..export import FORMATS, ParityError, export_model
-from ..factory import create_model
+from ..models.factory import create_model
 
 
 def load_model(args):
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     src.add_argument("--num-classes", type=int, default=1000, help="classes when building without a checkpoint")
     src.add_argument("--distillation", action="store_true", help="with a distillation head (no checkpoint)")
     p.add_argument("--format", required=True, choices=list(FORMATS))
-    p.add_argument("--output", help="file or directory; names always carry '-fused' (default: ./<variant>-fused.<ext>)")
+    p.add_argument("--output", help="file name (used as given) or directory (default: ./<variant>-fused.<ext>)")
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's preprocessing input size)")
     ver = p.add_argument_group("verification")
     ver.add_argument("--images", help="folder of real images to verify on (default: two photos shipped with matplotlib)")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from ..factory import build_skeleton
-from ..profile import count_macs, count_params
-from ..reparam import reparameterize
-from ..variants import VARIANTS
+from ..models.skeleton import build_skeleton
+from ..models.profile import count_macs, count_params
+from ..models.reparam import reparameterize
+from ..models.variants import VARIANTS
 
 
 def variant_table(img_size: int = 224) -> list[dict]:

@@ -16,8 +16,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ..model import default_preprocessing
-from ..reparam import is_fused, reparameterize
+from ..models.model import default_preprocessing
+from ..models.reparam import is_fused, reparameterize
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}
 
@@ -55,7 +55,7 @@ def resolved_preprocessing(model: nn.Module, img_size: Optional[int] = None) -> 
 
 def export_metadata(model: nn.Module, fmt: str, preprocessing: dict, **extra) -> dict[str, str]:
     """Flat ``str -> str`` metadata (what ONNX, Core ML and TorchScript extra files can all hold)."""
-    from .. import __version__
+    from ..version import __version__
     class_names = getattr(model, "class_names", None)
     meta = {
         "producer": f"repvit {__version__} (torch {torch.__version__.split('+')[0]})",
@@ -72,11 +72,13 @@ def export_metadata(model: nn.Module, fmt: str, preprocessing: dict, **extra) ->
 
 
 def artifact_path(output: Union[str, os.PathLike, None], variant: str, fmt: str, *, tag: str = "") -> Path:
-    """Where to write: ``output`` as given when it names a fused artifact, else a clear default.
+    """Where to write: an explicit file name exactly as given, else a default that says what it holds.
 
-    A directory (existing, written with a trailing slash, or any name without a suffix) gets ``<variant>-fused[-tag]<ext>``.
-    A file name without "fused" gets "-fused" appended to its stem, so fused and unfused
-    artifacts can never be confused; a name that says "unfused" is refused.
+    No ``output``, or a directory (existing, written with a trailing slash, or a name without a
+    suffix), gets ``<variant>-fused[-tag]<ext>``: the default name is where the fused marker
+    belongs. A file name is honoured as given (scripts open the path they asked for); it must
+    end in the format's extension, and a name that says "unfused" is refused because every
+    export is made from the fused model.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -92,8 +94,4 @@ def artifact_path(output: Union[str, os.PathLike, None], variant: str, fmt: str,
         raise ValueError(f"a {fmt} artifact must end in {ext}, got {text!r} (or pass a directory)")
     if "unfused" in path.stem.lower():
         raise ValueError(f"{text!r} says 'unfused', but exports are always made from the fused model; rename it")
-    if "fused" not in path.stem.lower():
-        path = path.with_name(f"{path.stem}-fused{ext}")
-    if tag and tag not in path.stem:
-        path = path.with_name(f"{path.stem}-{tag}{ext}")
     return path

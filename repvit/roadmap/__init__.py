@@ -44,9 +44,9 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from ..layers import ConvBN, RepViTBlock
-from ..model import RepViT, register_model
-from ..variants import VARIANTS, Variant
+from ..models.layers import ConvBN, RepViTBlock
+from ..models.model import RepViT, register_model
+from ..models.variants import VARIANTS, Variant
 from .net import RoadmapNet
 from .spec import STEPS, NetSpec, Step, mobilenet_v3_large, stage_patterns, step2a_expansion_ratio_2, step2b_wider
 

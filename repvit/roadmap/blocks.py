@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from ..layers import Classifier, ConvBN, RepDWConv, Residual, SqueezeExcite
+from ..models.layers import Classifier, ConvBN, RepDWConv, Residual, SqueezeExcite
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish}
 

@@ -14,8 +14,8 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from ..layers import Classifier, ConvBN, DownsampleBlock, RepViTBlock, SqueezeExcite, stem
-from ..model import FeatureInfo, TimmHeadConventions, default_preprocessing
+from ..models.layers import Classifier, ConvBN, DownsampleBlock, RepViTBlock, SqueezeExcite, stem
+from ..models.model import FeatureInfo, TimmHeadConventions, default_preprocessing
 from .blocks import InvertedResidual, LinearClassifier, SeparatedBlock, act_layer, make_act
 from .spec import EARLY_CONV_WIDTHS, BlockSpec, NetSpec
 

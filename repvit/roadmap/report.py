@@ -14,9 +14,9 @@ from typing import Iterable, Optional, Union
 
 import torch
 
-from ..factory import create_model
-from ..profile import count_macs, count_params
-from ..reparam import reparameterize
+from ..models.factory import create_model
+from ..models.profile import count_macs, count_params
+from ..models.reparam import reparameterize
 from . import ABLATIONS, PAPER_REFERENCES, STEPS
 
 

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, read_file, save_checkpoint
+from ..models.checkpoint import CheckpointError, read_file, save_checkpoint
 
 
 def capture_rng() -> dict:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ..model import IMAGENET_MEAN, IMAGENET_STD
+from ..models.model import IMAGENET_MEAN, IMAGENET_STD
 from .augment import fix_posterize
 from .distributed import DistEnv, gather_objects
 

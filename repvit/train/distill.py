@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import CheckpointError, read_file
-from ..factory import create_model
-from ..model import list_models
+from ..models.checkpoint import CheckpointError, read_file
+from ..models.factory import create_model
+from ..models.model import list_models
 
 
 class DistillationLoss(nn.Module):

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bench import torch_threads
-from ..checkpoint import load_state_dict
-from ..factory import create_model
+from ..runtime.timing import torch_threads
+from ..models.checkpoint import load_state_dict
+from ..models.factory import create_model
 from . import config as config_mod
 from .checkpointing import (capture_rng, read_training_state, resolve_resume, restore_rng, rng_for_rank,
                             save_training_state, save_weights)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..checkpoint import describe_state_dict, load_state_dict, read_checkpoint
+from ..models.checkpoint import describe_state_dict, load_state_dict, read_checkpoint
 
 
 @dataclass

@@ -28,7 +28,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .reparam import is_fused, reparameterize
+from ..models.reparam import is_fused, reparameterize
+from .timing import summarize, time_interleaved, torch_threads
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CPU_CANDIDATES = ("eager", "eager-channels-last", "torchscript-frozen", "onnxruntime", "compile")
@@ -107,8 +108,8 @@ class OnnxRuntimeModule(nn.Module):
 
     def __init__(self, fused: nn.Module, *, img_size: int, threads: Optional[int] = None):
         super().__init__()
-        from .export import onnx as fmt_onnx
-        from .export.artifact import export_metadata, resolved_preprocessing
+        from ..export import onnx as fmt_onnx
+        from ..export.artifact import export_metadata, resolved_preprocessing
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "fused.onnx")
             pre = resolved_preprocessing(fused, img_size)
@@ -240,7 +241,6 @@ def _cpu_candidate(kind: str, fused: nn.Module, img_size: int, threads: int) -> 
 
 def _optimize_cpu(fused, example, reference, *, candidates, compile, channels_last, measure, threads, tolerance,
                   rounds, iters, img_size, log) -> InferenceModule:
-    from .bench import summarize, time_interleaved, torch_threads
     if candidates is None:
         candidates = [c for c in CPU_CANDIDATES if c != "compile" or compile]
         if channels_last is False:

@@ -17,22 +17,20 @@ with Core ML and are not comparable to anything measured here.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import platform
-import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .factory import create_model
-from .reparam import reparameterize
-from .variants import VARIANTS
+from ..models.factory import create_model
+from ..models.reparam import reparameterize
+from ..models.variants import VARIANTS
+from .optimize import DTYPES, optimize_for_inference, prepare_gpu
+from .timing import environment, load_average, summarize, time_interleaved, torch_threads
 
 CPU_RUNTIMES = ("eager-unfused", "eager-fused", "torchscript", "onnxruntime", "int8")
 TIMM_RUNTIMES = ("timm-eager-unfused", "timm-eager-fused")
@@ -84,106 +82,7 @@ PAPER_NOTE = ("paper_iphone12_ms is the RepViT paper's latency (iPhone 12, Core 
               "it was not measured here")
 
 
-# --------------------------------------------------------------------------- environment
-def environment(device: str = "cpu") -> dict:
-    """Library versions and hardware, recorded with every benchmark."""
-    from importlib import metadata
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("torchvision", "timm", "onnx", "onnxruntime", "numpy", "coremltools", "executorch"):
-        try:
-            versions[name] = metadata.version(name)  # read without importing (some print on import)
-        except metadata.PackageNotFoundError:
-            continue
-    env = {"device": device, "cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-           "torch_threads": torch.get_num_threads(), "versions": versions,
-           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        index = torch.device(device).index or 0
-        env["gpu"] = torch.cuda.get_device_name(index)
-        env["cuda"] = torch.version.cuda
-        env["cudnn"] = torch.backends.cudnn.version()
-    return env
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> float:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return float("nan")
-
-
-# --------------------------------------------------------------------------- timing
-def time_interleaved(candidates: dict[str, Callable[[], object]], *, warmup: int = 10, rounds: int = 10,
-                     iters: int = 20, per_call: bool = True, sync: Callable[[], None] = lambda: None
-                     ) -> dict[str, list[float]]:
-    """Milliseconds per call for each candidate, measured in interleaved rounds.
-
-    ``per_call=True`` times every call on its own (batch-1 latency). ``per_call=False``
-    times ``iters`` calls back to back and records their mean (throughput, where a
-    synchronisation per call would distort the figure); ``sync`` waits for the device.
-    """
-    if rounds < 1 or iters < 1 or warmup < 0:
-        raise ValueError("rounds and iters must be >= 1 and warmup >= 0")
-    for run in candidates.values():
-        for _ in range(warmup):
-            run()
-        sync()
-    names = list(candidates)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    clock = time.perf_counter
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            run = candidates[name]
-            if per_call:
-                for _ in range(iters):
-                    start = clock()
-                    run()
-                    sync()
-                    samples[name].append((clock() - start) * 1e3)
-            else:
-                sync()
-                start = clock()
-                for _ in range(iters):
-                    run()
-                sync()
-                samples[name].append((clock() - start) * 1e3 / iters)
-    return samples
-
-
-def summarize(samples: Sequence[float]) -> dict:
-    ordered = sorted(samples)
-    n = len(ordered)
-
-    def pct(q: float) -> float:
-        return ordered[min(n - 1, max(0, round(q * (n - 1))))]
-    return {"samples": n, "median_ms": statistics.median(ordered), "p10_ms": pct(0.1), "p90_ms": pct(0.9),
-            "min_ms": ordered[0]}
-
-
 # --------------------------------------------------------------------------- building candidates
-@contextlib.contextmanager
-def torch_threads(threads: Optional[int]):
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
-
-
 def build_ours(name: str, checkpoint: Optional[str] = None) -> nn.Module:
     """The model as the paper benchmarks it: 1000 classes with the distillation head, eval mode."""
     if checkpoint:
@@ -207,15 +106,15 @@ def fuse_timm(model: nn.Module) -> nn.Module:
 
 def _onnx_runner(fused: nn.Module, img_size: int, threads: int, tmp: str, int8: bool,
                  calib_images, calib_count: int, preprocessing: dict) -> tuple[Callable, str]:
-    from .export import onnx as fmt_onnx
-    from .export.artifact import export_metadata
+    from ..export import onnx as fmt_onnx
+    from ..export.artifact import export_metadata
     path = os.path.join(tmp, "fused.onnx")
     if not os.path.exists(path):
         fmt_onnx.export_onnx(fused, path, img_size=img_size, metadata=export_metadata(fused, "onnx", preprocessing))
     note = ""
     if int8:
-        from .export.quantize import calibration_batches, quantize_onnx
-        from .export.verify import random_batch
+        from ..export.quantize import calibration_batches, quantize_onnx
+        from ..export.verify import random_batch
         if calib_images:
             arrays, _ = calibration_batches(calib_images, preprocessing, calib_count)
             note = f"INT8 calibrated on {len(arrays)} images from {calib_images}"
@@ -262,7 +161,7 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
                 meta[(name, "eager-fused")] = Result(runtime="eager", source="repvit", dtype="float32",
                                                      memory_format="NCHW", fused=True, **base)
             if "torchscript" in runtimes:
-                from .export.torchscript import export_torchscript, load
+                from ..export.torchscript import export_torchscript, load
                 path = os.path.join(tmp, f"{name}.pt")
                 export_torchscript(fused, path, metadata={})
                 scripted = load(path)[0]
@@ -317,7 +216,6 @@ def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 
                    rounds: int = 5, iters: int = 20, checkpoint: Optional[str] = None,
                    log: Callable[[str], None] = lambda _: None) -> Report:
     """Images per second on a GPU at ``batch``; ours and (optionally) timm's under the same options."""
-    from .inference import DTYPES, prepare_gpu
     if not torch.cuda.is_available():
         raise ValueError("GPU throughput needs CUDA, and no CUDA device is visible; run the CPU benchmark "
                          "(repvit bench --device cpu) or use a machine with a GPU")
@@ -357,7 +255,6 @@ def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 
                 meta[(name, source)] = Result(runtime="eager" if not compile else "compiled", source=source,
                                               fused=fused, **base)
             if optimized:
-                from .inference import optimize_for_inference
                 best = optimize_for_inference(build_ours(name, checkpoint), device=device, dtype=DTYPES[dtype],
                                               batch_size=batch, img_size=img_size)
                 candidates[(name, "optimized")] = lambda r=best: r(x)

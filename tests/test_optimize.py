@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from repvit import create_model, is_fused, reparameterize
-from repvit.inference import CUDAGraphRunner, InferenceModule, optimize_for_inference
+from repvit.runtime.optimize import CUDAGraphRunner, InferenceModule, optimize_for_inference
 from repvit.testing import random_eval_model
 
 

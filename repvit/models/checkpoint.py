@@ -23,6 +23,9 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .skeleton import build_skeleton
+from .variants import VARIANTS
+
 FORMAT_NAME = "repvit-checkpoint"
 FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -286,8 +289,6 @@ def suggest_fix(model, state, missing, unexpected, wrong_shape) -> list[str]:
 
 def matching_variants(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of registered variants whose backbone keys and shapes equal the checkpoint's."""
-    from .factory import build_skeleton
-    from .variants import VARIANTS
     info = describe_state_dict(state)
     ours = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
     names = []

@@ -8,8 +8,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..factory import create_model
-from ..reparam import reparameterize
+from ..models.factory import create_model
+from ..models.reparam import reparameterize
 from .data import (ImageDataset, ShardSampler, eval_folder, eval_transform, find_bad_images, is_image_file, load_rgb,
                    make_loader, scan_class_folders)
 from .distributed import DistEnv, pick_device

@@ -1,0 +1,17 @@
+"""Human-readable class names for the ImageNet-1k outputs of the official weights.
+
+torchvision ships the 1000 names (in output order, one short name each) in its weights
+metadata, so they come without a download and stay in step with the installed torchvision.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    from torchvision.models import get_weight
+    names = tuple(get_weight("ResNet18_Weights.IMAGENET1K_V1").meta["categories"])
+    if len(names) != 1000:
+        raise RuntimeError(f"torchvision lists {len(names)} ImageNet classes, expected 1000")
+    return names

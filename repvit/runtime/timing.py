@@ -1,0 +1,111 @@
+"""Timing primitives shared by the benchmark, ``optimize_for_inference`` and training:
+interleaved rounds, robust summaries, the thread count, and the environment record."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+
+
+# --------------------------------------------------------------------------- environment
+def environment(device: str = "cpu") -> dict:
+    """Library versions and hardware, recorded with every benchmark."""
+    from importlib import metadata
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("torchvision", "timm", "onnx", "onnxruntime", "numpy", "coremltools", "executorch"):
+        try:
+            versions[name] = metadata.version(name)  # read without importing (some print on import)
+        except metadata.PackageNotFoundError:
+            continue
+    env = {"device": device, "cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+           "torch_threads": torch.get_num_threads(), "versions": versions,
+           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        env["gpu"] = torch.cuda.get_device_name(index)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return float("nan")
+
+
+# --------------------------------------------------------------------------- timing
+def time_interleaved(candidates: dict[str, Callable[[], object]], *, warmup: int = 10, rounds: int = 10,
+                     iters: int = 20, per_call: bool = True, sync: Callable[[], None] = lambda: None
+                     ) -> dict[str, list[float]]:
+    """Milliseconds per call for each candidate, measured in interleaved rounds.
+
+    ``per_call=True`` times every call on its own (batch-1 latency). ``per_call=False``
+    times ``iters`` calls back to back and records their mean (throughput, where a
+    synchronisation per call would distort the figure); ``sync`` waits for the device.
+    """
+    if rounds < 1 or iters < 1 or warmup < 0:
+        raise ValueError("rounds and iters must be >= 1 and warmup >= 0")
+    for run in candidates.values():
+        for _ in range(warmup):
+            run()
+        sync()
+    names = list(candidates)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = candidates[name]
+            if per_call:
+                for _ in range(iters):
+                    start = clock()
+                    run()
+                    sync()
+                    samples[name].append((clock() - start) * 1e3)
+            else:
+                sync()
+                start = clock()
+                for _ in range(iters):
+                    run()
+                sync()
+                samples[name].append((clock() - start) * 1e3 / iters)
+    return samples
+
+
+def summarize(samples: Sequence[float]) -> dict:
+    ordered = sorted(samples)
+    n = len(ordered)
+
+    def pct(q: float) -> float:
+        return ordered[min(n - 1, max(0, round(q * (n - 1))))]
+    return {"samples": n, "median_ms": statistics.median(ordered), "p10_ms": pct(0.1), "p90_ms": pct(0.9),
+            "min_ms": ordered[0]}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]):
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
