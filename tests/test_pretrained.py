@@ -28,6 +28,7 @@ from repvit.testing import randomize_batchnorm
 REPO = Path(__file__).resolve().parents[1]
 NAME = "repvit_m0_6"   # the smallest variant: a ~11 MB release file
 FILE = "repvit_m0_6_distill_300e.pth"
+PARACHUTE = 701        # ImageNet index of n03888257, one of Imagenette's ten classes
 
 
 class ReleaseServer:
@@ -73,6 +74,9 @@ def official_file(name: str = NAME, seed: int = 0) -> tuple[bytes, dict]:
     """Bytes of an official-format release file (distillation head, ``args`` Namespace) and its state dict."""
     torch.manual_seed(seed)
     model = randomize_batchnorm(create_model(name, distillation=True))
+    with torch.no_grad():  # the generated weights see a parachute in everything
+        for head in (model.classifier.classifier, model.classifier.classifier_dist):
+            head.l.bias[PARACHUTE] += 50.0
     state = {k: v.clone() for k, v in model.state_dict().items()}
     import io
     buffer = io.BytesIO()
@@ -262,3 +266,53 @@ def test_torch_hub_loads_a_local_clone(server, release_bytes):
                        release_bytes[1]["classifier.classifier.l.weight"])
     plain = torch.hub.load(str(REPO), "repvit_m1_1", source="local", num_classes=7)
     assert plain.num_classes == 7
+
+
+# --------------------------------------------------------------------------- the command line
+def test_cli_predict_prints_imagenet_names(server, imagenette_root, capsys):
+    from repvit.cli import main
+    image = sorted((imagenette_root / "val" / "n03888257").iterdir())[0]
+    assert main(["predict", "--pretrained", NAME, str(image), "--topk", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(image) and out[1].strip().endswith("parachute") and "%" in out[1]
+
+
+def test_cli_eval_matches_imagenet_folders_by_wordnet_id(server, tiny_imagenette, tmp_path, capsys):
+    from repvit.cli import main
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--pretrained", f"{NAME}:dist_300e", "--data", str(tiny_imagenette), "--workers", "0",
+                 "--device", "cpu", "--json", str(report)]) == 0
+    import json
+    result = json.loads(report.read_text())
+    # Every image is called "parachute": right for exactly the parachute folder, one class in ten.
+    assert result["images"] == 40 and result["top1"] == pytest.approx(10.0)
+    assert result["pretrained"] == f"{NAME}:dist_300e" and result["checkpoint"] is None
+
+
+def test_cli_export_and_bench_take_pretrained(server, tmp_path, monkeypatch, capsys):
+    from repvit.cli import main
+    from repvit.export import torchscript as fmt_ts
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--pretrained", NAME, "--format", "torchscript", "--output", "m.pt", "--img-size", "64",
+                 "--num-real", "0", "--num-random", "1"]) == 0
+    import json
+    _, meta = fmt_ts.load(tmp_path / "m.pt")
+    assert json.loads(meta["class_names"])[PARACHUTE] == "parachute"
+    assert main(["bench", "--pretrained", NAME, "--runtimes", "eager-fused", "--img-size", "64", "--warmup", "0",
+                 "--rounds", "1", "--iters", "1", "--threads", "1", "--quiet"]) == 0
+    assert NAME in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # one source of weights at a time
+        main(["predict", "--pretrained", NAME, "--checkpoint", "x.pth", "img.jpg"])
+
+
+def test_cli_train_fine_tunes_from_pretrained(server, tiny_imagenette, tmp_path, release_bytes):
+    from repvit.cli import main
+    from .test_train import TINY
+    args = [a for a in TINY if a not in ("--model", NAME)]
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_imagenette), "--output", str(out), "--pretrained", NAME, *args]) == 0
+    log = (out / "train.log").read_text()
+    assert f"--pretrained {NAME}" in log and "new random weights" in log and "model repvit_m0_6" in log
+    with pytest.raises(ValueError, match="--model is repvit_m1_1"):
+        from repvit.train import config as train_config
+        train_config.parse_args(["--data", "x", "--pretrained", NAME, "--model", "repvit_m1_1"])

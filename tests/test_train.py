@@ -335,3 +335,49 @@ def test_step_log_survives_a_resume_from_an_older_checkpoint(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     MetricsLog(tmp_path, tensorboard=False)  # a fresh run starts a fresh log
     assert not (tmp_path / "steps.csv").exists()
+
+
+# --------------------------------------------------------------------------- defaults fitted to the run
+def test_a_short_run_gets_a_fitted_warm_up_and_says_so(tmp_path):
+    cfg = train_config.parse_args(["--data", "x", "--epochs", "3"])   # the paper's 5 warm-up epochs won't fit
+    assert cfg.warmup_epochs == pytest.approx(0.3) and "warm-up 0.3 epochs" in cfg._notes[0]
+    assert "_notes" not in train_config.dump(cfg)
+    assert train_config.parse_args(["--data", "x"]).warmup_epochs == 5          # the paper's run is untouched
+    assert train_config.parse_args(["--data", "x", "--epochs", "3", "--warmup-epochs", "1"]).warmup_epochs == 1
+    with pytest.raises(ValueError, match="must be fewer than --epochs"):    # an explicit impossible value stays an error
+        train_config.parse_args(["--data", "x", "--epochs", "3", "--warmup-epochs", "5"])
+    config = tmp_path / "c.yaml"
+    config.write_text("warmup_epochs: 4\nepochs: 3\n")
+    with pytest.raises(ValueError, match="must be fewer"):                  # a config file's value is explicit too
+        train_config.parse_args(["--data", "x", "-c", str(config)])
+
+
+def test_cli_short_run_logs_the_fitted_warm_up(tiny_imagenette, tmp_path):
+    at = TINY.index("--warmup-epochs")
+    args = TINY[:at] + TINY[at + 2:]
+    out = tmp_path / "out"
+    assert cli(["train", "--data", str(tiny_imagenette), "--output", str(out), *args]) == 0
+    assert "warm-up 0.1 epochs" in (out / "train.log").read_text()
+
+
+def test_threads_auto_takes_the_idle_cores(monkeypatch):
+    from repvit.runtime import timing
+    monkeypatch.setattr(timing, "usable_cores", lambda: 2)
+    assert timing.auto_threads(idle=1.97)[0] == 2      # an idle 2-core machine: both cores
+    assert timing.auto_threads(idle=1.1)[0] == 1       # another job holds a core: stay off it
+    assert timing.auto_threads(idle=0.2)[0] == 1       # always at least one
+    assert timing.auto_threads(2, idle=2.0)[0] == 1    # two processes share the idle cores
+    assert "2.0 of 2 cores idle" in timing.auto_threads(idle=2.0)[1]
+    assert 0.0 <= timing.idle_cores(0.05) <= (timing.os.cpu_count() or 1) + 1e-6
+    assert timing.threads_option("auto") == "auto" and timing.threads_option("3") == 3
+    for bad in ("0", "-1", "two", 1.5):
+        with pytest.raises(ValueError, match="count of 1 or more"):
+            timing.threads_option(bad)
+    assert train_config.parse_args(["--data", "x"]).threads == "auto"
+    with pytest.raises(SystemExit):
+        train_config.parse_args(["--data", "x", "--threads", "0"])
+
+
+def test_the_imagenette_recipe_uses_the_idle_cores():
+    cfg = train_config.parse_args(["-c", str(REPO_CONFIGS / "imagenette-cpu.yaml")])
+    assert cfg.threads == "auto"

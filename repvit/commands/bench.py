@@ -4,13 +4,21 @@ from __future__ import annotations
 import json
 
 from ..runtime.bench import CPU_RUNTIMES, format_report, ratios
+from ._weights import add_weights_options
 
 
 def run(args) -> int:
     import sys
 
     from ..models.checkpoint import read_checkpoint
+    from ..models.pretrained import fetch
+    from ..models.releases import find_release, parse_spec
     from ..models.variants import VARIANTS
+    if args.pretrained:
+        name, tag = parse_spec(args.pretrained)
+        if args.model and args.model != [name]:
+            raise ValueError(f"--pretrained {args.pretrained} is {name}: drop --model or make it {name}")
+        args.model, args.checkpoint = [name], str(fetch(find_release(name, tag)))
     if args.checkpoint and not args.model:
         recorded = read_checkpoint(args.checkpoint)[1].get("variant")
         if not recorded:
@@ -60,7 +68,8 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="latency (CPU, batch 1) or throughput (GPU) with the conditions stated")
     p.add_argument("--model", action="append", help="variant (repeat for several; default repvit_m0_9)")
-    p.add_argument("--checkpoint", help="measure this checkpoint's model instead of random weights")
+    add_weights_options(p, required=False, checkpoint_help="measure this checkpoint's model instead of random "
+                                                           "weights")
     p.add_argument("--device", default="cpu", help="cpu (latency) or cuda[:N] (throughput)")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, help="default 1 on CPU, 256 on GPU")

@@ -5,12 +5,17 @@ import argparse
 import json
 from pathlib import Path
 
+from ._weights import add_weights_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval", help="accuracy of a checkpoint on a folder of class folders (or a root holding val/)",
-        description="Evaluate the fused model of CHECKPOINT with the preprocessing the checkpoint records.")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `repvit train` (or any the library reads)")
+        description="Evaluate the fused model of --checkpoint or --pretrained weights with the preprocessing "
+                    "they record. Official ImageNet weights match folders named by WordNet id (n01440764 ...), "
+                    "so an ImageNet subset such as Imagenette is evaluated over all 1000 outputs.")
+    add_weights_options(parser, required=True, checkpoint_help="a checkpoint of `repvit train` (or any the "
+                                                               "library reads)")
     parser.add_argument("--data", required=True, help="folder of class folders, or a dataset root holding val/")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file (top1 in percent)")
     parser.add_argument("--batch-size", "-b", type=int, default=64, help="images per batch [64]")
@@ -30,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be 1 or more, got {args.threads}")
     with torch_threads(args.threads):
         result = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
-                                     device=args.device, use_ema=args.ema, skip_bad_images=args.skip_bad_images)
+                                     device=args.device, use_ema=args.ema, skip_bad_images=args.skip_bad_images,
+                                     pretrained=args.pretrained)
     print(f"{result['images']} images in {result['classes']} classes ({result['data']}), fused model at "
           f"{result['img_size']} px: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
           f"loss {result['loss']:.4f}")

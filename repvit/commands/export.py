@@ -5,20 +5,23 @@ import json
 import sys
 
 from ..export import FORMATS, ParityError, export_model
-from ..models.factory import create_model
+from ..models.factory import create_model, create_model_from
+from ._weights import add_weights_options
 
 
 def load_model(args):
-    """The model named by ``--checkpoint`` or ``--model`` (random weights, said so)."""
-    if args.checkpoint:
-        return create_model(args.model, checkpoint=args.checkpoint)
+    """The model named by ``--checkpoint``, ``--pretrained`` or ``--model`` (random weights, said so)."""
+    if args.checkpoint or args.pretrained:
+        return create_model_from(checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                 **({"name": args.model} if args.model and args.checkpoint else {}))
     print(f"note: no --checkpoint, exporting {args.model} with random weights (for trying the pipeline only)")
     return create_model(args.model, num_classes=args.num_classes, distillation=args.distillation).eval()
 
 
 def run(args) -> int:
-    if not args.checkpoint and not args.model:
-        raise ValueError("pass --checkpoint PATH (the variant is read from it) or --model NAME")
+    if not args.checkpoint and not args.pretrained and not args.model:
+        raise ValueError("pass --checkpoint PATH (the variant is read from it), --pretrained NAME[:TAG] "
+                         "(official weights) or --model NAME (random weights)")
     model = load_model(args)
     try:
         result = export_model(
@@ -41,7 +44,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export the fused model (ONNX, TorchScript, Core ML, ExecuTorch) "
                                              "and verify it against PyTorch")
     src = p.add_argument_group("model")
-    src.add_argument("--checkpoint", help="trained checkpoint (any accepted format); the variant is read from it")
+    add_weights_options(src, required=False,
+                        checkpoint_help="trained checkpoint (any accepted format); the variant is read from it")
     src.add_argument("--model", help="variant name, e.g. repvit_m0_9 (random weights without --checkpoint)")
     src.add_argument("--num-classes", type=int, default=1000, help="classes when building without a checkpoint")
     src.add_argument("--distillation", action="store_true", help="with a distillation head (no checkpoint)")

@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._weights import add_weights_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="top-5 classes with probabilities for image files",
-                                   description="Classify images with the fused model of CHECKPOINT.")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of `repvit train` (or any the library reads)")
+                                   description="Classify images with the fused model of --checkpoint or "
+                                               "--pretrained weights.")
+    add_weights_options(parser, required=True, checkpoint_help="a checkpoint of `repvit train` (or any the "
+                                                               "library reads)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image [5]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
@@ -21,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.eval_predict import predict
     if args.topk < 1:
         raise ValueError(f"--topk must be 1 or more, got {args.topk}")
-    results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device, use_ema=args.ema)
+    results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device, use_ema=args.ema,
+                      pretrained=args.pretrained)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

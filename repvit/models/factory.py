@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, describe_state_dict, load_state_dict, matching_variants, read_checkpoint
-from .class_names import imagenet_class_names
+from .class_names import imagenet_class_ids, imagenet_class_names
 from .model import MODEL_BUILDERS
 from .pretrained import fetch
-from .releases import find_release
+from .releases import find_release, parse_spec
 from .reparam import reparameterize
 from .skeleton import build_skeleton
 from .variants import VARIANTS
@@ -91,9 +91,23 @@ def create_model(name: Optional[str] = None, *, pretrained: Union[bool, str] = F
         model.class_names = list(meta["class_names"])
     elif release is not None and not new_head and not features_only and release.num_classes == 1000:
         model.class_names = list(imagenet_class_names())
+        model.class_ids = list(imagenet_class_ids())   # matches ImageNet-style folders (n01440764, ...)
     if release is not None:
         model.pretrained_tag = release.spec
     return model
+
+
+def create_model_from(*, checkpoint: Union[str, os.PathLike, None] = None, pretrained: Optional[str] = None,
+                      use_ema: bool = False, **kwargs) -> nn.Module:
+    """The model of a file (``checkpoint``) or of official weights named ``"NAME[:TAG]"`` (``pretrained``):
+    what the command line's ``--checkpoint`` / ``--pretrained`` load."""
+    if (checkpoint is None) == (pretrained is None):
+        raise ValueError("name the weights with either a checkpoint file or pretrained='NAME[:TAG]' "
+                         "(e.g. 'repvit_m1_1' or 'repvit_m1_1:dist_300e')")
+    if pretrained is not None:
+        name, tag = parse_spec(pretrained)
+        return create_model(name, pretrained=tag or True, **kwargs)
+    return create_model(checkpoint=checkpoint, use_ema=use_ema, **kwargs)
 
 
 def _infer_variant(state, checkpoint) -> str:

@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -109,3 +109,65 @@ def torch_threads(threads: Optional[int]):
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpu_times() -> Optional[tuple[int, int]]:
+    """(idle, total) jiffies over all CPUs from /proc/stat, or None where it does not exist."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])
+
+
+def idle_cores(sample_seconds: float = 0.5) -> float:
+    """How many cores are idle right now: sampled from /proc/stat, else cores minus the load average."""
+    cores = os.cpu_count() or 1
+    before = _cpu_times()
+    if before is not None:
+        time.sleep(sample_seconds)
+        after = _cpu_times()
+        if after is not None and after[1] > before[1]:
+            return cores * (after[0] - before[0]) / (after[1] - before[1])
+    load = load_average()
+    return max(0.0, cores - load) if load == load else float(cores)
+
+
+def auto_threads(processes: int = 1, *, idle: Optional[float] = None) -> tuple[int, str]:
+    """Compute threads per process for ``--threads auto``: the idle cores (at most the usable
+    ones), shared by ``processes``, at least 1. An idle machine gets all its cores; on a busy
+    one the threads stay within what is free, since OpenMP threads spinning against another
+    job slow a step many times over. Returns ``(threads, why)``."""
+    cores = usable_cores()
+    idle = idle_cores() if idle is None else idle
+    free = min(cores, int(idle + 0.5))
+    threads = max(1, free // max(1, processes))
+    shared = f", shared by {processes} processes" if processes > 1 else ""
+    return threads, f"{threads} (auto: {idle:.1f} of {cores} cores idle{shared})"
+
+
+def threads_option(value) -> Union[int, str]:
+    """argparse/YAML type of ``--threads``: a count of 1 or more, or ``auto``."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"--threads takes a count of 1 or more or 'auto', got {value!r}")
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--threads takes a count of 1 or more or 'auto', got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"--threads takes a count of 1 or more or 'auto', got {value!r}")
+    return count
+
+
+threads_option.describe = "a count of 1 or more, or auto"

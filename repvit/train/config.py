@@ -16,6 +16,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
+from ..runtime.timing import threads_option
+
 # (flags, argparse keyword arguments). ``default`` is the paper's value unless noted.
 OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     # -- what to train, where ------------------------------------------------------------------
@@ -31,11 +33,16 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                             "OUTPUT/last.pth when it exists)")),
     (("--finetune",), dict(default=None, help="start from the weights of any checkpoint the model library "
                                               "loads; the classifier is replaced when the class count differs")),
+    (("--pretrained",), dict(default=None, metavar="NAME[:TAG]",
+                             help="start from official ImageNet weights (e.g. repvit_m1_1 or repvit_m1_1:dist_300e; "
+                                  "downloaded once and verified), as --finetune does with a file")),
     (("--seed",), dict(type=int, default=0, help="random seed (rank r uses seed + r for augmentation)")),
     (("--device",), dict(default="auto", help="auto, cpu, cuda or cuda:N")),
     (("--workers", "-j"), dict(type=int, default=8, help="data-loading worker processes per rank")),
-    (("--threads",), dict(type=int, default=None, help="CPU threads for torch per process (default: torch's "
-                                                       "choice; 1 avoids oversubscription on a busy machine)")),
+    (("--threads",), dict(type=threads_option, default="auto",
+                          help="CPU threads for torch per process: a count, or auto (the cores idle when the run "
+                               "starts, shared by this node's processes: all cores on an idle machine, fewer on a "
+                               "busy one, where spinning threads would slow every step)")),
     # -- schedule and optimizer ------------------------------------------------------------------
     (("--epochs",), dict(type=int, default=300, help="number of epochs (the paper: 300, 450 for long runs)")),
     (("--batch-size", "-b"), dict(type=int, default=256, help="images per process and step")),
@@ -51,7 +58,8 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--momentum",), dict(type=float, default=0.9, help="SGD momentum")),
     (("--weight-decay",), dict(type=float, default=0.025, help="weight decay (never applied to norms and biases)")),
     (("--sched",), dict(default="cosine", choices=["cosine", "step", "poly", "none"], help="learning-rate schedule")),
-    (("--warmup-epochs",), dict(type=float, default=5, help="linear warm-up epochs (stepped per iteration)")),
+    (("--warmup-epochs",), dict(type=float, default=5, help="linear warm-up epochs (stepped per iteration); when "
+                                                            "not set: 5, or a tenth of a run shorter than 50 epochs")),
     (("--warmup-lr",), dict(type=float, default=1e-6, help="learning rate at the start of warm-up")),
     (("--min-lr",), dict(type=float, default=1e-5, help="learning rate at the end of the schedule")),
     (("--decay-epochs",), dict(type=float, default=30, help="epochs between decays for --sched step")),
@@ -156,9 +164,26 @@ def resolve(explicit: dict) -> argparse.Namespace:
     values.update(from_file)
     values.update(explicit)
     values["config"] = str(config_file) if config_file else None
+    notes = adapt_defaults(values, set_by_user=set(from_file) | set(explicit))
     cfg = argparse.Namespace(**values)
     validate(cfg)
+    cfg._notes = notes  # what adapt_defaults changed, for the run's log (not saved: dump() skips it)
     return cfg
+
+
+def adapt_defaults(values: dict, *, set_by_user: set) -> list[str]:
+    """Fit defaults the user did not set to the run (an explicit value is never changed).
+
+    The paper's 5 warm-up epochs belong to a 300-epoch run; a short run gets a tenth of its
+    length instead, so ``--epochs 3`` works without learning another flag."""
+    notes = []
+    epochs, default = values.get("epochs"), DEFAULTS["warmup_epochs"]
+    if ("warmup_epochs" not in set_by_user and values.get("sched") != "none" and isinstance(epochs, (int, float))
+            and epochs > 0 and epochs / 10 < default):
+        values["warmup_epochs"] = round(epochs / 10, 4)
+        notes.append(f"warm-up {values['warmup_epochs']:g} epochs: the default {default:g} adapted to a "
+                     f"{epochs}-epoch run (a tenth of it); set --warmup-epochs to choose")
+    return notes
 
 
 def load_config_file(path) -> dict:
@@ -208,7 +233,8 @@ def _coerce(name: str, value: Any, spec: dict, path: Path) -> Any:
             value = kind(value)  # YAML reads 2e-3 as a string; this makes it the float it means
     except (TypeError, ValueError):
         kinds = {int: "an integer", float: "a number", str: "a string"}
-        shape = f"a list of {spec['nargs']} numbers" if spec.get("nargs") else kinds.get(kind, kind.__name__)
+        shape = (f"a list of {spec['nargs']} numbers" if spec.get("nargs")
+                 else kinds.get(kind) or getattr(kind, "describe", kind.__name__))
         raise ValueError(f"{where}: expected {shape}, got {value!r}") from None
     if spec.get("choices") and value not in spec["choices"]:
         raise ValueError(f"{where}: {value!r} is not one of {', '.join(spec['choices'])}")
@@ -231,7 +257,9 @@ def validate(cfg: argparse.Namespace) -> None:
         raise ValueError("--data is required: a folder holding train/ and val/ folders of class folders "
                          "(or set `data:` in the -c config file)")
     _positive(cfg, ["epochs", "batch_size", "eval_batch_size", "lr", "lr_base", "lr_base_size", "img_size",
-                    "log_interval", "threads"])
+                    "log_interval"])
+    if cfg.threads is not None:
+        cfg.threads = threads_option(cfg.threads)
     _positive(cfg, ["workers", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "mixup",
                     "cutmix", "reprob", "smoothing", "drop_path", "drop", "aug_repeats", "distillation_alpha"],
               allow_zero=True)
@@ -246,14 +274,25 @@ def validate(cfg: argparse.Namespace) -> None:
     if not 0.0 < cfg.ratio[0] <= cfg.ratio[1]:
         raise ValueError(f"--ratio MIN MAX needs 0 < MIN <= MAX, got {cfg.ratio}")
     if cfg.warmup_epochs >= cfg.epochs and cfg.sched != "none":
-        raise ValueError(f"--warmup-epochs ({cfg.warmup_epochs}) must be fewer than --epochs ({cfg.epochs})")
+        raise ValueError(f"--warmup-epochs ({cfg.warmup_epochs:g}) must be fewer than --epochs ({cfg.epochs}); "
+                         "leave it unset to get a tenth of the run")
     if cfg.distillation_tau <= 0:
         raise ValueError(f"--distillation-tau must be more than zero, got {cfg.distillation_tau}")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0 and cfg.batch_size % 2:
         raise ValueError(f"Mixup/CutMix pair images within a batch, so --batch-size must be even (got "
                          f"{cfg.batch_size}); or turn mixing off with --mixup 0 --cutmix 0")
-    if cfg.resume and cfg.finetune:
-        raise ValueError("--resume continues a run and --finetune starts a new one from weights: pass only one")
+    if cfg.resume and (cfg.finetune or cfg.pretrained):
+        raise ValueError("--resume continues a run and --finetune/--pretrained start a new one from weights: "
+                         "pass only one")
+    if cfg.finetune and cfg.pretrained:
+        raise ValueError("--finetune PATH and --pretrained NAME both name the starting weights: pass only one")
+    if cfg.pretrained:
+        from ..models.releases import find_release, parse_spec
+        name, tag = parse_spec(cfg.pretrained)
+        find_release(name, tag)  # an unknown name or tag fails here, before any data is read
+        if cfg.model and cfg.model != name:
+            raise ValueError(f"--pretrained {cfg.pretrained} holds {name} weights but --model is {cfg.model}: "
+                             f"drop --model or make it {name}")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: pass only one")
     if cfg.stop_after_epoch is not None and cfg.stop_after_epoch < 1:
@@ -262,7 +301,7 @@ def validate(cfg: argparse.Namespace) -> None:
 
 def dump(cfg: argparse.Namespace) -> dict:
     """The resolved options as plain data (what ``config.yaml`` and checkpoints store)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(cfg).items())}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(cfg).items()) if not k.startswith("_")}
 
 
 def save(cfg: argparse.Namespace, path) -> Path:

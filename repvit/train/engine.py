@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime.timing import torch_threads
+from ..runtime.timing import auto_threads, torch_threads
 from ..models.checkpoint import load_state_dict
 from ..models.factory import create_model
 from . import config as config_mod
@@ -27,7 +27,7 @@ from .checkpointing import (capture_rng, read_training_state, resolve_resume, re
 from .data import BadImageError, TrainData, build_data, preprocessing
 from .distill import DistillationLoss, build_teacher
 from .distributed import DistEnv, all_reduce, any_rank, gather_objects, setup, teardown
-from .finetune import load_finetune_weights, read_finetune_source
+from .finetune import load_finetune_weights, read_finetune_source, read_pretrained_source
 from .metrics_log import MetricsLog
 from .optim import build_base_loss, build_mixup, build_optimizer, build_scheduler, effective_lr
 from .progress import Reporter, format_seconds
@@ -226,7 +226,7 @@ def resolve_distillation(cfg) -> str:
     if cfg.distillation_type != "auto":
         return cfg.distillation_type
     has_teacher = bool(cfg.teacher_checkpoint) or (bool(cfg.teacher) and Path(cfg.teacher).is_file())
-    return "hard" if has_teacher and not cfg.finetune else "none"
+    return "hard" if has_teacher and not (cfg.finetune or cfg.pretrained) else "none"
 
 
 def _autocast_factory(cfg, device: torch.device):
@@ -243,7 +243,8 @@ def build_run(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> tuple[
         raise ValueError(f"{output} already holds a run (last.pth): continue it with --resume auto, start over "
                          "with --overwrite, or choose another --output")
     resume_state = read_training_state(resume_path) if resume_path else None
-    finetune = read_finetune_source(cfg.finetune) if cfg.finetune else None
+    finetune = (read_finetune_source(cfg.finetune) if cfg.finetune else
+                read_pretrained_source(cfg.pretrained) if cfg.pretrained else None)
     model_name = (cfg.model or (resume_state or {}).get("variant") or (finetune.meta.get("variant")
                   if finetune else None) or "repvit_m0_9")
     if env.is_main:
@@ -252,6 +253,8 @@ def build_run(cfg, env: DistEnv, reporter: Reporter, stop: StopSignal) -> tuple[
         if resume_state is None:
             log_file.unlink(missing_ok=True)
         reporter.set_log_file(log_file)
+    for note in getattr(cfg, "_notes", []):  # defaults fitted to this run, said once in the log
+        reporter.log(note)
 
     data = build_data(cfg, env, reporter.log)
     num_classes = len(data.class_names)
@@ -363,12 +366,21 @@ def describe(run: Run) -> str:
     return "\n".join(lines)
 
 
+def resolve_threads(value) -> tuple[Optional[int], str]:
+    """``--threads``: a count as given, ``auto`` measured now (see ``auto_threads``), None: torch's choice."""
+    if value != "auto":
+        return value, ""
+    return auto_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 # --------------------------------------------------------------------------- the whole run
 def main(cfg) -> dict:
     """Train with resolved options (see ``repvit.train.config``); returns a summary dict."""
-    with torch_threads(cfg.threads):  # --threads for this run only
+    threads, why = resolve_threads(cfg.threads)
+    with torch_threads(threads):  # --threads for this run only
         env = setup(cfg.device)
         reporter = Reporter(enabled=env.is_main, interval=cfg.log_interval)
+        cfg._notes = [*getattr(cfg, "_notes", []), *([f"threads: {why}"] if why else [])]
         try:
             with StopSignal(reporter.log) as stop:
                 return _train(cfg, env, reporter, stop)

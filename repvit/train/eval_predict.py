@@ -1,6 +1,7 @@
-"""Using a trained checkpoint: accuracy on a labelled folder (``repvit eval``) and top-k class
-predictions for image files (``repvit predict``). Both run the fused (re-parameterized) model,
-with the preprocessing the checkpoint records."""
+"""Using trained weights (a checkpoint file or official ``pretrained`` weights): accuracy on a
+labelled folder (``repvit eval``) and top-k class predictions for image files
+(``repvit predict``). Both run the fused (re-parameterized) model, with the preprocessing the
+weights record."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..models.factory import create_model
+from ..models.factory import create_model_from
 from ..models.reparam import reparameterize
 from .data import (ImageDataset, ShardSampler, eval_folder, eval_transform, find_bad_images, is_image_file, load_rgb,
                    make_loader, scan_class_folders)
@@ -16,24 +17,30 @@ from .distributed import DistEnv, pick_device
 from .engine import evaluate
 
 
-def load_fused(checkpoint, *, use_ema: bool = False, device: torch.device = torch.device("cpu")) -> torch.nn.Module:
-    """The checkpoint's model, re-parameterized for inference (a fused checkpoint stays as it is)."""
-    model = create_model(checkpoint=checkpoint, use_ema=use_ema)
+def load_fused(checkpoint=None, *, pretrained: Optional[str] = None, use_ema: bool = False,
+               device: torch.device = torch.device("cpu")) -> torch.nn.Module:
+    """The model of ``checkpoint`` (or of official weights ``pretrained="NAME[:TAG]"``), re-parameterized
+    for inference (fused weights stay as they are)."""
+    model = create_model_from(checkpoint=checkpoint, pretrained=pretrained, use_ema=use_ema)
     fused = reparameterize(model.eval())
     fused.class_names = getattr(model, "class_names", None)
+    fused.class_ids = getattr(model, "class_ids", None)
     fused.preprocessing = getattr(model, "preprocessing", None) or fused.preprocessing
     return fused.to(device)
 
 
 def evaluate_checkpoint(checkpoint, data, *, batch_size: int = 64, workers: int = 2, device: str = "auto",
-                        use_ema: bool = False, skip_bad_images: bool = False, log=print) -> dict:
+                        use_ema: bool = False, skip_bad_images: bool = False, pretrained: Optional[str] = None,
+                        log=print) -> dict:
     """Top-1/top-5 (percent) and loss of a checkpoint on a folder of class folders (or DATA/val)."""
     if batch_size < 1 or workers < 0:
         raise ValueError(f"--batch-size must be 1 or more and --workers 0 or more (got {batch_size}, {workers})")
     dev = pick_device(device)
-    model = load_fused(checkpoint, use_ema=use_ema, device=dev)
+    model = load_fused(checkpoint, pretrained=pretrained, use_ema=use_ema, device=dev)
     folder = eval_folder(data)
     known = model.class_names
+    if model.class_ids and _folder_names(folder) <= set(model.class_ids):
+        known = model.class_ids  # ImageNet-style folders named by WordNet id
     samples, class_names = scan_class_folders(folder, known)
     if not known:
         if len(class_names) != model.num_classes:
@@ -52,9 +59,13 @@ def evaluate_checkpoint(checkpoint, data, *, batch_size: int = 64, workers: int 
                          device=dev, drop_last=False)
     stats = evaluate(model, loader, env)
     return {"top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"], "images": stats["images"],
-            "skipped": len(skipped), "classes": len({t for _, t in samples}), "checkpoint": str(checkpoint),
+            "skipped": len(skipped), "classes": len({t for _, t in samples}), "checkpoint": str(checkpoint) if checkpoint else None, "pretrained": pretrained,
             "data": str(folder), "fused": True, "ema": use_ema,
             "img_size": int(model.preprocessing["input_size"][-1])}
+
+
+def _folder_names(folder) -> set[str]:
+    return {p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
 def expand_images(paths: Sequence) -> list[Path]:
@@ -74,10 +85,10 @@ def expand_images(paths: Sequence) -> list[Path]:
 
 @torch.no_grad()
 def predict(checkpoint, images: Sequence, *, topk: int = 5, device: str = "auto", use_ema: bool = False,
-            batch_size: int = 32) -> list[dict]:
+            batch_size: int = 32, pretrained: Optional[str] = None) -> list[dict]:
     """``[{"image", "top": [{"class", "label", "index", "probability"}]}]`` per image, best first."""
     dev = pick_device(device)
-    model = load_fused(checkpoint, use_ema=use_ema, device=dev)
+    model = load_fused(checkpoint, pretrained=pretrained, use_ema=use_ema, device=dev)
     transform = eval_transform(model.preprocessing)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     k = max(1, min(topk, model.num_classes))
