@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 $(BIN)/repvit: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip uninstall -q -y repvit 2>/dev/null || true  # the distribution's name before it became repvit-pytorch
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 

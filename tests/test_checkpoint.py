@@ -130,8 +130,15 @@ def test_distillation_and_class_count_mismatch_suggest_the_fix(trained, tmp_path
         create_model("repvit_m0_6", checkpoint=tmp_path / "m.pth", distillation=False)
     with pytest.raises(CheckpointError, match="pass num_classes=10"):
         create_model("repvit_m0_6", checkpoint=tmp_path / "m.pth", num_classes=5)
-    with pytest.raises(CheckpointError, match="fused=False"):
-        create_model("repvit_m0_6", checkpoint=tmp_path / "m.pth", fused=True)
+    # fused=True with unfused weights loads them, then fuses (exact); the reverse cannot be undone.
+    fused = create_model("repvit_m0_6", checkpoint=tmp_path / "m.pth", fused=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), trained.eval()(x), atol=1e-4, rtol=1e-4)
+    assert fused.fused
+    torch.save({"model": fused.state_dict()}, tmp_path / "f.pth")
+    with pytest.raises(CheckpointError, match="fused=True"):
+        create_model("repvit_m0_6", checkpoint=tmp_path / "f.pth", fused=False)
     plain = create_model("repvit_m0_6", num_classes=10)
     with pytest.raises(CheckpointError, match="distillation=True"):
         load_checkpoint(plain, tmp_path / "m.pth")
