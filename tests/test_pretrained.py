@@ -316,3 +316,20 @@ def test_cli_train_fine_tunes_from_pretrained(server, tiny_imagenette, tmp_path,
     with pytest.raises(ValueError, match="--model is repvit_m1_1"):
         from repvit.train import config as train_config
         train_config.parse_args(["--data", "x", "--pretrained", NAME, "--model", "repvit_m1_1"])
+
+
+def test_cli_weights_lists_fetches_and_shows_local_copies(server, tmp_path, capsys):
+    from repvit.cli import main
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    assert "repvit_m2_3:dist_450e" in out and "repvit_sam:sam" in out and "not here (repvit_m0_6_distill_300e.pth)" in out
+    assert main(["weights", "--download", f"{NAME}:dist_300e"]) == 0
+    captured = capsys.readouterr()
+    assert str(cache(tmp_path) / FILE) in captured.out and FILE in captured.err   # the progress bar names the file
+    assert main(["weights", "--json"]) == 0
+    import json
+    rows = {r["spec"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[f"{NAME}:dist_300e"]["local"] == str(cache(tmp_path) / FILE)
+    assert rows["repvit_m1_1:coco"]["paper"] == {"box_ap": 39.8, "mask_ap": 37.2}
+    assert main(["weights", "--download", "repvit_m1_1:dist_999e"]) == 2
+    assert "repvit_m1_1:dist_300e" in capsys.readouterr().err

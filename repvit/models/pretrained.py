@@ -105,6 +105,15 @@ def verify(path: Path, release: Release, *, log: Callable[[str], None]) -> str:
     return digest
 
 
+def locate(release: Release) -> Optional[Path]:
+    """Where a copy of ``release`` already is (weights folder first, then the cache), without checking it."""
+    weights_dir = os.environ.get(WEIGHTS_DIR_ENV, "").strip()
+    for folder in ([Path(weights_dir).expanduser()] if weights_dir else []) + [cache_dir()]:
+        if (folder / release.filename).is_file():
+            return folder / release.filename
+    return None
+
+
 def download_url(release: Release) -> str:
     mirror = os.environ.get(MIRROR_ENV, "").strip()
     return f"{mirror.rstrip('/')}/{release.filename}" if mirror else release.url

@@ -100,3 +100,16 @@ def find_release(model: str, tag: Optional[str] = None, *, kind: str = CLASSIFIC
             return release
     raise ValueError(f"{model} has no official weights tagged {tag!r}; choose from "
                      f"{', '.join(r.tag for r in releases_for(model))}")
+
+
+def release_by_spec(spec: str) -> Release:
+    """Any release file (classifier, SAM or downstream) by ``NAME:TAG``; ``NAME`` alone means its best classifier."""
+    name, tag = parse_spec(spec)
+    if tag is None:
+        return find_release(name)
+    for release in RELEASES:
+        if release.model == name and release.tag == tag:
+            return release
+    have = [r.spec for r in RELEASES if r.model == name]
+    raise ValueError(f"no official file {spec!r}; " + (f"{name} has {', '.join(have)}" if have else
+                                                       "see `repvit weights` for the list"))
