@@ -333,3 +333,17 @@ def test_cli_weights_lists_fetches_and_shows_local_copies(server, tmp_path, caps
     assert rows["repvit_m1_1:coco"]["paper"] == {"box_ap": 39.8, "mask_ap": 37.2}
     assert main(["weights", "--download", "repvit_m1_1:dist_999e"]) == 2
     assert "repvit_m1_1:dist_300e" in capsys.readouterr().err
+
+
+def test_the_readme_quick_start_runs_as_written(server, imagenette_root, tmp_path, monkeypatch, capsys):
+    """The README's first Python block, verbatim, against the local server (with a photo named cat.jpg)."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'create_model("repvit_m1_1", pretrained=True)' in block
+    server.files["repvit_m1_1_distill_450e.pth"] = official_file("repvit_m1_1")[0]
+    photo = sorted((imagenette_root / "val" / "n03888257").iterdir())[0]
+    (tmp_path / "cat.jpg").write_bytes(photo.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("[('parachute', ") and server.requests == ["repvit_m1_1_distill_450e.pth"]
