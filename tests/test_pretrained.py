@@ -347,3 +347,16 @@ def test_the_readme_quick_start_runs_as_written(server, imagenette_root, tmp_pat
     exec(compile(block, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert printed.startswith("[('parachute', ") and server.requests == ["repvit_m1_1_distill_450e.pth"]
+
+
+def test_a_detection_backbone_starts_from_official_weights(server, release_bytes):
+    from repvit.dense.backbone import RepViTBackbone
+    for spec in (True, "dist_300e", f"{NAME}:dist_300e", NAME):
+        backbone = RepViTBackbone(NAME, pretrained=spec)
+        for key, value in backbone.body.state_dict().items():
+            assert torch.equal(value, release_bytes[1][key]), (spec, key)
+    assert server.requests == [FILE]
+    with pytest.raises(ValueError, match="holds repvit_m1_1 weights"):
+        RepViTBackbone(NAME, pretrained="repvit_m1_1")
+    with pytest.raises(ValueError, match="not both"):
+        RepViTBackbone(NAME).load_weights(checkpoint="x.pth", pretrained=True)

@@ -1,0 +1,51 @@
+"""Detectors from torchvision with a RepViT backbone: Mask R-CNN and Faster R-CNN on FPN levels
+P2-P6, RetinaNet and FCOS on P3-P7 (torchvision's level choices for each).
+
+The detector classes, heads, losses and post-processing are torchvision's; this module only
+builds the backbone + FPN they take. ``repvit.reparameterize(detector.eval())`` folds the
+backbone exactly, as it does for a classifier.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+from torchvision.models import detection as tvd
+
+from ..dense.backbone import RepViTBackbone
+from ..dense.neck import BackboneWithFPN
+
+# kind -> (torchvision class, backbone stages fed to the FPN, extra FPN levels)
+DETECTORS = {
+    "maskrcnn": (tvd.MaskRCNN, (0, 1, 2, 3), "pool"),
+    "fasterrcnn": (tvd.FasterRCNN, (0, 1, 2, 3), "pool"),
+    "retinanet": (tvd.RetinaNet, (1, 2, 3), "p6p7"),
+    "fcos": (tvd.FCOS, (1, 2, 3), "p6p7"),
+}
+
+
+def build_detector(kind: str, name: str = "repvit_m1_1", *, num_classes: int, taps: str = "detection",
+                   norm_eval: bool = True, frozen_stages: int = -1, fpn_channels: int = 256,
+                   checkpoint=None, pretrained=None, drop_path_rate: float = 0.0,
+                   backbone: Optional[RepViTBackbone] = None, **detector_kwargs) -> nn.Module:
+    """A torchvision ``kind`` detector on RepViT ``name``.
+
+    ``num_classes`` counts the background for the R-CNNs (torchvision's convention: 80 COCO
+    classes -> 81) and not for RetinaNet/FCOS. Backbone weights come from ``checkpoint`` or
+    ``pretrained`` (see ``RepViTBackbone``); other keywords (``min_size``, ``max_size``,
+    ``box_detections_per_img``, ...) go to the torchvision class.
+    """
+    if kind not in DETECTORS:
+        raise ValueError(f"unknown detector {kind!r}; choose one of {', '.join(DETECTORS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be 1 or more, got {num_classes}")
+    cls, stages, extra = DETECTORS[kind]
+    if backbone is None:
+        backbone = RepViTBackbone(name, taps=taps, out_stages=stages, norm_eval=norm_eval, frozen_stages=frozen_stages,
+                                  checkpoint=checkpoint, pretrained=pretrained, drop_path_rate=drop_path_rate)
+    elif list(backbone.out_stages) != list(stages):
+        raise ValueError(f"{kind} takes backbone stages {list(stages)}, the given backbone has {backbone.out_stages}")
+    model = cls(BackboneWithFPN(backbone, out_channels=fpn_channels, extra=extra), num_classes=num_classes,
+                **detector_kwargs)
+    model.kind = kind
+    return model
