@@ -20,10 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from repvit.runtime.timing import environment, load_average, summarize  # noqa: E402
-
-from repvit.runtime.bench import (build_ours, build_timm, fuse_timm,   # noqa: E402
-                          time_interleaved, torch_threads)
+from repvit.runtime.bench import build_ours, build_timm, fuse_timm  # noqa: E402
+from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.models.reparam import reparameterize  # noqa: E402
 
 DEFAULT_MODELS = ["repvit_m0_9", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "repvit_m2_3"]

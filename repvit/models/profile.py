@@ -6,6 +6,8 @@ bias, activations, the SE's mean and elementwise ops are free.
 """
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import nn
 
@@ -15,8 +17,9 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, img_size: int = 224, in_chans: int = 3) -> int:
-    """MACs for one image at ``img_size``, counted with forward hooks during one forward pass."""
+def count_macs(model: nn.Module, img_size: Union[int, tuple[int, int]] = 224, in_chans: int = 3) -> int:
+    """MACs for one image at ``img_size`` (a side, or ``(height, width)``), counted with forward hooks
+    during one forward pass."""
     total = 0
 
     def conv_hook(m: nn.Conv2d, _inp, out):
@@ -44,7 +47,8 @@ def count_macs(model: nn.Module, img_size: int = 224, in_chans: int = 3) -> int:
         model.eval()
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
-        model(torch.zeros(1, in_chans, img_size, img_size, device=device, dtype=dtype))
+        height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
+        model(torch.zeros(1, in_chans, height, width, device=device, dtype=dtype))
     finally:
         model.train(was_training)
         for h in handles:

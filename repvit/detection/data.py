@@ -1,0 +1,225 @@
+"""Detection data: COCO-format JSON (polygons, RLE, iscrowd, any category ids) and Pascal VOC XML
+folders, read into one dataset that yields what torchvision's detectors take.
+
+Both formats become one COCO index (VOC is converted in memory), so evaluation runs
+pycocotools' COCOeval on either. Category ids, however sparse, map to contiguous labels
+1..K in id order (0 is torchvision's background); ``DetectionData.category_ids`` maps back.
+
+Everything is checked when the dataset is built, so a run never dies mid-epoch on bad input:
+a missing image, an image whose size differs from the annotation's, an annotation with an
+unknown category, a box of zero area or outside the image. Each problem is an error naming the
+file (and annotation), or, with ``skip_bad=True``, a counted skip of that annotation (or image).
+``skip_bad`` also decodes every image fully, which catches truncated files.
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from PIL import Image
+
+BOX_TOLERANCE = 1.0   # pixels a box may exceed the image by (rounding in annotation tools)
+
+
+class DetectionDataError(ValueError):
+    """Bad detection data; the message names the file and, where there is one, the annotation."""
+
+
+def _coco_class():
+    try:
+        from pycocotools.coco import COCO
+    except ImportError as err:  # pragma: no cover - the dense extra brings it
+        raise ImportError("reading detection data needs pycocotools: pip install 'repvit-pytorch[dense]'") from err
+    return COCO
+
+
+def coco_from_dict(dataset: dict):
+    COCO = _coco_class()
+    coco = COCO()
+    coco.dataset = dataset
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_coco(annotation_file: Union[str, os.PathLike]):
+    import json
+    path = Path(annotation_file)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DetectionDataError(f"{path}: not a readable COCO JSON file ({err})") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DetectionDataError(f"{path}: a COCO instances file needs an '{key}' list")
+    return coco_from_dict(data)
+
+
+def voc_to_coco(annotations_dir: Union[str, os.PathLike], images_dir: Union[str, os.PathLike],
+                class_names: Optional[list[str]] = None) -> dict:
+    """A COCO-format dict from a folder of Pascal VOC XML files (classes in sorted order unless given)."""
+    annotations_dir, images_dir = Path(annotations_dir), Path(images_dir)
+    files = sorted(annotations_dir.glob("*.xml"))
+    if not files:
+        raise DetectionDataError(f"{annotations_dir}: no VOC .xml files")
+    parsed = []
+    for xml_file in files:
+        try:
+            root = ET.parse(xml_file).getroot()
+        except ET.ParseError as err:
+            raise DetectionDataError(f"{xml_file}: not valid XML ({err})") from None
+        name = root.findtext("filename") or xml_file.with_suffix(".jpg").name
+        size = root.find("size")
+        width = int(float(size.findtext("width"))) if size is not None else 0
+        height = int(float(size.findtext("height"))) if size is not None else 0
+        objects = []
+        for obj in root.findall("object"):
+            box = obj.find("bndbox")
+            if box is None:
+                raise DetectionDataError(f"{xml_file}: an <object> without <bndbox>")
+            try:
+                x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (TypeError, ValueError):
+                raise DetectionDataError(f"{xml_file}: a <bndbox> without numeric xmin/ymin/xmax/ymax") from None
+            objects.append((obj.findtext("name", "").strip(), x0, y0, x1, y1, int(obj.findtext("difficult", "0") or 0)))
+        parsed.append((xml_file, Path(name).name, width, height, objects))
+    names = class_names or sorted({o[0] for _, _, _, _, objs in parsed for o in objs})
+    category = {n: i + 1 for i, n in enumerate(names)}
+    images, annotations = [], []
+    for image_id, (xml_file, file_name, width, height, objects) in enumerate(parsed):
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
+                       "source": str(xml_file)})
+        for name, x0, y0, x1, y1, difficult in objects:
+            # VOC boxes are 1-based and inclusive; COCO boxes are x, y, width, height.
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": category.get(name, -1), "category_name": name,
+                                "bbox": [x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1],
+                                "area": (x1 - x0 + 1) * (y1 - y0 + 1), "iscrowd": difficult})
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+
+
+@dataclass
+class Skipped:
+    annotations: list = field(default_factory=list)   # (file, annotation id, reason)
+    images: list = field(default_factory=list)        # (file, reason)
+
+
+class DetectionData(torch.utils.data.Dataset):
+    """``(image, target)`` pairs for torchvision detectors: a float image in 0..1 and ``boxes``
+    (x0, y0, x1, y1), ``labels`` (1..K), ``image_id`` and, with ``masks=True``, ``masks``."""
+
+    def __init__(self, images_dir: Union[str, os.PathLike], coco, *, masks: bool = False, skip_bad: bool = False,
+                 transforms=None, source: str = ""):
+        self.images_dir, self.coco, self.masks, self.transforms = Path(images_dir), coco, masks, transforms
+        self.source = source or str(images_dir)
+        cats = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+        if not cats:
+            raise DetectionDataError(f"{self.source}: no categories")
+        self.category_ids = [c["id"] for c in cats]
+        self.class_names = [c["name"] for c in cats]
+        self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        self.skipped = Skipped()
+        self.items = self._check(skip_bad)
+
+    @classmethod
+    def from_folder(cls, root: Union[str, os.PathLike], **kwargs) -> "DetectionData":
+        """``root/images`` with ``root/annotations.json`` (COCO) or ``root/annotations/*.xml`` (VOC)."""
+        root = Path(root)
+        images = root / "images"
+        if not images.is_dir():
+            raise DetectionDataError(f"{root}: expected an images/ folder beside annotations.json (COCO) or "
+                                     "annotations/ (VOC XML)")
+        if (root / "annotations.json").is_file():
+            return cls(images, load_coco(root / "annotations.json"), source=str(root / "annotations.json"), **kwargs)
+        if (root / "annotations").is_dir() and any((root / "annotations").glob("*.xml")):
+            return cls(images, coco_from_dict(voc_to_coco(root / "annotations", images)),
+                       source=str(root / "annotations"), **kwargs)
+        raise DetectionDataError(f"{root}: no annotations.json (COCO) or annotations/*.xml (VOC) found")
+
+    def _reject(self, skip_bad: bool, where: str, reason: str, annotation=None) -> None:
+        if not skip_bad:
+            suffix = f", annotation {annotation}" if annotation is not None else ""
+            raise DetectionDataError(f"{where}{suffix}: {reason} (pass skip_bad / --skip-bad to skip and count such "
+                                     "cases)")
+        if annotation is None:
+            self.skipped.images.append((where, reason))
+        else:
+            self.skipped.annotations.append((where, annotation, reason))
+
+    def _check(self, skip_bad: bool) -> list[tuple[dict, list[dict]]]:
+        items = []
+        for image_id in sorted(self.coco.getImgIds()):
+            info = self.coco.loadImgs(image_id)[0]
+            path = self.images_dir / info["file_name"]
+            where = info.get("source", str(path))
+            try:
+                with Image.open(path) as im:
+                    size = im.size
+                    if skip_bad:
+                        im.convert("RGB")   # a full decode: truncated files fail here, not mid-epoch
+            except FileNotFoundError:
+                self._reject(skip_bad, str(path), "image file not found")
+                continue
+            except OSError as err:
+                self._reject(skip_bad, str(path), f"unreadable image ({err})")
+                continue
+            width, height = info.get("width") or size[0], info.get("height") or size[1]
+            if (width, height) != size:
+                self._reject(skip_bad, str(path), f"the annotations say {width}x{height}, the image is "
+                                                  f"{size[0]}x{size[1]}")
+                continue
+            kept = []
+            for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id])):
+                x, y, w, h = ann["bbox"]
+                if ann["category_id"] not in self.label_of:
+                    self._reject(skip_bad, where, f"unknown category {ann.get('category_name') or ann['category_id']!r} "
+                                                  f"(known: {', '.join(self.class_names)})", ann["id"])
+                elif w <= 0 or h <= 0:
+                    self._reject(skip_bad, where, f"box {ann['bbox']} has zero area", ann["id"])
+                elif (x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE
+                      or y + h > height + BOX_TOLERANCE):
+                    self._reject(skip_bad, where, f"box {ann['bbox']} (x, y, w, h) lies outside the "
+                                                  f"{width}x{height} image", ann["id"])
+                else:
+                    kept.append(ann)
+            items.append((info, kept))
+        if not items:
+            raise DetectionDataError(f"{self.source}: no usable images")
+        return items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        from torchvision.transforms.functional import pil_to_tensor
+        info, anns = self.items[index]
+        path = self.images_dir / info["file_name"]
+        with Image.open(path) as im:
+            image = pil_to_tensor(im.convert("RGB")).float() / 255.0
+        train_anns = [a for a in anns if not a.get("iscrowd", 0)]   # crowd regions count only in evaluation
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in train_anns], dtype=torch.float32).reshape(-1, 4)
+        height, width = image.shape[-2:]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        target = {"boxes": boxes, "labels": torch.tensor([self.label_of[a["category_id"]] for a in train_anns],
+                                                         dtype=torch.int64),
+                  "image_id": int(info["id"])}
+        if self.masks:
+            masks = [torch.from_numpy(self.coco.annToMask(a)) for a in train_anns]
+            target["masks"] = (torch.stack(masks) if masks else torch.zeros(0, height, width)).to(torch.uint8)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def collate(batch):
+    """Detection batches are lists: images differ in size and targets in length."""
+    return tuple(zip(*batch))
