@@ -96,11 +96,12 @@ def voc_to_coco(annotations_dir: Union[str, os.PathLike], images_dir: Union[str,
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
                        "source": str(xml_file)})
         for name, x0, y0, x1, y1, difficult in objects:
-            # VOC boxes are 1-based and inclusive; COCO boxes are x, y, width, height.
+            # Corners as written (labelImg, today's usual VOC writer, stores pixel corners); the VOC
+            # devkit's 1-based inclusive reading differs by at most one pixel.
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": category.get(name, -1), "category_name": name,
-                                "bbox": [x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1],
-                                "area": (x1 - x0 + 1) * (y1 - y0 + 1), "iscrowd": difficult})
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                                "iscrowd": difficult})
     return {"images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
 

@@ -30,8 +30,8 @@ def build_detector(kind: str, name: str = "repvit_m1_1", *, num_classes: int, ta
                    backbone: Optional[RepViTBackbone] = None, **detector_kwargs) -> nn.Module:
     """A torchvision ``kind`` detector on RepViT ``name``.
 
-    ``num_classes`` counts the background for the R-CNNs (torchvision's convention: 80 COCO
-    classes -> 81) and not for RetinaNet/FCOS. Backbone weights come from ``checkpoint`` or
+    ``num_classes`` counts the background, torchvision's convention for all four (80 COCO
+    classes -> 81; labels run 1..80, as ``DetectionData`` gives them). Backbone weights come from ``checkpoint`` or
     ``pretrained`` (see ``RepViTBackbone``); other keywords (``min_size``, ``max_size``,
     ``box_detections_per_img``, ...) go to the torchvision class.
     """
