@@ -164,3 +164,48 @@ def test_confusion_matrix_metrics():
     assert cm2.compute()["mIoU"] == 1.0
     with pytest.raises(ValueError, match="outside 0..3"):
         ConfusionMatrix(4).update(torch.zeros(1, 2, dtype=torch.long), torch.tensor([[7, 1]]))
+
+
+# --------------------------------------------------------------------------- semantic folders
+def test_camvid_pairs_load_with_void_ignored():
+    from repvit.segmentation.data import SemanticFolder
+    data = SemanticFolder(need("camvid") / "val", num_classes=11, ignore_index=11)
+    assert len(data) == 101
+    image, label = data[0]
+    assert image.shape == (3, 360, 480) and label.shape == (360, 480) and label.dtype == torch.int64
+    assert set(label.unique().tolist()) <= set(range(12))
+    cm = ConfusionMatrix(11, ignore_index=11)
+    cm.update(label.clamp(max=10)[None], label[None])          # the label as its own prediction
+    assert cm.compute()["mIoU"] == 1.0
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("size", "label is 240x180 but its image"),
+    ("orphan", "no matching labels/"),
+    ("rgb", "expected one channel"),
+    ("corrupt", "unreadable label PNG"),
+])
+def test_bad_segmentation_pairs_are_named_or_skipped(tmp_path, problem, message):
+    from PIL import Image
+    from repvit.segmentation.data import SegmentationDataError, SemanticFolder
+    src = need("camvid") / "val"
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    names = sorted(p.stem for p in (src / "images").iterdir())[:3]
+    for n in names:
+        shutil.copyfile(src / "images" / f"{n}.jpg", tmp_path / "images" / f"{n}.jpg")
+        shutil.copyfile(src / "labels" / f"{n}.png", tmp_path / "labels" / f"{n}.png")
+    bad = tmp_path / "labels" / f"{names[0]}.png"
+    if problem == "size":
+        Image.open(bad).resize((240, 180)).save(bad)
+    elif problem == "orphan":
+        bad.unlink()
+    elif problem == "rgb":
+        Image.open(bad).convert("RGB").save(bad)
+    elif problem == "corrupt":
+        bad.write_bytes(b"\x89PNG broken")
+    with pytest.raises(SegmentationDataError) as err:
+        SemanticFolder(tmp_path, num_classes=11, ignore_index=11)
+    assert message in str(err.value) and names[0] in str(err.value)
+    data = SemanticFolder(tmp_path, num_classes=11, ignore_index=11, skip_bad=True)
+    assert len(data) == 2 and len(data.skipped) == 1 and message in data.skipped[0][1]
