@@ -92,11 +92,18 @@ def test_the_model_library_never_imports_the_layers_above_it():
                 f"{name} imports the command line"
 
 
+# Parallel task packages (classification training, detection, segmentation) hold files of the same
+# name for the same role (data.py: each task's data).
+TASK_PACKAGES = ("train", "detection", "segmentation")
+
+
 def test_one_name_one_meaning():
-    """Outside the command line (whose modules are named after sub-commands), no two modules share a name."""
+    """Outside the command line (whose modules are named after sub-commands) and the parallel task
+    packages, no two modules share a name."""
     stems: dict[str, list[str]] = {}
     for path in ROOT.rglob("*.py"):
         if path.name != "__init__.py" and path.parent.name != "commands":
-            stems.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
+            key = f"{path.parent.name}:{path.stem}" if path.parent.name in TASK_PACKAGES else path.stem
+            stems.setdefault(key, []).append(str(path.relative_to(ROOT)))
     dupes = {k: v for k, v in stems.items() if len(v) > 1}
     assert not dupes, f"modules sharing a name in different places: {dupes}"

@@ -7,13 +7,15 @@ backbone exactly, as it does for a classifier.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import nn
 from torchvision.models import detection as tvd
 
 from ..dense.backbone import RepViTBackbone
 from ..dense.neck import BackboneWithFPN
+from ..dense.record import read_record, save_record
+from ..models.checkpoint import CheckpointError
 
 # kind -> (torchvision class, backbone stages fed to the FPN, extra FPN levels)
 DETECTORS = {
@@ -48,4 +50,33 @@ def build_detector(kind: str, name: str = "repvit_m1_1", *, num_classes: int, ta
     model = cls(BackboneWithFPN(backbone, out_channels=fpn_channels, extra=extra), num_classes=num_classes,
                 **detector_kwargs)
     model.kind = kind
+    # What rebuilds this detector from a saved file (weights are loaded separately, strictly).
+    model.repvit_config = {"kind": kind, "name": backbone.name, "num_classes": num_classes, "taps": backbone.taps,
+                           "fpn_channels": fpn_channels, **{k: v for k, v in detector_kwargs.items()
+                                                            if isinstance(v, (int, float, str, bool))}}
     return model
+
+
+def save_detector(model: nn.Module, path, *, class_names: Sequence[str], category_ids: Sequence[int],
+                  extra: Optional[dict] = None):
+    """A self-describing detector file: ``load_detector(path)`` rebuilds it with its classes."""
+    if len(class_names) != len(category_ids) or len(class_names) + 1 != model.repvit_config["num_classes"]:
+        raise ValueError(f"{len(class_names)} class names and {len(category_ids)} category ids for a detector "
+                         f"with {model.repvit_config['num_classes']} outputs (classes + background)")
+    return save_record(model, path, task="detection", config=model.repvit_config, class_names=class_names,
+                       extra={"category_ids": list(category_ids), **(extra or {})})
+
+
+def load_detector(path, *, use_ema: bool = False) -> nn.Module:
+    """The detector saved at ``path``, in eval mode, with ``class_names`` and ``category_ids``."""
+    record = read_record(path, "detection")
+    config = dict(record["config"])
+    kind, name = config.pop("kind"), config.pop("name")
+    model = build_detector(kind, name, **config)
+    state = record.get("model_ema") if use_ema and isinstance(record.get("model_ema"), dict) else record["model"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{str(path)!r} does not fit the {kind} detector it records: missing "
+                              f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    model.class_names, model.category_ids = list(record["class_names"]), list(record["category_ids"])
+    return model.eval()

@@ -353,12 +353,12 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike], *, class_na
         from safetensors.torch import save_file
         if extra_state:
             raise ValueError("safetensors files hold weights only; save training state to a .pth file")
-        return _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"repvit": json.dumps(meta)}))
+        return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"repvit": json.dumps(meta)}))
     payload = {**meta, "model": state, **(extra_state or {})}
-    return _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
     """Write to a temporary file beside ``path`` and rename it into place: a crash leaves the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -8,12 +8,16 @@ backbone.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..dense.backbone import RepViTBackbone
 from ..dense.neck import BackboneWithFPN
+from ..dense.record import read_record, save_record
+from ..models.checkpoint import CheckpointError
 from ..models.layers import ConvBN
 
 
@@ -49,6 +53,8 @@ class SemanticFPN(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(head_channels, num_classes, kernel_size=1)
         self.num_classes = num_classes
+        self.repvit_config = {"name": backbone.name, "num_classes": num_classes, "taps": taps,
+                              "fpn_channels": fpn_channels, "head_channels": head_channels, "dropout": dropout}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = list(self.backbone(x).values())
@@ -60,3 +66,25 @@ class SemanticFPN(nn.Module):
                              F.interpolate(out, size=fused.shape[-2:], mode="bilinear", align_corners=False))
         logits = self.classifier(self.dropout(fused))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def save_segmenter(model: SemanticFPN, path, *, class_names, ignore_index: int, extra: Optional[dict] = None):
+    """A self-describing segmentation file: ``load_segmenter(path)`` rebuilds it with its classes."""
+    if len(class_names) != model.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
+    return save_record(model, path, task="segmentation", config=model.repvit_config, class_names=class_names,
+                       extra={"ignore_index": int(ignore_index), **(extra or {})})
+
+
+def load_segmenter(path, *, use_ema: bool = False) -> SemanticFPN:
+    """The model saved at ``path``, in eval mode, with ``class_names`` and ``ignore_index``."""
+    record = read_record(path, "segmentation")
+    config = dict(record["config"])
+    model = SemanticFPN(config.pop("name"), **config)
+    state = record.get("model_ema") if use_ema and isinstance(record.get("model_ema"), dict) else record["model"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{str(path)!r} does not fit the Semantic FPN it records: missing "
+                              f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    model.class_names, model.ignore_index = list(record["class_names"]), int(record["ignore_index"])
+    return model.eval()

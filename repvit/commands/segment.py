@@ -1,0 +1,72 @@
+"""``repvit segment eval|predict``: a saved segmentation model (fused by default) scored with mIoU, or drawn."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _load(args):
+    from ..models.reparam import reparameterize
+    from ..segmentation.semantic_fpn import load_segmenter
+    from ..train.distributed import pick_device
+    model = load_segmenter(args.checkpoint, use_ema=args.ema)
+    fused = model if args.unfused else reparameterize(model)
+    fused.class_names, fused.ignore_index = model.class_names, model.ignore_index
+    return fused, pick_device(args.device)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..segmentation.data import SemanticFolder
+    from ..segmentation.evaluation import evaluate_segmenter
+    model, device = _load(args)
+    ignore = model.ignore_index if args.ignore_index is None else args.ignore_index
+    data = SemanticFolder(args.data, num_classes=model.num_classes, ignore_index=ignore, skip_bad=args.skip_bad)
+    result = evaluate_segmenter(model, data, device=device, class_names=model.class_names)
+    result.update(checkpoint=str(args.checkpoint), fused=not args.unfused, data=str(args.data), ignore_index=ignore)
+    print(f"{result['images']} images: mIoU {result['mIoU']:.4f}  aAcc {result['aAcc']:.4f}  mAcc {result['mAcc']:.4f} "
+          f"({'unfused' if args.unfused else 'fused'} model)")
+    for name, iou in result["IoU"].items():
+        print(f"  {name:<20} {'-' if iou is None else f'{iou:.4f}'}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..segmentation.evaluation import predict_images
+    from ..train.eval_predict import expand_images
+    model, device = _load(args)
+    results = predict_images(model, expand_images(args.images), Path(args.output), class_names=model.class_names,
+                             device=device)
+    for r in results:
+        top = sorted(r["fractions"].items(), key=lambda kv: -kv[1])[:3]
+        print(f"{r['image']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top) + f" -> {r['drawn']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _common(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="a segmentation model saved by this library (self-describing)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
+    p.add_argument("--unfused", action="store_true", help="run the training-form model (default: fused)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("segment", help="semantic segmentation: eval, predict")
+    sub = parser.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
+    ev = sub.add_parser("eval", help="mIoU, aAcc and per-class IoU on a folder of images/ and labels/")
+    _common(ev)
+    ev.add_argument("--data", required=True, help="folder with images/ and labels/ (index PNGs)")
+    ev.add_argument("--ignore-index", type=int, default=None, help="label value to ignore (default: the checkpoint's)")
+    ev.add_argument("--skip-bad", action="store_true", help="skip (and count) bad image/label pairs")
+    ev.set_defaults(func=run_eval)
+    pr = sub.add_parser("predict", help="colour-coded class maps over images (PNG) and raw class-index PNGs")
+    _common(pr)
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    pr.add_argument("--output", default="segmentations", help="folder for the PNGs [segmentations]")
+    pr.set_defaults(func=run_predict)

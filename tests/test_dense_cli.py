@@ -1,0 +1,117 @@
+"""``repvit detect eval|predict`` and ``repvit segment eval|predict`` on the shared real data, from
+self-describing files saved by the library (fused by default; the unfused model scores the same)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from repvit.cli import main
+from repvit.detection.data import DetectionData
+from repvit.detection.detectors import build_detector, load_detector, save_detector
+from repvit.models.checkpoint import CheckpointError
+from repvit.segmentation.semantic_fpn import SemanticFPN, load_segmenter, save_segmenter
+from repvit.testing import randomize_batchnorm
+
+from .test_dense_data import need
+
+CAMVID = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+          "Bicyclist"]
+
+
+@pytest.fixture(scope="module")
+def fruit_subset(tmp_path_factory):
+    src = need("fruit")
+    coco = json.loads((src / "annotations.json").read_text())
+    root = tmp_path_factory.mktemp("fruit3")
+    (root / "images").mkdir()
+    coco["images"] = coco["images"][:3]
+    ids = {im["id"] for im in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    for im in coco["images"]:
+        shutil.copyfile(src / "images" / im["file_name"], root / "images" / im["file_name"])
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.fixture(scope="module")
+def camvid_subset(tmp_path_factory):
+    src = need("camvid") / "val"
+    root = tmp_path_factory.mktemp("camvid3")
+    for sub in ("images", "labels"):
+        (root / sub).mkdir()
+    for path in sorted((src / "images").iterdir())[:3]:
+        shutil.copyfile(path, root / "images" / path.name)
+        shutil.copyfile(src / "labels" / f"{path.stem}.png", root / "labels" / f"{path.stem}.png")
+    return root
+
+
+def test_detector_files_round_trip_and_refuse_other_files(fruit_subset, tmp_path):
+    data = DetectionData.from_folder(fruit_subset)
+    model = randomize_batchnorm(build_detector("maskrcnn", "repvit_m0_6", num_classes=4, min_size=256, max_size=320))
+    path = save_detector(model, tmp_path / "det.pth", class_names=data.class_names, category_ids=data.category_ids)
+    loaded = load_detector(path)
+    assert loaded.class_names == ["date", "fig", "hazelnut"] and loaded.transform.min_size == (256,)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    with pytest.raises(ValueError, match="4 class names and 4 category ids for a detector with 4 outputs"):
+        save_detector(model, tmp_path / "x.pth", class_names=data.class_names[:2] + ["a", "b"], category_ids=[1, 2, 3, 4])
+    torch.save({"model": model.state_dict()}, tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="not a RepViT detection checkpoint"):
+        load_detector(tmp_path / "plain.pth")
+    seg = SemanticFPN("repvit_m0_6", num_classes=11)
+    save_segmenter(seg, tmp_path / "seg.pth", class_names=CAMVID, ignore_index=11)
+    with pytest.raises(CheckpointError, match="holds a segmentation model"):
+        load_detector(tmp_path / "seg.pth")
+
+
+def test_cli_detect_eval_and_predict(fruit_subset, tmp_path, capsys):
+    data = DetectionData.from_folder(fruit_subset)
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_detector("maskrcnn", "repvit_m0_6", num_classes=4, min_size=256, max_size=320))
+    path = save_detector(model, tmp_path / "det.pth", class_names=data.class_names, category_ids=data.category_ids)
+    report = tmp_path / "eval.json"
+    assert main(["detect", "eval", "--checkpoint", str(path), "--data", str(fruit_subset), "--json", str(report),
+                 "--device", "cpu"]) == 0
+    result = json.loads(report.read_text())
+    assert result["images"] == 3 and result["fused"] is True
+    for iou_type in ("bbox", "segm"):
+        assert set(result[iou_type]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert all(-1.0 <= v <= 1.0 for v in result[iou_type].values())
+    out = tmp_path / "drawn"
+    image = sorted((fruit_subset / "images").iterdir())[0]
+    assert main(["detect", "predict", "--checkpoint", str(path), str(image), "--output", str(out),
+                 "--score-threshold", "0", "--device", "cpu", "--json", str(tmp_path / "p.json")]) == 0
+    drawn = out / f"{image.stem}.png"
+    assert drawn.is_file() and Image.open(drawn).size == Image.open(image).size
+    predictions = json.loads((tmp_path / "p.json").read_text())[0]["detections"]
+    assert predictions and {d["class"] for d in predictions} <= {"date", "fig", "hazelnut"}
+    assert main(["detect", "predict", "--checkpoint", str(path), str(image), "--score-threshold", "2"]) == 2
+    assert "--score-threshold" in capsys.readouterr().err
+
+
+def test_cli_segment_eval_fused_equals_unfused_and_predict_draws(camvid_subset, tmp_path):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=11)).eval()
+    path = save_segmenter(model, tmp_path / "seg.pth", class_names=CAMVID, ignore_index=11)
+    assert load_segmenter(path).ignore_index == 11
+    results = {}
+    for flag in ([], ["--unfused"]):
+        report = tmp_path / f"eval{len(flag)}.json"
+        assert main(["segment", "eval", "--checkpoint", str(path), "--data", str(camvid_subset), "--json",
+                     str(report), "--device", "cpu", *flag]) == 0
+        results[bool(flag)] = json.loads(report.read_text())
+    fused, unfused = results[False], results[True]
+    assert fused["fused"] and not unfused["fused"] and fused["images"] == 3 and list(fused["IoU"]) == CAMVID
+    assert 0.0 <= fused["mIoU"] <= 1.0 and fused["mIoU"] == pytest.approx(unfused["mIoU"], abs=1e-3)
+    out = tmp_path / "maps"
+    assert main(["segment", "predict", "--checkpoint", str(path), str(camvid_subset / "images"), "--output",
+                 str(out), "--device", "cpu"]) == 0
+    stems = sorted(p.stem for p in (camvid_subset / "images").iterdir())
+    for stem in stems:
+        overlay, classes = Image.open(out / f"{stem}.png"), Image.open(out / f"{stem}_classes.png")
+        assert overlay.size == classes.size == (480, 360) and overlay.mode == "RGB" and classes.mode == "L"
+        assert __import__("numpy").asarray(classes).max() < 11
