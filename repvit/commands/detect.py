@@ -6,6 +6,20 @@ import json
 from pathlib import Path
 
 
+def real_images(folder, count: int) -> list:
+    """``count`` real images from ``folder`` as float 0..1 CHW tensors, at their own sizes."""
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+    from ..export.verify import find_images
+    if count < 1:
+        raise ValueError(f"--num-real must be 1 or more, got {count}")
+    out = []
+    for path in find_images(folder, count):
+        with Image.open(path) as im:
+            out.append(pil_to_tensor(im.convert("RGB")).float() / 255.0)
+    return out
+
+
 def _load(args):
     from ..detection.detectors import load_detector
     from ..models.reparam import reparameterize
@@ -60,6 +74,19 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from ..detection.detectors import load_detector
+    from ..export.dense import export_detector_torchscript
+    model = load_detector(args.checkpoint)
+    report = export_detector_torchscript(model, args.output, real_images(args.images, args.num_real),
+                                         class_names=model.class_names, category_ids=model.category_ids)
+    print(f"verified: {report['path']} (TorchScript, fused; max |diff| {report['max_abs_diff']:.3g} on "
+          f"{len(report['detections'])} real images)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def _common(p) -> None:
     p.add_argument("--checkpoint", required=True, help="a detector saved by this library (self-describing)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
@@ -85,3 +112,11 @@ def register(subparsers) -> None:
     pr.add_argument("--output", default="detections", help="folder for the drawn PNGs [detections]")
     pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this [0.5]")
     pr.set_defaults(func=run_predict)
+    ex = sub.add_parser("export", help="the fused detector to TorchScript, checked on real images")
+    ex.add_argument("--checkpoint", required=True, help="a detector saved by this library")
+    ex.add_argument("--output", default="detector-fused.pt", help="file to write, used as given [detector-fused.pt]")
+    ex.add_argument("--images", default=None, help="folder of real images to check the export on (default: two "
+                                                   "photos shipped with matplotlib)")
+    ex.add_argument("--num-real", type=int, default=4, help="real images to check on [4]")
+    ex.add_argument("--json", default=None, help="write the check's report to this JSON file")
+    ex.set_defaults(func=run_export)

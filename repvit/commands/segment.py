@@ -6,6 +6,20 @@ import json
 from pathlib import Path
 
 
+def real_images(folder, count: int) -> list:
+    """``count`` real images from ``folder`` as float 0..1 CHW tensors, at their own sizes."""
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+    from ..export.verify import find_images
+    if count < 1:
+        raise ValueError(f"--num-real must be 1 or more, got {count}")
+    out = []
+    for path in find_images(folder, count):
+        with Image.open(path) as im:
+            out.append(pil_to_tensor(im.convert("RGB")).float() / 255.0)
+    return out
+
+
 def _load(args):
     from ..models.reparam import reparameterize
     from ..segmentation.semantic_fpn import load_segmenter
@@ -48,6 +62,25 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from ..export.dense import export_neck_onnx, export_segmenter_onnx
+    from ..segmentation.semantic_fpn import load_segmenter
+    model = load_segmenter(args.checkpoint)
+    images = real_images(args.images, args.num_real)
+    # Two sizes: the images as they are and a crop whose sides are not multiples of 32.
+    images = images + [im[:, : im.shape[1] * 2 // 3, : im.shape[2] * 3 // 4] for im in images[:1]]
+    report = export_segmenter_onnx(model, args.output, images, class_names=model.class_names)
+    print(f"verified: {report['path']} (ONNX, fused, dynamic height/width; max |diff| {report['max_abs_diff']:.3g} "
+          f"at sizes {report['image_sizes']})")
+    if args.neck_output:
+        neck = export_neck_onnx(model.backbone, args.neck_output, images)
+        report["neck"] = neck
+        print(f"verified: {neck['path']} (backbone + FPN; max |diff| {neck['max_abs_diff']:.3g})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def _common(p) -> None:
     p.add_argument("--checkpoint", required=True, help="a segmentation model saved by this library (self-describing)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
@@ -70,3 +103,12 @@ def register(subparsers) -> None:
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     pr.add_argument("--output", default="segmentations", help="folder for the PNGs [segmentations]")
     pr.set_defaults(func=run_predict)
+    ex = sub.add_parser("export", help="the fused model to ONNX (dynamic size), checked with ONNX Runtime")
+    ex.add_argument("--checkpoint", required=True, help="a segmentation model saved by this library")
+    ex.add_argument("--output", default="segmenter-fused.onnx", help="file to write, used as given")
+    ex.add_argument("--neck-output", default=None, help="also export backbone + FPN to this ONNX file")
+    ex.add_argument("--images", default=None, help="folder of real images to check the export on (default: two "
+                                                   "photos shipped with matplotlib)")
+    ex.add_argument("--num-real", type=int, default=2, help="real images to check on [2]")
+    ex.add_argument("--json", default=None, help="write the check's report to this JSON file")
+    ex.set_defaults(func=run_export)

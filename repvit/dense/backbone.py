@@ -18,8 +18,7 @@ default: detection batches of 2 images per GPU make batch statistics noise), and
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
-from typing import Sequence, Union
+from typing import Dict, Sequence, Union
 
 import torch
 from torch import nn
@@ -50,7 +49,7 @@ def tap_indices(name: str, taps: str = "detection") -> list[int]:
 class RepViTBackbone(nn.Module):
     """RepViT feature extractor for detection and segmentation.
 
-    ``forward`` returns ``OrderedDict(str(stage) -> tensor)`` for ``out_stages``; ``channels`` and
+    ``forward`` returns ``{str(stage): tensor}`` in stage order for ``out_stages``; ``channels`` and
     ``strides`` describe them. Weights come from ``checkpoint`` (any file the model library reads:
     official, timm, ours) or official ``pretrained`` weights (``True`` or ``"NAME[:TAG]"``); the
     classifier is dropped and every backbone key is matched by name, strictly.
@@ -72,6 +71,7 @@ class RepViTBackbone(nn.Module):
         self.body = RepViTFeatures(name, out_indices=out_stages, drop_path_rate=drop_path_rate)
         # The body keeps blocks up to the last stage's end; its taps follow the chosen convention.
         self.body.tap_indices = [tap_indices(name, taps)[s] for s in out_stages]
+        self.out_names = [str(stage) for stage in out_stages]
         self.channels = [f["num_chs"] for f in self.body.feature_info]
         self.strides = [f["reduction"] for f in self.body.feature_info]
         self._stage_ends = tap_indices(name, "segmentation")
@@ -126,8 +126,12 @@ class RepViTBackbone(nn.Module):
                         module.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return OrderedDict((str(stage), out) for stage, out in zip(self.out_stages, self.body(x)))
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        # A plain dict keeps insertion order and scripts (torchvision's detectors are scripted whole).
+        result: Dict[str, torch.Tensor] = {}
+        for name, out in zip(self.out_names, self.body(x)):
+            result[name] = out
+        return result
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, taps={self.taps!r}, out_stages={self.out_stages}, norm_eval={self.norm_eval}, "

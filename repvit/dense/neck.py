@@ -6,8 +6,7 @@ RepViT's flat block list; this is the same composition over our ordered-dict bac
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -36,5 +35,5 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(backbone.channels, out_channels, extra_blocks=extra_block(extra, out_channels))
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self.fpn(self.body(x))

@@ -8,7 +8,7 @@ backbone.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,11 @@ from ..models.layers import ConvBN
 
 
 class ScaleHead(nn.Module):
-    """One pyramid level brought to stride 4: ``steps`` x (3x3 ConvBN + ReLU + 2x upsample), at least one conv."""
+    """One pyramid level brought to stride 4: ``steps`` x (3x3 ConvBN + ReLU + 2x upsample), at least one conv.
+
+    The last upsampling goes to the stride-4 level's exact size, so inputs whose sides are not
+    multiples of 32 work, without a shape-dependent branch (the graph exports with dynamic sizes).
+    """
 
     def __init__(self, in_channels: int, channels: int, steps: int):
         super().__init__()
@@ -30,11 +34,13 @@ class ScaleHead(nn.Module):
                                     for i in range(max(1, steps)))
         self.steps = steps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             x = F.relu(block(x))
-            if i < self.steps:
+            if i < self.steps - 1:
                 x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            elif i == self.steps - 1:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x
 
 
@@ -58,12 +64,10 @@ class SemanticFPN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = list(self.backbone(x).values())
-        fused = self.heads[0](levels[0])
+        size = levels[0].shape[-2:]
+        fused = self.heads[0](levels[0], size)
         for head, level in zip(self.heads[1:], levels[1:]):
-            out = head(level)
-            # Inputs whose side is not a multiple of 32 give levels that round differently.
-            fused = fused + (out if out.shape[-2:] == fused.shape[-2:] else
-                             F.interpolate(out, size=fused.shape[-2:], mode="bilinear", align_corners=False))
+            fused = fused + head(level, size)
         logits = self.classifier(self.dropout(fused))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
