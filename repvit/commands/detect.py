@@ -87,6 +87,20 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from ..dense import options
+    from ..dense.engine import train
+    from ..detection.training import build_task
+    explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", "detect_command")}
+    cfg = options.resolve(explicit, "detect")
+    config = options.dump(cfg)
+    result = train(lambda env: build_task(cfg, env), cfg, config=config)
+    if result.get("interrupted"):
+        import signal
+        return 128 + int(result.get("signal") or signal.SIGINT)
+    return 0
+
+
 def _common(p) -> None:
     p.add_argument("--checkpoint", required=True, help="a detector saved by this library (self-describing)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
@@ -120,3 +134,7 @@ def register(subparsers) -> None:
     ex.add_argument("--num-real", type=int, default=4, help="real images to check on [4]")
     ex.add_argument("--json", default=None, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)
+    tr = sub.add_parser("train", help="train (options: `repvit detect train --help`; -c FILE.yaml sets defaults)")
+    from ..dense.options import add_options
+    add_options(tr, "detect")
+    tr.set_defaults(func=run_train)

@@ -11,18 +11,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def coco_metrics(coco_gt, detections: Sequence[dict], iou_types: Iterable[str] = ("bbox",)) -> dict:
+def coco_metrics(coco_gt, detections: Sequence[dict], iou_types: Iterable[str] = ("bbox",),
+                 image_ids: Optional[Sequence[int]] = None) -> dict:
+    """Metrics over ``image_ids`` (default: every image of ``coco_gt``)."""
     try:
         from pycocotools.cocoeval import COCOeval
     except ImportError as err:  # pragma: no cover - the dense extra brings it
         raise ImportError("COCO metrics need pycocotools: pip install 'repvit-pytorch[dense]'") from err
     results = {}
-    image_ids = sorted(coco_gt.getImgIds())
+    image_ids = sorted(coco_gt.getImgIds() if image_ids is None else image_ids)
     for iou_type in iou_types:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")

@@ -13,6 +13,7 @@ file (and annotation), or, with ``skip_bad=True``, a counted skip of that annota
 """
 from __future__ import annotations
 
+import copy
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ class DetectionData(torch.utils.data.Dataset):
     def __init__(self, images_dir: Union[str, os.PathLike], coco, *, masks: bool = False, skip_bad: bool = False,
                  transforms=None, source: str = ""):
         self.images_dir, self.coco, self.masks, self.transforms = Path(images_dir), coco, masks, transforms
+        self.hflip_prob = 0.5
         self.source = source or str(images_dir)
         cats = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
         if not cats:
@@ -198,6 +200,19 @@ class DetectionData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def get(self, index: int, generator: torch.Generator):
+        """A training sample, flipped left to right with probability ``hflip_prob`` (drawn from ``generator``)."""
+        image, target = self[index]
+        if torch.rand(1, generator=generator).item() < self.hflip_prob:
+            image, target = hflip(image, target)
+        return image, target
+
+    def subset(self, indices) -> "DetectionData":
+        """The same data restricted to ``indices`` (a train/val split of one annotated folder)."""
+        part = copy.copy(self)
+        part.items = [self.items[i] for i in indices]
+        return part
+
     def __getitem__(self, index: int):
         from torchvision.transforms.functional import pil_to_tensor
         info, anns = self.items[index]
@@ -219,6 +234,18 @@ class DetectionData(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    """Mirror an image and its boxes (and masks) left to right."""
+    width = image.shape[-1]
+    target = dict(target)
+    boxes = target["boxes"].clone()
+    boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+    target["boxes"] = boxes
+    if "masks" in target:
+        target["masks"] = target["masks"].flip(-1)
+    return image.flip(-1), target
 
 
 def collate(batch):

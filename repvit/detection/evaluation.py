@@ -48,7 +48,7 @@ def evaluate_detector(model: nn.Module, data: DetectionData, *, batch_size: int 
             detections.extend(to_coco_results(output, target["image_id"], data.category_ids))
     iou_types = ("bbox", "segm") if getattr(model, "roi_heads", None) is not None and \
         getattr(model.roi_heads, "has_mask", lambda: False)() else ("bbox",)
-    metrics = coco_metrics(data.coco, detections, iou_types)
+    metrics = coco_metrics(data.coco, detections, iou_types, image_ids=[info["id"] for info, _ in data.items])
     return {**metrics, "images": len(data), "detections": len(detections),
             "skipped_images": len(data.skipped.images), "skipped_annotations": len(data.skipped.annotations)}
 

@@ -36,8 +36,9 @@ class SemanticFolder(torch.utils.data.Dataset):
 
     def __init__(self, root: Union[str, os.PathLike], *, num_classes: int, ignore_index: int = 255,
                  reduce_zero_label: bool = False, skip_bad: bool = False,
-                 transforms: Optional[Callable] = None):
+                 transforms: Optional[Callable] = None, train_transform: Optional[Callable] = None):
         self.root = Path(root)
+        self.train_transform = train_transform
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.reduce_zero_label, self.transforms = reduce_zero_label, transforms
         images, labels = self.root / "images", self.root / "labels"
@@ -77,6 +78,11 @@ class SemanticFolder(torch.utils.data.Dataset):
             label = np.where(label == 0, self.ignore_index, label - 1)
         return torch.from_numpy(label)
 
+    def get(self, index: int, generator: torch.Generator):
+        """A training sample: ``train_transform(image, label, generator)`` applied (see ``TrainTransform``)."""
+        image, label = self[index]
+        return self.train_transform(image, label, generator) if self.train_transform else (image, label)
+
     def __getitem__(self, index: int):
         from torchvision.transforms.functional import pil_to_tensor
         image_path, label_path = self.pairs[index]
@@ -109,3 +115,35 @@ def _check_pair(image: Path, label: Path, *, full: bool) -> Optional[tuple[str, 
         return str(label), (f"label is {label_size[0]}x{label_size[1]} but its image {image.name} is "
                             f"{image_size[0]}x{image_size[1]}")
     return None
+
+
+class TrainTransform:
+    """Random scale (``scale`` x the image), random crop of ``crop`` (padded with 0 / the ignore
+    value where the scaled image is smaller), horizontal flip: the mmsegmentation recipe's geometry.
+    All randomness comes from the ``generator`` passed in, so a sample's augmentation is reproducible."""
+
+    def __init__(self, crop: tuple[int, int], *, scale: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5,
+                 ignore_index: int = 255):
+        if not (0 < scale[0] <= scale[1]):
+            raise ValueError(f"scale range must satisfy 0 < min <= max, got {scale}")
+        self.crop, self.scale, self.hflip, self.ignore_index = tuple(crop), scale, hflip, ignore_index
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator):
+        import torch.nn.functional as F
+        u = torch.rand(4, generator=generator).tolist()
+        factor = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
+        height, width = max(1, round(image.shape[1] * factor)), max(1, round(image.shape[2] * factor))
+        image = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        label = F.interpolate(label[None, None].float(), size=(height, width), mode="nearest")[0, 0].long()
+        ch, cw = self.crop
+        pad_h, pad_w = max(0, ch - height), max(0, cw - width)
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_index)
+        top = int(u[1] * (image.shape[1] - ch + 1))
+        left = int(u[2] * (image.shape[2] - cw + 1))
+        image, label = image[:, top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
+        if u[3] < self.hflip:
+            image, label = image.flip(-1), label.flip(-1)
+        return image.contiguous(), label.contiguous()
+

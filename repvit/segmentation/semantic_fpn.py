@@ -1,7 +1,8 @@
 """Semantic FPN (Kirillov et al., "Panoptic Feature Pyramid Networks", CVPR 2019), the head the
 RepViT paper uses on ADE20K: an FPN with 256 channels on the four stage outputs, then per level
 3x3 conv + BN + ReLU blocks with 2x upsampling until stride 4 (128 channels), summed, and a 1x1
-classifier. Logits are returned at the input's resolution.
+classifier. Logits are returned at the input's resolution. Input: RGB in 0..1 (the model
+normalizes with the ImageNet mean and std itself, as torchvision's detectors do).
 
 The head's conv + BN pairs are ``ConvBN`` units, so ``repvit.reparameterize`` folds them with the
 backbone.
@@ -19,6 +20,7 @@ from ..dense.neck import BackboneWithFPN
 from ..dense.record import read_record, save_record
 from ..models.checkpoint import CheckpointError
 from ..models.layers import ConvBN
+from ..models.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ScaleHead(nn.Module):
@@ -59,11 +61,13 @@ class SemanticFPN(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(head_channels, num_classes, kernel_size=1)
         self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.repvit_config = {"name": backbone.name, "num_classes": num_classes, "taps": taps,
                               "fpn_channels": fpn_channels, "head_channels": head_channels, "dropout": dropout}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        levels = list(self.backbone(x).values())
+        levels = list(self.backbone((x - self.mean) / self.std).values())
         size = levels[0].shape[-2:]
         fused = self.heads[0](levels[0], size)
         for head, level in zip(self.heads[1:], levels[1:]):

@@ -127,12 +127,12 @@ for _flags, _kw in OPTIONS:
     DEFAULTS[_flags[0].lstrip("-").replace("-", "_")] = _kw.get("default")
 
 
-def add_options(parser: argparse.ArgumentParser, *, suppress_defaults: bool = True) -> None:
+def add_options(parser: argparse.ArgumentParser, *, suppress_defaults: bool = True, options=None) -> None:
     """Add every training flag. With ``suppress_defaults`` only flags actually given appear in
     the parsed namespace, which is how config files and flags are layered."""
     parser.add_argument("-c", "--config", default=argparse.SUPPRESS if suppress_defaults else None,
                         help="YAML file of option defaults (flags given here override it)")
-    for flags, kwargs in OPTIONS:
+    for flags, kwargs in (OPTIONS if options is None else options):
         kwargs = dict(kwargs)
         default = kwargs.get("default")
         if kwargs.get("help") not in (None, argparse.SUPPRESS) and default not in (None, False, []):
@@ -186,7 +186,7 @@ def adapt_defaults(values: dict, *, set_by_user: set) -> list[str]:
     return notes
 
 
-def load_config_file(path) -> dict:
+def load_config_file(path, options=None) -> dict:
     """Read a YAML mapping of option names to values, checking names, types and choices."""
     path = Path(path)
     if not path.is_file():
@@ -197,7 +197,7 @@ def load_config_file(path) -> dict:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must be a mapping of option: value, not {type(data).__name__}")
-    specs = {flags[0].lstrip("-").replace("-", "_"): kw for flags, kw in OPTIONS}
+    specs = {flags[0].lstrip("-").replace("-", "_"): kw for flags, kw in (OPTIONS if options is None else options)}
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")

@@ -10,8 +10,10 @@ from typing import Optional
 
 
 class MetricsLog:
-    def __init__(self, output: Path, *, tensorboard: bool = True, resume: bool = False):
+    def __init__(self, output: Path, *, tensorboard: bool = True, resume: bool = False,
+                 metric: tuple = ("val top-1 (%)", ("val_top1", "val_top1_ema"))):
         self.output = Path(output)
+        self.metric = metric
         self.csv_path = self.output / "metrics.csv"
         self.jsonl_path = self.output / "metrics.jsonl"
         self.png_path = self.output / "curves.png"
@@ -66,7 +68,7 @@ class MetricsLog:
                 if key != "epoch" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, row["epoch"])
             self.writer.flush()
-        plot_curves(self.history, self.png_path, self.steps)
+        plot_curves(self.history, self.png_path, self.steps, self.metric)
 
     def add_step(self, step: int, loss: float, lr: float, epoch: float) -> None:
         """``step``: optimizer updates so far; ``epoch``: fractional epochs done (for plotting)."""
@@ -94,9 +96,11 @@ class MetricsLog:
             self.writer.close()
 
 
-def plot_curves(history: list[dict], path: Path, steps: Optional[list[dict]] = None) -> None:
-    """Three panels against epochs: loss (per logged step and per epoch), val top-1 (and EMA),
-    learning rate (per logged step, so the warm-up shows, else per epoch)."""
+def plot_curves(history: list[dict], path: Path, steps: Optional[list[dict]] = None,
+                metric: tuple = ("val top-1 (%)", ("val_top1", "val_top1_ema"))) -> None:
+    """Three panels against epochs: loss (per logged step and per epoch), the validation metric
+    (``(title, keys)``: val top-1 and EMA for classifiers), learning rate (per logged step, so the
+    warm-up shows, else per epoch)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -104,10 +108,10 @@ def plot_curves(history: list[dict], path: Path, steps: Optional[list[dict]] = N
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(12, 3.6), tight_layout=True)
     FigureCanvasAgg(fig)
-    panels = [("loss", ["train_loss", "val_loss"]), ("val top-1 (%)", ["val_top1", "val_top1_ema"]), ("lr", ["lr"])]
+    panels = [("loss", ["train_loss", "val_loss"]), (metric[0], list(metric[1])), ("lr", ["lr"])]
     for i, (title, keys) in enumerate(panels):
         ax = fig.add_subplot(1, 3, i + 1)
-        if title != "val top-1 (%)" and steps:
+        if title != metric[0] and steps:
             key = "lr" if title == "lr" else "train_loss"
             ax.plot([r["epoch"] for r in steps], [r[key] for r in steps], linewidth=0.8,
                     alpha=0.5 if key == "train_loss" else 1.0, label=f"{key} (logged steps)")

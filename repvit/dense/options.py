@@ -1,0 +1,112 @@
+"""Options of ``repvit segment train`` and ``repvit detect train``: one table per task over a shared
+table of loop options, layered as ``repvit train`` layers them (defaults < ``-c`` YAML < flags).
+Defaults are CPU-sized; the paper's recipes are the YAML files in ``configs/``."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from ..runtime.timing import threads_option
+from ..train import config as base
+
+LOOP: list = [
+    (("--model",), dict(default="repvit_m0_9", help="RepViT variant of the backbone")),
+    (("--backbone",), dict(default=None, help="initialise the backbone from this classification checkpoint (ours, "
+                                              "official, timm), e.g. the best.pth of `repvit train`")),
+    (("--pretrained",), dict(default=None, metavar="NAME[:TAG]", help="initialise the backbone from official "
+                                                                      "ImageNet weights instead")),
+    (("--output",), dict(default="runs/dense", help="folder for checkpoints, logs and curves")),
+    (("--overwrite",), dict(action="store_true", default=False, help="start over even if --output holds a run")),
+    (("--resume",), dict(default=None, help="continue a run: PATH of its last.pth, or auto")),
+    (("--epochs",), dict(type=int, default=12, help="epochs")),
+    (("--batch-size", "-b"), dict(type=int, default=4, help="images per process and step")),
+    (("--lr",), dict(type=float, default=2e-4, help="AdamW learning rate")),
+    (("--weight-decay",), dict(type=float, default=0.05, help="weight decay (not on norms and biases)")),
+    (("--schedule",), dict(default="step", choices=["step", "poly", "none"], help="lr decay after warm-up")),
+    (("--milestones",), dict(type=int, nargs="+", default=[8, 11], help="epochs at which step decays x0.1")),
+    (("--power",), dict(type=float, default=0.9, help="poly decay power")),
+    (("--warmup-iters",), dict(type=int, default=500, help="linear warm-up iterations (capped at half the run)")),
+    (("--clip-grad",), dict(type=float, default=0.0, help="clip the gradient norm to this (0: off)")),
+    (("--norm-eval",), dict(action=argparse.BooleanOptionalAction, default=True,
+                            help="keep the backbone's BatchNorm statistics frozen (the official recipes)")),
+    (("--frozen-stages",), dict(type=int, default=-1, help="-1 none, 0 the stem, N the stem and N stages")),
+    (("--sync-bn",), dict(action=argparse.BooleanOptionalAction, default=True,
+                          help="SyncBatchNorm under torchrun where statistics are trained")),
+    (("--workers", "-j"), dict(type=int, default=2, help="data-loading processes per rank")),
+    (("--threads",), dict(type=threads_option, default="auto", help="CPU threads per process, or auto")),
+    (("--device",), dict(default="auto", help="auto, cpu, cuda or cuda:N")),
+    (("--seed",), dict(type=int, default=0, help="random seed (data order, augmentation, initial weights)")),
+    (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) bad annotations/images "
+                                                                     "instead of stopping")),
+    (("--log-interval",), dict(type=int, default=10, help="steps between log lines when not on a terminal")),
+    (("--stop-after-epoch",), dict(type=int, default=None, help=argparse.SUPPRESS)),
+]
+
+SEGMENT: list = [
+    (("--data",), dict(default=None, help="root with train/ and val/, each images/ + labels/ (index PNGs)")),
+    (("--num-classes",), dict(type=int, default=None, help="classes (default: the length of --class-names)")),
+    (("--class-names",), dict(default=None, help="comma-separated class names, in label order")),
+    (("--ignore-index",), dict(type=int, default=255, help="label value to ignore (CamVid: 11)")),
+    (("--crop",), dict(type=int, nargs=2, default=[512, 512], metavar=("H", "W"), help="training crop")),
+    (("--scale",), dict(type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+                        help="random rescaling range before cropping")),
+]
+
+DETECT: list = [
+    (("--detector",), dict(default="fasterrcnn", choices=["maskrcnn", "fasterrcnn", "retinanet", "fcos"],
+                           help="torchvision detector")),
+    (("--data",), dict(default=None, help="annotated folder (images/ + annotations.json or annotations/*.xml), "
+                                          "split into train and val by --val-fraction")),
+    (("--train",), dict(default=None, help="annotated training folder (instead of --data)")),
+    (("--val",), dict(default=None, help="annotated validation folder (with --train)")),
+    (("--val-fraction",), dict(type=float, default=0.2, help="share of --data held out for validation")),
+    (("--min-size",), dict(type=int, nargs="+", default=[800], help="shorter image side (several: multi-scale)")),
+    (("--max-size",), dict(type=int, default=1333, help="longest image side")),
+]
+
+TABLES = {"segment": LOOP + SEGMENT, "detect": LOOP + DETECT}
+
+
+def add_options(parser: argparse.ArgumentParser, task: str) -> None:
+    base.add_options(parser, options=TABLES[task])
+
+
+def resolve(explicit: dict, task: str) -> argparse.Namespace:
+    """Defaults < the ``config`` YAML file < flags; then checked."""
+    options = TABLES[task]
+    explicit = dict(explicit)
+    config_file = explicit.pop("config", None)
+    values = {flags[0].lstrip("-").replace("-", "_"): kw.get("default") for flags, kw in options}
+    values.update(base.load_config_file(config_file, options=options) if config_file else {})
+    values.update(explicit)
+    values["config"] = str(config_file) if config_file else None
+    cfg = argparse.Namespace(**values)
+    validate(cfg, task)
+    return cfg
+
+
+def validate(cfg: argparse.Namespace, task: str) -> None:
+    for name in ("epochs", "batch_size", "lr", "log_interval"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be more than zero, got {getattr(cfg, name)}")
+    if cfg.backbone and cfg.pretrained:
+        raise ValueError("--backbone PATH and --pretrained NAME both initialise the backbone: pass only one")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: pass only one")
+    if task == "segment":
+        if not cfg.data:
+            raise ValueError("--data is required: a root holding train/ and val/, each with images/ and labels/")
+        names = [n.strip() for n in cfg.class_names.split(",")] if cfg.class_names else None
+        if cfg.num_classes is None and names is None:
+            raise ValueError("pass --class-names a,b,c (or --num-classes N): label values 0..N-1 are the classes")
+        if names is not None and cfg.num_classes is not None and len(names) != cfg.num_classes:
+            raise ValueError(f"--class-names lists {len(names)} names but --num-classes is {cfg.num_classes}")
+    else:
+        if not cfg.data and not (cfg.train and cfg.val):
+            raise ValueError("pass --data DIR (split by --val-fraction) or --train DIR and --val DIR")
+        if cfg.data and not 0.0 < cfg.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
+
+
+def dump(cfg: argparse.Namespace) -> dict:
+    return base.dump(cfg)

@@ -1,0 +1,50 @@
+"""``repvit detect train``: a torchvision detector task for the shared dense training loop."""
+from __future__ import annotations
+
+import torch
+
+from ..dense.engine import DenseTask, EpochSeeded
+from .data import DetectionData, collate
+from .detectors import build_detector, save_detector
+from .evaluation import evaluate_detector
+
+
+def split(data: DetectionData, val_fraction: float, seed: int) -> tuple[DetectionData, DetectionData]:
+    """A fixed, seeded split of one annotated folder (the same for every rank and every resume)."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(len(data) * val_fraction))
+    return data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
+
+
+def build_task(cfg, env) -> DenseTask:
+    masks = cfg.detector == "maskrcnn"
+    if cfg.data:
+        train, val = split(DetectionData.from_folder(cfg.data, masks=masks, skip_bad=cfg.skip_bad), cfg.val_fraction,
+                           cfg.seed)
+    else:
+        train = DetectionData.from_folder(cfg.train, masks=masks, skip_bad=cfg.skip_bad)
+        val = DetectionData.from_folder(cfg.val, masks=masks, skip_bad=cfg.skip_bad)
+        if val.category_ids != train.category_ids:
+            raise ValueError(f"--val has categories {val.category_ids}, --train {train.category_ids}: they must match")
+    model = build_detector(cfg.detector, cfg.model, num_classes=len(train.class_names) + 1,
+                           norm_eval=cfg.norm_eval, frozen_stages=cfg.frozen_stages, checkpoint=cfg.backbone,
+                           pretrained=cfg.pretrained, min_size=tuple(cfg.min_size), max_size=cfg.max_size)
+
+    def loss(model, batch, device):
+        images, targets = batch
+        images = [im.to(device) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        return sum(model(images, targets).values())
+
+    def evaluate(model, device):
+        model.category_ids = train.category_ids
+        result = evaluate_detector(model, val, device=device)
+        return {f"{kind}_{name}": value for kind in ("bbox", "segm") if kind in result
+                for name, value in result[kind].items()}
+
+    def save(model, path, extra):
+        return save_detector(model, path, class_names=train.class_names, category_ids=train.category_ids, extra=extra)
+
+    return DenseTask("detection", model, EpochSeeded(train, cfg.seed), collate, loss, evaluate, "bbox_AP", save,
+                     describe=f"{cfg.detector} on {cfg.model}, {len(train.class_names)} classes, {len(train)} train / "
+                              f"{len(val)} val images")

@@ -1,0 +1,144 @@
+"""``repvit segment train`` and ``repvit detect train`` on real data at toy size: outputs, files the
+eval commands read, exact resume after SIGKILL and after SIGTERM mid-epoch, and two torchrun ranks."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from repvit.cli import main
+
+from .test_dense_data import need
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
+SEG = ["--class-names", CAMVID, "--ignore-index", "11", "--model", "repvit_m0_6", "--crop", "64", "96",
+       "--batch-size", "2", "--epochs", "2", "--warmup-iters", "2", "--workers", "0", "--threads", "1",
+       "--log-interval", "1", "--seed", "3", "--no-norm-eval"]
+
+
+@pytest.fixture(scope="module")
+def camvid_tiny(tmp_path_factory) -> Path:
+    """6 train pairs (3 steps of 2) and 2 val pairs, downscaled to 120x160 to keep steps fast."""
+    from PIL import Image
+    src, root = need("camvid"), tmp_path_factory.mktemp("camvid-tiny")
+    for split, count in (("train", 6), ("val", 2)):
+        for sub in ("images", "labels"):
+            (root / split / sub).mkdir(parents=True)
+        for path in sorted((src / split / "images").iterdir())[:count]:
+            Image.open(path).resize((160, 120), Image.BILINEAR).save(root / split / "images" / path.name)
+            label = src / split / "labels" / f"{path.stem}.png"
+            Image.open(label).resize((160, 120), Image.NEAREST).save(root / split / "labels" / label.name)
+    return root
+
+
+def seg_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "repvit", "segment", "train", "--data", str(data), "--output", str(out), *SEG,
+            *extra]
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+def state(path: Path) -> dict:
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    return {"model": raw["model"], "optimizer": raw["optimizer"]["state"], "epoch": raw["epoch"],
+            "scheduler": raw["scheduler"]["last_epoch"]}
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"] == 2 and a["scheduler"] == b["scheduler"]
+    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    for index, entry in a["optimizer"].items():
+        for key, value in entry.items():
+            assert torch.equal(value, b["optimizer"][index][key]), (index, key)
+
+
+@pytest.fixture(scope="module")
+def reference(camvid_tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seg-ref")
+    result = run(seg_cmd(camvid_tiny, out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_segment_run_writes_what_eval_reads(reference, camvid_tiny, tmp_path):
+    for name in ("last.pth", "best.pth", "metrics.csv", "metrics.jsonl", "steps.csv", "curves.png", "train.log"):
+        assert (reference / name).is_file(), name
+    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(0 <= r["val_mIoU"] <= 1 for r in rows)
+    report = tmp_path / "eval.json"
+    assert main(["segment", "eval", "--checkpoint", str(reference / "best.pth"), "--data",
+                 str(camvid_tiny / "val"), "--json", str(report), "--device", "cpu"]) == 0
+    result = json.loads(report.read_text())
+    best = max(r["val_mIoU"] for r in rows)
+    assert result["mIoU"] == pytest.approx(best, abs=1e-6)          # the same fused evaluation as in training
+
+
+def test_resume_after_sigkill_is_exact(reference, camvid_tiny, tmp_path):
+    out = tmp_path / "killed"
+    killed = run(seg_cmd(camvid_tiny, out, "--stop-after-epoch", "1"))
+    assert killed.returncode == -signal.SIGKILL and torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
+    resumed = run(seg_cmd(camvid_tiny, out, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in (out / "train.log").read_text()
+    assert_identical(state(out / "last.pth"), state(reference / "last.pth"))
+
+
+def test_sigterm_mid_epoch_saves_and_resumes_exactly(reference, camvid_tiny, tmp_path):
+    out = tmp_path / "term"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(seg_cmd(camvid_tiny, out), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "epoch 1/2 step 1/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM
+    saved = torch.load(out / "last.pth", weights_only=True)
+    assert saved["epoch"] == 0 and saved["next_step"] >= 1
+    resumed = run(seg_cmd(camvid_tiny, out, "--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_identical(state(out / "last.pth"), state(reference / "last.pth"))
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(reference, camvid_tiny, capsys):
+    assert main(["segment", "train", "--data", str(camvid_tiny), "--output", str(reference), *SEG]) == 2
+    assert "--resume auto" in capsys.readouterr().err
+
+
+def test_detect_train_splits_one_folder_and_saves_an_evaluable_detector(tmp_path):
+    out = tmp_path / "det"
+    assert main(["detect", "train", "--data", str(need("fruit")), "--detector", "fcos", "--model", "repvit_m0_6",
+                 "--min-size", "96", "--max-size", "128", "--batch-size", "4", "--epochs", "1", "--warmup-iters",
+                 "1", "--workers", "0", "--threads", "1", "--output", str(out), "--val-fraction", "0.25"]) == 0
+    log = (out / "train.log").read_text()
+    assert "14 train / 4 val images" in log and "val bbox_AP" in log
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"val_bbox_AP", "val_bbox_AP50"} <= set(row)
+    from repvit.detection.detectors import load_detector
+    assert load_detector(out / "best.pth").class_names == ["date", "fig", "hazelnut"]
+
+
+def test_two_torchrun_ranks(camvid_tiny, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "repvit",
+           "segment", "train", "--data", str(camvid_tiny), "--output", str(out), *SEG, "--epochs", "1"]
+    result = run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert "world size 2" in log and "SyncBatchNorm runs on GPUs only" in log and "2 steps per epoch" in log
+    raw = torch.load(out / "last.pth", weights_only=True)
+    assert raw["epoch"] == 1 and len(raw["rng"]) == 2                # both ranks' RNG states saved
+    assert not any("module." in k for k in raw["model"])              # saved unwrapped
