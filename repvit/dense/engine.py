@@ -216,7 +216,8 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
             seconds = reporter.end_epoch()
             row = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)), "lr": lr,
                    "epoch_seconds": seconds}
-            if env.is_main:
+            validate = (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs
+            if env.is_main and validate:
                 scores = task.evaluate(reparameterize(copy.deepcopy(_unwrap(model)).eval()), env.device)
                 row.update({f"val_{k}": v for k, v in scores.items()})
             row = broadcast_object(row, env)
@@ -231,9 +232,9 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
                 if is_best:
                     task.save(_unwrap(model), output / "best.pth", {"epoch": epoch + 1, "metrics": row,
                                                                     "train_config": config})
-                reporter.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val "
-                             f"{task.primary} {score if score is not None else float('nan'):.4f}, "
-                             f"{format_seconds(seconds)}" + (" *best*" if is_best else ""))
+                reporter.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
+                             + (f"val {task.primary} {score:.4f}, " if score is not None else "")
+                             + f"{format_seconds(seconds)}" + (" *best*" if is_best else ""))
             barrier(env)
             if cfg.stop_after_epoch == epoch + 1:
                 os.kill(os.getpid(), signal.SIGKILL)   # test hook: die as a crash would, right after saving

@@ -38,6 +38,7 @@ LOOP: list = [
     (("--seed",), dict(type=int, default=0, help="random seed (data order, augmentation, initial weights)")),
     (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) bad annotations/images "
                                                                      "instead of stopping")),
+    (("--eval-interval",), dict(type=int, default=1, help="validate every N epochs (and after the last)")),
     (("--log-interval",), dict(type=int, default=10, help="steps between log lines when not on a terminal")),
     (("--stop-after-epoch",), dict(type=int, default=None, help=argparse.SUPPRESS)),
 ]
@@ -86,7 +87,7 @@ def resolve(explicit: dict, task: str) -> argparse.Namespace:
 
 
 def validate(cfg: argparse.Namespace, task: str) -> None:
-    for name in ("epochs", "batch_size", "lr", "log_interval"):
+    for name in ("epochs", "batch_size", "lr", "log_interval", "eval_interval"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be more than zero, got {getattr(cfg, name)}")
     if cfg.backbone and cfg.pretrained:
