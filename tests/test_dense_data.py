@@ -209,3 +209,15 @@ def test_bad_segmentation_pairs_are_named_or_skipped(tmp_path, problem, message)
     assert message in str(err.value) and names[0] in str(err.value)
     data = SemanticFolder(tmp_path, num_classes=11, ignore_index=11, skip_bad=True)
     assert len(data) == 2 and len(data.skipped) == 1 and message in data.skipped[0][1]
+
+
+def test_reduce_zero_label_ignores_other_and_shifts(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from repvit.segmentation.data import SemanticFolder
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    Image.new("RGB", (4, 2)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.array([[0, 1, 2, 3], [3, 2, 1, 0]], dtype=np.uint8), mode="L").save(tmp_path / "labels" / "a.png")
+    label = SemanticFolder(tmp_path, num_classes=3, reduce_zero_label=True)[0][1]
+    assert label.tolist() == [[255, 0, 1, 2], [2, 1, 0, 255]]

@@ -142,3 +142,34 @@ def test_two_torchrun_ranks(camvid_tiny, tmp_path):
     raw = torch.load(out / "last.pth", weights_only=True)
     assert raw["epoch"] == 1 and len(raw["rng"]) == 2                # both ranks' RNG states saved
     assert not any("module." in k for k in raw["model"])              # saved unwrapped
+
+
+def test_two_torchrun_ranks_detection(tmp_path):
+    out = tmp_path / "ddp-det"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "repvit",
+           "detect", "train", "--data", str(need("fruit")), "--detector", "fasterrcnn", "--model", "repvit_m0_6",
+           "--min-size", "96", "--max-size", "128", "--batch-size", "2", "--epochs", "1", "--warmup-iters", "1",
+           "--workers", "0", "--threads", "1", "--output", str(out), "--val-fraction", "0.25"]
+    result = run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert "world size 2" in log and "4 steps per epoch" in log     # 14 images over 2 ranks x 2, padded to 16
+    assert (out / "best.pth").is_file()
+
+
+def test_dense_config_files_load_and_lists_take_any_length(tmp_path):
+    from repvit.dense import options
+    config = tmp_path / "d.yaml"
+    config.write_text("data: x\nmin_size: [352, 384, 416]\nmilestones: 9\n")
+    cfg = options.resolve({"config": str(config)}, "detect")
+    assert cfg.min_size == [352, 384, 416] and cfg.milestones == [9]
+    for name, task in (("camvid-cpu.yaml", "segment"), ("raccoon-cpu.yaml", "detect"), ("ade20k-semfpn.yaml", "segment"),
+                       ("coco-maskrcnn-1x.yaml", "detect")):
+        cfg = options.resolve({"config": str(REPO / "configs" / name)}, task)
+        assert cfg.epochs > 0, name
+    coco = options.resolve({"config": str(REPO / "configs" / "coco-maskrcnn-1x.yaml")}, "detect")
+    assert (coco.lr, coco.weight_decay, coco.epochs, coco.milestones, coco.warmup_iters, coco.max_size) == \
+        (2e-4, 0.05, 12, [8, 11], 500, 1333)
+    config.write_text("data: x\ncrop: [1, 2, 3]\n")
+    with pytest.raises(ValueError, match="a list of 2 numbers"):
+        options.resolve({"config": str(config)}, "segment")

@@ -27,6 +27,7 @@ def _load(args):
     model = load_segmenter(args.checkpoint, use_ema=args.ema)
     fused = model if args.unfused else reparameterize(model)
     fused.class_names, fused.ignore_index = model.class_names, model.ignore_index
+    fused.reduce_zero_label = model.reduce_zero_label
     return fused, pick_device(args.device)
 
 
@@ -35,7 +36,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..segmentation.evaluation import evaluate_segmenter
     model, device = _load(args)
     ignore = model.ignore_index if args.ignore_index is None else args.ignore_index
-    data = SemanticFolder(args.data, num_classes=model.num_classes, ignore_index=ignore, skip_bad=args.skip_bad)
+    data = SemanticFolder(args.data, num_classes=model.num_classes, ignore_index=ignore, skip_bad=args.skip_bad,
+                          reduce_zero_label=model.reduce_zero_label)
     result = evaluate_segmenter(model, data, device=device, class_names=model.class_names)
     result.update(checkpoint=str(args.checkpoint), fused=not args.unfused, data=str(args.data), ignore_index=ignore)
     print(f"{result['images']} images: mIoU {result['mIoU']:.4f}  aAcc {result['aAcc']:.4f}  mAcc {result['mAcc']:.4f} "

@@ -168,7 +168,9 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
         restore_rng(state["rng"][min(env.rank, len(state["rng"]) - 1)])
         reporter.log(f"resumed from {resume_path}: {start_epoch} epochs done"
                      + (f", continuing epoch {start_epoch + 1} at step {first_step + 1}" if first_step else ""))
-    train_model = nn.parallel.DistributedDataParallel(model) if env.distributed else model
+    # Detectors may leave a head unused in a step (no positive proposal for the mask head).
+    train_model = (nn.parallel.DistributedDataParallel(model, find_unused_parameters=task.name == "detection")
+                   if env.distributed else model)
     metrics = (MetricsLog(output, tensorboard=False, resume=resume_path is not None,
                           metric=(f"val {task.primary}", (f"val_{task.primary}",))) if env.is_main else None)
     reporter.log(f"{task.describe}; {n} training images, {steps_per_epoch} steps per epoch, world size "

@@ -48,6 +48,8 @@ SEGMENT: list = [
     (("--num-classes",), dict(type=int, default=None, help="classes (default: the length of --class-names)")),
     (("--class-names",), dict(default=None, help="comma-separated class names, in label order")),
     (("--ignore-index",), dict(type=int, default=255, help="label value to ignore (CamVid: 11)")),
+    (("--reduce-zero-label",), dict(action="store_true", default=False,
+                                    help="label 0 means 'other' (ADE20K): ignore it and shift the rest down by one")),
     (("--crop",), dict(type=int, nargs=2, default=[512, 512], metavar=("H", "W"), help="training crop")),
     (("--scale",), dict(type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
                         help="random rescaling range before cropping")),

@@ -95,4 +95,5 @@ def load_segmenter(path, *, use_ema: bool = False) -> SemanticFPN:
         raise CheckpointError(f"{str(path)!r} does not fit the Semantic FPN it records: missing "
                               f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
     model.class_names, model.ignore_index = list(record["class_names"]), int(record["ignore_index"])
+    model.reduce_zero_label = bool(record.get("reduce_zero_label", False))
     return model.eval()

@@ -22,10 +22,11 @@ def build_task(cfg, env) -> DenseTask:
     names = class_names_of(cfg)
     root = Path(cfg.data)
     train = SemanticFolder(root / "train", num_classes=len(names), ignore_index=cfg.ignore_index,
-                           skip_bad=cfg.skip_bad,
+                           skip_bad=cfg.skip_bad, reduce_zero_label=cfg.reduce_zero_label,
                            train_transform=TrainTransform(tuple(cfg.crop), scale=tuple(cfg.scale),
                                                           ignore_index=cfg.ignore_index))
-    val = SemanticFolder(root / "val", num_classes=len(names), ignore_index=cfg.ignore_index, skip_bad=cfg.skip_bad)
+    val = SemanticFolder(root / "val", num_classes=len(names), ignore_index=cfg.ignore_index, skip_bad=cfg.skip_bad,
+                         reduce_zero_label=cfg.reduce_zero_label)
     model = SemanticFPN(cfg.model, num_classes=len(names), norm_eval=cfg.norm_eval, frozen_stages=cfg.frozen_stages,
                         checkpoint=cfg.backbone, pretrained=cfg.pretrained)
 
@@ -39,7 +40,8 @@ def build_task(cfg, env) -> DenseTask:
         return {"mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"]}
 
     def save(model, path, extra):
-        return save_segmenter(model, path, class_names=names, ignore_index=cfg.ignore_index, extra=extra)
+        return save_segmenter(model, path, class_names=names, ignore_index=cfg.ignore_index,
+                              extra={"reduce_zero_label": cfg.reduce_zero_label, **extra})
 
     skipped = len(train.skipped) + len(val.skipped)
     return DenseTask("segmentation", model, EpochSeeded(train, cfg.seed), lambda b: tuple(torch.stack(x) for x in

@@ -224,7 +224,10 @@ def _coerce(name: str, value: Any, spec: dict, path: Path) -> Any:
     kind = spec.get("type", str)
     try:
         if spec.get("nargs"):
-            if not isinstance(value, (list, tuple)) or len(value) != spec["nargs"]:
+            if isinstance(value, (int, float)) and spec["nargs"] == "+":
+                value = [value]   # one value where a list may hold one
+            counted = isinstance(spec["nargs"], int)
+            if not isinstance(value, (list, tuple)) or (len(value) != spec["nargs"] if counted else not value):
                 raise ValueError
             value = [kind(v) for v in value]
         elif isinstance(value, (list, dict)) or (kind is int and isinstance(value, float) and not value.is_integer()):
@@ -233,7 +236,8 @@ def _coerce(name: str, value: Any, spec: dict, path: Path) -> Any:
             value = kind(value)  # YAML reads 2e-3 as a string; this makes it the float it means
     except (TypeError, ValueError):
         kinds = {int: "an integer", float: "a number", str: "a string"}
-        shape = (f"a list of {spec['nargs']} numbers" if spec.get("nargs")
+        shape = ((f"a list of {spec['nargs']} numbers" if isinstance(spec["nargs"], int) else "a list of numbers")
+                 if spec.get("nargs")
                  else kinds.get(kind) or getattr(kind, "describe", kind.__name__))
         raise ValueError(f"{where}: expected {shape}, got {value!r}") from None
     if spec.get("choices") and value not in spec["choices"]:
