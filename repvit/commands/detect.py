@@ -1,23 +1,12 @@
-"""``repvit detect eval|predict``: a saved detector (fused by default) scored with COCOeval, or drawn on images."""
+"""``repvit detect train|eval|predict|export``: detectors on RepViT: trained,
+scored with COCOeval (fused by default), drawn, exported."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-
-def real_images(folder, count: int) -> list:
-    """``count`` real images from ``folder`` as float 0..1 CHW tensors, at their own sizes."""
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-    from ..export.verify import find_images
-    if count < 1:
-        raise ValueError(f"--num-real must be 1 or more, got {count}")
-    out = []
-    for path in find_images(folder, count):
-        with Image.open(path) as im:
-            out.append(pil_to_tensor(im.convert("RGB")).float() / 255.0)
-    return out
+from ._dense import add_common, add_train, real_images
 
 
 def _load(args):
@@ -87,33 +76,11 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from ..dense import options
-    from ..dense.engine import train
-    from ..detection.training import build_task
-    explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", "detect_command")}
-    cfg = options.resolve(explicit, "detect")
-    config = options.dump(cfg)
-    result = train(lambda env: build_task(cfg, env), cfg, config=config)
-    if result.get("interrupted"):
-        import signal
-        return 128 + int(result.get("signal") or signal.SIGINT)
-    return 0
-
-
-def _common(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="a detector saved by this library (self-describing)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
-    p.add_argument("--unfused", action="store_true", help="run the training-form model (default: fused)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-
-
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("detect", help="object detection / instance segmentation: eval, predict")
+    parser = subparsers.add_parser("detect", help="object detection / instance segmentation: train, eval, predict, export")
     sub = parser.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
     ev = sub.add_parser("eval", help="COCO AP (bbox, and segm for Mask R-CNN) on a labelled folder")
-    _common(ev)
+    add_common(ev, "detector")
     ev.add_argument("--data", help="folder with images/ and annotations.json (COCO) or annotations/*.xml (VOC)")
     ev.add_argument("--annotations", help="a COCO JSON file (with --images DIR; default: images/ beside it)")
     ev.add_argument("--images", help="image folder for --annotations")
@@ -121,7 +88,7 @@ def register(subparsers) -> None:
     ev.add_argument("--skip-bad", action="store_true", help="skip (and count) bad annotations and images")
     ev.set_defaults(func=run_eval)
     pr = sub.add_parser("predict", help="draw boxes, labels, scores and masks over images (PNG)")
-    _common(pr)
+    add_common(pr, "detector")
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     pr.add_argument("--output", default="detections", help="folder for the drawn PNGs [detections]")
     pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this [0.5]")
@@ -134,7 +101,4 @@ def register(subparsers) -> None:
     ex.add_argument("--num-real", type=int, default=4, help="real images to check on [4]")
     ex.add_argument("--json", default=None, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)
-    tr = sub.add_parser("train", help="train (options: `repvit detect train --help`; -c FILE.yaml sets defaults)")
-    from ..dense.options import add_options
-    add_options(tr, "detect")
-    tr.set_defaults(func=run_train)
+    add_train(sub, "detect", "..detection.training")

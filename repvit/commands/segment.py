@@ -1,23 +1,12 @@
-"""``repvit segment eval|predict``: a saved segmentation model (fused by default) scored with mIoU, or drawn."""
+"""``repvit segment train|eval|predict|export``: Semantic FPN on RepViT: trained,
+scored with mIoU (fused by default), drawn, exported."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-
-def real_images(folder, count: int) -> list:
-    """``count`` real images from ``folder`` as float 0..1 CHW tensors, at their own sizes."""
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-    from ..export.verify import find_images
-    if count < 1:
-        raise ValueError(f"--num-real must be 1 or more, got {count}")
-    out = []
-    for path in find_images(folder, count):
-        with Image.open(path) as im:
-            out.append(pil_to_tensor(im.convert("RGB")).float() / 255.0)
-    return out
+from ._dense import add_common, add_train, real_images
 
 
 def _load(args):
@@ -83,39 +72,17 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from ..dense import options
-    from ..dense.engine import train
-    from ..segmentation.training import build_task
-    explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", "segment_command")}
-    cfg = options.resolve(explicit, "segment")
-    config = options.dump(cfg)
-    result = train(lambda env: build_task(cfg, env), cfg, config=config)
-    if result.get("interrupted"):
-        import signal
-        return 128 + int(result.get("signal") or signal.SIGINT)
-    return 0
-
-
-def _common(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="a segmentation model saved by this library (self-describing)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
-    p.add_argument("--unfused", action="store_true", help="run the training-form model (default: fused)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-
-
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("segment", help="semantic segmentation: eval, predict")
+    parser = subparsers.add_parser("segment", help="semantic segmentation: train, eval, predict, export")
     sub = parser.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
     ev = sub.add_parser("eval", help="mIoU, aAcc and per-class IoU on a folder of images/ and labels/")
-    _common(ev)
+    add_common(ev, "segmentation model")
     ev.add_argument("--data", required=True, help="folder with images/ and labels/ (index PNGs)")
     ev.add_argument("--ignore-index", type=int, default=None, help="label value to ignore (default: the checkpoint's)")
     ev.add_argument("--skip-bad", action="store_true", help="skip (and count) bad image/label pairs")
     ev.set_defaults(func=run_eval)
     pr = sub.add_parser("predict", help="colour-coded class maps over images (PNG) and raw class-index PNGs")
-    _common(pr)
+    add_common(pr, "segmentation model")
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     pr.add_argument("--output", default="segmentations", help="folder for the PNGs [segmentations]")
     pr.set_defaults(func=run_predict)
@@ -128,7 +95,4 @@ def register(subparsers) -> None:
     ex.add_argument("--num-real", type=int, default=2, help="real images to check on [2]")
     ex.add_argument("--json", default=None, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)
-    tr = sub.add_parser("train", help="train (options: `repvit segment train --help`; -c FILE.yaml sets defaults)")
-    from ..dense.options import add_options
-    add_options(tr, "segment")
-    tr.set_defaults(func=run_train)
+    add_train(sub, "segment", "..segmentation.training")

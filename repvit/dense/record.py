@@ -37,3 +37,14 @@ def read_record(path: Union[str, os.PathLike], task: str) -> dict:
     if obj.get("task") != task:
         raise CheckpointError(f"{str(path)!r} holds a {obj.get('task')} model, not a {task} model")
     return obj
+
+
+def load_recorded_weights(model: nn.Module, record: dict, *, path, what: str, use_ema: bool = False) -> None:
+    """Copy the record's weights (or its EMA weights) into ``model``, strictly, naming what does not fit."""
+    if use_ema and not isinstance(record.get("model_ema"), dict):
+        raise CheckpointError(f"--ema / use_ema=True but {str(path)!r} holds no EMA weights")
+    state = record["model_ema"] if use_ema else record["model"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{str(path)!r} does not fit the {what} it records: missing {list(missing)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]}")

@@ -14,8 +14,7 @@ from torchvision.models import detection as tvd
 
 from ..dense.backbone import RepViTBackbone
 from ..dense.neck import BackboneWithFPN
-from ..dense.record import read_record, save_record
-from ..models.checkpoint import CheckpointError
+from ..dense.record import load_recorded_weights, read_record, save_record
 
 # kind -> (torchvision class, backbone stages fed to the FPN, extra FPN levels)
 DETECTORS = {
@@ -73,10 +72,6 @@ def load_detector(path, *, use_ema: bool = False) -> nn.Module:
     config = dict(record["config"])
     kind, name = config.pop("kind"), config.pop("name")
     model = build_detector(kind, name, **config)
-    state = record.get("model_ema") if use_ema and isinstance(record.get("model_ema"), dict) else record["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{str(path)!r} does not fit the {kind} detector it records: missing "
-                              f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    load_recorded_weights(model, record, path=path, what=f"{kind} detector", use_ema=use_ema)
     model.class_names, model.category_ids = list(record["class_names"]), list(record["category_ids"])
     return model.eval()

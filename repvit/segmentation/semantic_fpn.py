@@ -17,8 +17,7 @@ from torch import nn
 
 from ..dense.backbone import RepViTBackbone
 from ..dense.neck import BackboneWithFPN
-from ..dense.record import read_record, save_record
-from ..models.checkpoint import CheckpointError
+from ..dense.record import load_recorded_weights, read_record, save_record
 from ..models.layers import ConvBN
 from ..models.model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -89,11 +88,7 @@ def load_segmenter(path, *, use_ema: bool = False) -> SemanticFPN:
     record = read_record(path, "segmentation")
     config = dict(record["config"])
     model = SemanticFPN(config.pop("name"), **config)
-    state = record.get("model_ema") if use_ema and isinstance(record.get("model_ema"), dict) else record["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{str(path)!r} does not fit the Semantic FPN it records: missing "
-                              f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    load_recorded_weights(model, record, path=path, what="Semantic FPN", use_ema=use_ema)
     model.class_names, model.ignore_index = list(record["class_names"]), int(record["ignore_index"])
     model.reduce_zero_label = bool(record.get("reduce_zero_label", False))
     return model.eval()

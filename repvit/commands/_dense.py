@@ -1,0 +1,47 @@
+"""What ``repvit detect`` and ``repvit segment`` share: the options of eval/predict, real images
+for export checks, and the ``train`` action over the shared dense loop."""
+from __future__ import annotations
+
+import argparse
+
+
+def real_images(folder, count: int) -> list:
+    """``count`` real images from ``folder`` as float 0..1 CHW tensors, at their own sizes."""
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+    from ..export.verify import find_images
+    if count < 1:
+        raise ValueError(f"--num-real must be 1 or more, got {count}")
+    out = []
+    for path in find_images(folder, count):
+        with Image.open(path) as im:
+            out.append(pil_to_tensor(im.convert("RGB")).float() / 255.0)
+    return out
+
+
+def add_common(p, what: str) -> None:
+    p.add_argument("--checkpoint", required=True, help=f"a {what} saved by this library (self-describing)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
+    p.add_argument("--unfused", action="store_true", help="run the training-form model (default: fused)")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def add_train(sub, task: str, build_task_module: str) -> None:
+    """``repvit <task> train``: options from ``repvit.dense.options``, the task from ``build_task_module``."""
+    from ..dense.options import add_options
+    tr = sub.add_parser("train", help=f"train (options: `repvit {task} train --help`; -c FILE.yaml sets defaults)")
+    add_options(tr, task)
+    tr.set_defaults(func=lambda args: run_train(args, task, build_task_module))
+
+
+def run_train(args: argparse.Namespace, task: str, build_task_module: str) -> int:
+    import importlib
+    import signal
+    from ..dense import options
+    from ..dense.engine import train
+    build_task = importlib.import_module(build_task_module, __package__).build_task
+    explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", f"{task}_command")}
+    cfg = options.resolve(explicit, task)
+    result = train(lambda env: build_task(cfg, env), cfg, config=options.dump(cfg))
+    return 128 + int(result.get("signal") or signal.SIGINT) if result.get("interrupted") else 0
