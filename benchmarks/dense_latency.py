@@ -52,12 +52,42 @@ def torchvision_necks() -> dict:
                                                               fpn=False, trainable_layers=0).eval()}
 
 
+@torch.no_grad()
+def detector_macs(model, height: int, width: int, seed: int = 0) -> int:
+    """Conv and linear multiply-adds of one eval-mode forward of a torchvision detector on one image
+    (the heads' share depends on how many proposals and detections pass: random weights, seeded)."""
+    total = 0
+
+    def conv(m, _i, out):
+        nonlocal total
+        total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, _i, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+    handles = [m.register_forward_hook(conv if isinstance(m, torch.nn.Conv2d) else linear)
+               for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        torch.manual_seed(seed)
+        model.eval()([torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed))])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 def mask_rcnn_size(name: str) -> dict:
-    """Parameters of the whole Mask R-CNN (81 COCO classes) and GMACs of its backbone + FPN at 800x1333."""
+    """Parameters of the whole Mask R-CNN (81 COCO classes), GMACs of its backbone + FPN at 800x1333,
+    and of the whole model on one 800x1333 image (1000 proposals, up to 100 masks)."""
     if name.startswith(("resnet50", "mobilenet")):
         from torchvision.models.detection import maskrcnn_resnet50_fpn, MaskRCNN
         if name == "resnet50_fpn":
             model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81)
+        elif name == "mobilenet_v3_large_fpn":
+            # Two FPN levels + pooling: three feature maps, anchors as torchvision's MobileNetV3 detectors set them.
+            from torchvision.models.detection.anchor_utils import AnchorGenerator
+            anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+            model = MaskRCNN(torchvision_necks()[name], num_classes=81, rpn_anchor_generator=anchors)
         else:
             model = MaskRCNN(torchvision_necks()[name], num_classes=81)
     else:
@@ -65,7 +95,8 @@ def mask_rcnn_size(name: str) -> dict:
     neck = model.backbone.eval()
     return {"params_mask_rcnn_m": round(count_params(model) / 1e6, 2),
             "params_backbone_fpn_m": round(count_params(neck) / 1e6, 2),
-            "gmacs_backbone_fpn_800x1333": round(count_macs(neck, (800, 1333)) / 1e9, 1)}
+            "gmacs_backbone_fpn_800x1333": round(count_macs(neck, (800, 1333)) / 1e9, 1),
+            "gmacs_mask_rcnn_800x1333": round(detector_macs(model, 800, 1333) / 1e9, 1)}
 
 
 def main() -> None:
@@ -77,6 +108,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--sizes-only", action="store_true", help="only the Mask R-CNN sizes (no timing)")
     args = p.parse_args()
     x = torch.randn(1, 3, args.img_size, args.img_size)
     candidates, sizes = {}, {}
@@ -88,6 +120,10 @@ def main() -> None:
     candidates.update(torchvision_necks())
     for name in list(args.models) + ["resnet50_fpn", "mobilenet_v3_large_fpn", "mobilenet_v3_large_fpn_4_levels"]:
         sizes[name] = mask_rcnn_size(name)
+    if args.sizes_only:
+        for key, row in sizes.items():
+            print(key, row)
+        return
     load_before = load_average()
     with torch_threads(args.threads), torch.inference_mode():
         samples = time_interleaved({k: (lambda m=m: m(x)) for k, m in candidates.items()}, warmup=args.warmup,
@@ -100,10 +136,11 @@ def main() -> None:
     print(f"{'model':<34} {'median ms':>10} {'p10':>8} {'p90':>8}")
     for key, stats in report["latency"].items():
         print(f"{key:<34} {stats['median_ms']:>10.1f} {stats['p10_ms']:>8.1f} {stats['p90_ms']:>8.1f}")
-    print(f"\n{'Mask R-CNN (81 classes)':<32} {'params M':>9} {'bb+FPN params M':>16} {'bb+FPN GMACs 800x1333':>22}")
+    print(f"\n{'Mask R-CNN (81 classes)':<32} {'params M':>9} {'bb+FPN params M':>16} {'bb+FPN GMACs':>13} "
+          f"{'model GMACs':>12}  (800x1333)")
     for key, row in sizes.items():
         print(f"{key:<32} {row['params_mask_rcnn_m']:>9} {row['params_backbone_fpn_m']:>16} "
-              f"{row['gmacs_backbone_fpn_800x1333']:>22}")
+              f"{row['gmacs_backbone_fpn_800x1333']:>13} {row['gmacs_mask_rcnn_800x1333']:>12}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
