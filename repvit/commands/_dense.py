@@ -19,6 +19,15 @@ def real_images(folder, count: int) -> list:
     return out
 
 
+def load_for_inference(load, args):
+    """``load(args.checkpoint, use_ema=...)``, fused unless ``--unfused`` (the fused copy keeps the
+    recorded attributes: class names, category ids, ignore value), and the device to run it on."""
+    from ..models.reparam import reparameterize
+    from ..train.distributed import pick_device
+    model = load(args.checkpoint, use_ema=args.ema)
+    return (model if args.unfused else reparameterize(model)), pick_device(args.device)
+
+
 def add_common(p, what: str) -> None:
     p.add_argument("--checkpoint", required=True, help=f"a {what} saved by this library (self-describing)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")

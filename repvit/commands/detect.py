@@ -6,17 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ._dense import add_common, add_train, real_images
+from ._dense import add_common, add_train, load_for_inference, real_images
 
 
 def _load(args):
     from ..detection.detectors import load_detector
-    from ..models.reparam import reparameterize
-    from ..train.distributed import pick_device
-    model = load_detector(args.checkpoint, use_ema=args.ema)
-    fused = model if args.unfused else reparameterize(model)
-    fused.class_names, fused.category_ids = model.class_names, model.category_ids
-    return fused, pick_device(args.device)
+    return load_for_inference(load_detector, args)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -6,18 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ._dense import add_common, add_train, real_images
+from ._dense import add_common, add_train, load_for_inference, real_images
 
 
 def _load(args):
-    from ..models.reparam import reparameterize
     from ..segmentation.semantic_fpn import load_segmenter
-    from ..train.distributed import pick_device
-    model = load_segmenter(args.checkpoint, use_ema=args.ema)
-    fused = model if args.unfused else reparameterize(model)
-    fused.class_names, fused.ignore_index = model.class_names, model.ignore_index
-    fused.reduce_zero_label = model.reduce_zero_label
-    return fused, pick_device(args.device)
+    return load_for_inference(load_segmenter, args)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..models.reparam import reparameterize
-from ..runtime.timing import torch_threads
+from ..runtime.timing import resolve_threads, torch_threads
 from ..train.checkpointing import capture_rng, restore_rng
 from ..train.distributed import DistEnv, barrier, broadcast_object, setup, teardown
 from ..train.engine import NonFiniteLossError, StopSignal
@@ -102,13 +102,6 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def resolve_threads(value):
-    from ..runtime.timing import auto_threads
-    if value != "auto":
-        return value, ""
-    return auto_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def train(task_factory: Callable[[DistEnv], DenseTask], cfg, *, config: dict) -> dict:

@@ -155,6 +155,14 @@ def auto_threads(processes: int = 1, *, idle: Optional[float] = None) -> tuple[i
     return threads, f"{threads} (auto: {idle:.1f} of {cores} cores idle{shared})"
 
 
+def resolve_threads(value) -> tuple[Optional[int], str]:
+    """A ``--threads`` value for a run: a count as given, ``auto`` measured now and shared by this node's
+    torchrun processes (``LOCAL_WORLD_SIZE``), None for torch's choice. Returns ``(threads, why)``."""
+    if value != "auto":
+        return value, ""
+    return auto_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def threads_option(value) -> Union[int, str]:
     """argparse/YAML type of ``--threads``: a count of 1 or more, or ``auto``."""
     if isinstance(value, str) and value.strip().lower() == "auto":

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime.timing import auto_threads, torch_threads
+from ..runtime.timing import resolve_threads, torch_threads
 from ..models.checkpoint import load_state_dict
 from ..models.factory import create_model
 from . import config as config_mod
@@ -364,13 +364,6 @@ def describe(run: Run) -> str:
         f"output {run.output}",
     ]
     return "\n".join(lines)
-
-
-def resolve_threads(value) -> tuple[Optional[int], str]:
-    """``--threads``: a count as given, ``auto`` measured now (see ``auto_threads``), None: torch's choice."""
-    if value != "auto":
-        return value, ""
-    return auto_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 # --------------------------------------------------------------------------- the whole run
