@@ -94,7 +94,7 @@ def test_the_model_library_never_imports_the_layers_above_it():
 
 # Parallel task packages (classification training, detection, segmentation) hold files of the same
 # name for the same role (data.py: each task's data).
-TASK_PACKAGES = ("train", "detection", "segmentation")
+TASK_PACKAGES = ("train", "detection", "segmentation", "sam")
 
 
 def test_one_name_one_meaning():

@@ -222,15 +222,15 @@ class RepViTBlock(nn.Module):
 class DownsampleBlock(nn.Module):
     """Stride-2 block: depthwise kxk s2 then 1x1 to the new width (no residual), then the FFN.
 
-    Index 1 of the token mixer is an empty slot where the official code allows an SE, kept
+    ``stride=1`` keeps the resolution (RepViT-SAM's encoder does this for its last stage). Index 1 of the token mixer is an empty slot where the official code allows an SE, kept
     so the 1x1 projection sits at ``token_mixer.2`` as in released checkpoints.
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3, expansion: int = 2,
-                 act_layer: type[nn.Module] = nn.GELU, drop_path: float = 0.0):
+                 act_layer: type[nn.Module] = nn.GELU, drop_path: float = 0.0, stride: int = 2):
         super().__init__()
         self.token_mixer = nn.Sequential(
-            ConvBN(in_channels, in_channels, kernel_size, stride=2, groups=in_channels),
+            ConvBN(in_channels, in_channels, kernel_size, stride=stride, groups=in_channels),
             nn.Identity(),
             ConvBN(in_channels, out_channels, 1),
         )

@@ -85,7 +85,7 @@ class RepViT(TimmHeadConventions, nn.Module):
 
     def __init__(self, variant: Union[str, Variant] = "repvit_m0_9", *, num_classes: int = 1000,
                  distillation: bool = False, in_chans: int = 3, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, kernel_size: Optional[int] = None):
+                 drop_path_rate: float = 0.0, kernel_size: Optional[int] = None, last_stride: int = 2):
         super().__init__()
         if isinstance(variant, str):
             variant = get_variant(variant)
@@ -98,7 +98,12 @@ class RepViT(TimmHeadConventions, nn.Module):
         self.fused = False
         self.preprocessing = default_preprocessing()
 
-        self.features, self.feature_info = _build_features(variant, in_chans, self.kernel_size, drop_path_rate)
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 2 (the classifier) or 1 (stride-16 output, as RepViT-SAM), "
+                             f"got {last_stride!r}")
+        self.last_stride = last_stride
+        self.features, self.feature_info = _build_features(variant, in_chans, self.kernel_size, drop_path_rate,
+                                                           last_stride)
         self.num_features = self.head_hidden_size = variant.widths[-1]
         self.drop_rate = drop_rate
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -193,20 +198,26 @@ class RepViTFeatures(RepViT):
         raise RuntimeError("a features-only RepViT has no head; build it with create_model(name) instead")
 
 
-def _build_features(variant: Variant, in_chans: int, kernel_size: int, drop_path_rate: float):
+def _build_features(variant: Variant, in_chans: int, kernel_size: int, drop_path_rate: float,
+                    last_stride: int = 2):
+    """The official flat block list. ``last_stride`` is the last stage's downsample stride."""
     widths, layers, info = variant.widths, [stem(in_chans, variant.widths[0])], FeatureInfo()
     num_blocks = len(variant.blocks)
-    width = widths[0]
+    width, reduction = widths[0], 4
+    last_stage = len(variant.stages) - 1
     for stage_idx, pattern in enumerate(variant.stages):
         for kind in pattern:
             drop_path = drop_path_rate * (len(layers) - 1) / max(num_blocks - 1, 1)
             if kind == "D":
-                layers.append(DownsampleBlock(width, widths[stage_idx], kernel_size=kernel_size, drop_path=drop_path))
+                stride = last_stride if stage_idx == last_stage else 2
+                reduction *= stride
+                layers.append(DownsampleBlock(width, widths[stage_idx], kernel_size=kernel_size, drop_path=drop_path,
+                                              stride=stride))
                 width = widths[stage_idx]
             else:
                 layers.append(RepViTBlock(width, use_se=kind == "1", kernel_size=kernel_size,
                                           legacy=variant.legacy, drop_path=drop_path))
-        info.append({"num_chs": width, "reduction": 4 * 2 ** stage_idx, "module": f"features.{len(layers) - 1}",
+        info.append({"num_chs": width, "reduction": reduction, "module": f"features.{len(layers) - 1}",
                      "index": len(layers) - 1, "stage": stage_idx})
     return nn.ModuleList(layers), info
 
