@@ -1,0 +1,102 @@
+"""FastMaskGenerator returns segment-anything's automatic masks, record by record."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("segment_anything")
+
+from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
+
+from repvit.sam import build_sam  # noqa: E402
+from repvit.sam.everything import FastMaskGenerator  # noqa: E402
+from repvit.sam.images import load_rgb  # noqa: E402
+
+FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit"
+
+
+@pytest.fixture(scope="module")
+def sam():
+    torch.manual_seed(0)
+    return build_sam(fused=True)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    images = sorted(p for p in FRUIT.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not images:
+        pytest.skip(f"no photos under {FRUIT} (the shared data is not beside this checkout)")
+    image = load_rgb(images[0])
+    # a quarter-size copy keeps the RLE work small; the encoder runs at 1024 either way
+    from PIL import Image
+    return np.asarray(Image.fromarray(image).resize((image.shape[1] // 4, image.shape[0] // 4)))
+
+
+def records(generator, image):
+    out = generator.generate(image)
+    return sorted(out, key=lambda r: (r["point_coords"], r["predicted_iou"]))
+
+
+def assert_same_records(ours, stock):
+    assert len(ours) == len(stock)
+    for a, b in zip(ours, stock):
+        assert a["segmentation"] == b["segmentation"]  # COCO RLE dicts: counts and size
+        for key in ("bbox", "point_coords", "crop_box", "area"):
+            assert a[key] == b[key], key
+        assert a["predicted_iou"] == b["predicted_iou"] and a["stability_score"] == b["stability_score"]
+
+
+def test_every_candidate_is_the_stock_one(sam, photo):
+    # no thresholds, no NMS: every one of the 3 x 16 candidate masks is compared
+    options = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+                   output_mode="coco_rle")
+    stock = records(SamAutomaticMaskGenerator(sam, points_per_batch=8, **options), photo)
+    assert len(stock) == 48
+    # same decoder batches as the stock generator: bit for bit the same records
+    assert_same_records(records(FastMaskGenerator(sam, points_per_batch=8, **options), photo), stock)
+    # other batch sizes may round the decoder's matrix products differently in the last bits
+    # (the BLAS picks kernels by shape): scores agree closely and masks nearly everywhere
+    ours = records(FastMaskGenerator(sam, points_per_batch=3, **options), photo)
+    assert len(ours) == len(stock)
+    from pycocotools import mask as mask_utils
+    for a, b in zip(ours, stock):
+        assert a["point_coords"] == b["point_coords"]
+        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-4)
+        same = mask_utils.iou([a["segmentation"]], [b["segmentation"]], [0])[0, 0]
+        assert same > 0.99 or a["area"] == b["area"] == 0
+
+
+def test_filters_nms_and_crops_agree(sam, photo):
+    # random weights give small logits: a small stability offset spreads the scores
+    probe = SamAutomaticMaskGenerator(sam, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                      stability_score_offset=0.02, box_nms_thresh=1.0,
+                                      output_mode="coco_rle").generate(photo)
+    ious = sorted(r["predicted_iou"] for r in probe)
+    stability = sorted(r["stability_score"] for r in probe)
+    assert stability[0] < stability[-1]
+    options = dict(points_per_side=4, pred_iou_thresh=ious[len(ious) // 3], stability_score_offset=0.02,
+                   stability_score_thresh=stability[len(stability) // 3], box_nms_thresh=0.7, crop_n_layers=1,
+                   output_mode="coco_rle")
+    stock = records(SamAutomaticMaskGenerator(sam, points_per_batch=4, **options), photo)
+    seen = []
+    ours = records(FastMaskGenerator(sam, points_per_batch=4, on_batch=lambda done, total: seen.append((done, total)), **options), photo)
+    assert len(stock) > 0
+    assert_same_records(ours, stock)
+    # progress covers every batch of every crop (1 full image + 4 crops, 16 points each, 4 per batch)
+    assert seen[-1] == (20, 20) and len(seen) == 20
+
+
+def test_nothing_left_in_any_crop_is_an_empty_answer(sam, photo):
+    # the stock generator raises on this (its empty crop-box tensor has the wrong shape)
+    generator = FastMaskGenerator(sam, points_per_side=2, pred_iou_thresh=0.99, crop_n_layers=1)
+    assert generator.generate(photo) == []
+
+
+def test_bad_input_is_refused(sam):
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        FastMaskGenerator(sam, points_per_side=2).generate(np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match="points_per_batch"):
+        FastMaskGenerator(sam, points_per_batch=0)
