@@ -1,0 +1,127 @@
+"""Point and box prompts: parsing them, and running many of them on one image embedding.
+
+SAM's label convention: 1 = foreground point, 0 = background point; a box enters the decoder as
+its two corners with labels 2 (top-left) and 3 (bottom-right), and a prompt without a box is
+padded with one point labelled -1 (see ``repvit.sam.export`` for the ONNX decoder's inputs).
+Coordinates here are always pixels of the original image, x right and y down.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Prompt:
+    """One object to segment: any number of labelled points and at most one box."""
+
+    points: list = field(default_factory=list)     # [(x, y, label), ...]
+    box: Optional[tuple] = None                    # (x0, y0, x1, y1)
+
+    def check(self, width: int, height: int) -> None:
+        if not self.points and self.box is None:
+            raise ValueError("a prompt needs at least one point or a box")
+        for x, y, label in self.points:
+            if label not in (0, 1):
+                raise ValueError(f"point ({x}, {y}) has label {label}: use 1 (object) or 0 (background)")
+            if not (0 <= x <= width and 0 <= y <= height):
+                raise ValueError(f"point ({x}, {y}) lies outside the {width}x{height} image")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if x1 <= x0 or y1 <= y0:
+                raise ValueError(f"box {self.box} must be X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
+
+    def as_dict(self) -> dict:
+        return {"points": [list(p) for p in self.points], "box": None if self.box is None else list(self.box)}
+
+
+def parse_point(text: str) -> tuple:
+    """``"X,Y"`` or ``"X,Y,LABEL"`` -> ``(x, y, label)`` (label 1 when omitted)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        if len(parts) == 2:
+            return float(parts[0]), float(parts[1]), 1
+        if len(parts) == 3:
+            return float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        pass
+    raise ValueError(f"--point {text!r}: expected X,Y or X,Y,LABEL in image pixels (LABEL 1 object, 0 background), "
+                     "e.g. --point 320,240 --point 50,60,0")
+
+
+def parse_box(text: str) -> tuple:
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        if len(parts) == 4:
+            return tuple(float(p) for p in parts)
+    except ValueError:
+        pass
+    raise ValueError(f"--box {text!r}: expected X0,Y0,X1,Y1 in image pixels (top-left and bottom-right corners)")
+
+
+def read_prompt_file(path: Union[str, os.PathLike]) -> list[Prompt]:
+    """A JSON list of ``{"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}`` objects."""
+    try:
+        items = json.loads(open(path).read())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompt file {str(path)!r} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"prompt file {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(items, list):
+        raise ValueError(f"prompt file {str(path)!r} must hold a JSON list of prompts")
+    prompts = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) - {"points", "box"}:
+            raise ValueError(f"prompt {i} of {str(path)!r}: expected an object with 'points' and/or 'box', got {item!r}")
+        points = [(float(p[0]), float(p[1]), int(p[2]) if len(p) > 2 else 1) for p in item.get("points") or []]
+        box = item.get("box")
+        prompts.append(Prompt(points, None if box is None else tuple(float(v) for v in box)))
+    return prompts
+
+
+def _grouped(prompts: Sequence[Prompt]) -> dict:
+    """Prompts grouped by shape (number of points, has a box), so each group is one decoder batch."""
+    groups: dict = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault((len(prompt.points), prompt.box is not None), []).append(i)
+    return groups
+
+
+@torch.no_grad()
+def predict_prompts(predictor, prompts: Sequence[Prompt], *, multimask: Optional[bool] = None) -> list[dict]:
+    """Run every prompt on the image already set on ``predictor`` (one embedding for all).
+
+    Prompts of the same shape go through the decoder together. ``multimask=None`` follows SAM's
+    advice: three candidate masks for a single point (ambiguous), one mask otherwise; the
+    candidate with the highest predicted IoU is chosen. Returns, per prompt, ``mask`` (H x W
+    bool), ``score``, ``scores`` (all candidates) and ``chosen``.
+    """
+    if not predictor.is_image_set:
+        raise RuntimeError("set an image on the predictor first (predictor.set_image(rgb))")
+    height, width = predictor.original_size
+    for prompt in prompts:
+        prompt.check(width, height)
+    results: list = [None] * len(prompts)
+    device = predictor.device
+    for (num_points, has_box), indices in _grouped(prompts).items():
+        many = (num_points == 1 and not has_box) if multimask is None else multimask
+        coords = labels = boxes = None
+        if num_points:
+            pts = np.array([[p[:2] for p in prompts[i].points] for i in indices], dtype=np.float32)
+            coords = predictor.transform.apply_coords_torch(torch.as_tensor(pts, device=device), (height, width))
+            labels = torch.as_tensor([[p[2] for p in prompts[i].points] for i in indices], device=device)
+        if has_box:
+            raw = torch.as_tensor(np.array([prompts[i].box for i in indices], dtype=np.float32), device=device)
+            boxes = predictor.transform.apply_boxes_torch(raw, (height, width))
+        masks, scores, _ = predictor.predict_torch(coords, labels, boxes, multimask_output=many)
+        for row, i in enumerate(indices):
+            chosen = int(scores[row].argmax())
+            results[i] = {"mask": masks[row, chosen].cpu().numpy(), "score": float(scores[row, chosen]),
+                          "scores": [float(s) for s in scores[row]], "chosen": chosen,
+                          "prompt": prompts[i].as_dict()}
+    return results

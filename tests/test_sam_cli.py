@@ -1,0 +1,124 @@
+"""``repvit sam predict`` and ``repvit sam everything`` on an official-format repvit_sam.pt."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("segment_anything")
+
+from PIL import Image  # noqa: E402
+from segment_anything import SamPredictor  # noqa: E402
+
+from repvit.cli import main  # noqa: E402
+from repvit.sam import build_sam  # noqa: E402
+from repvit.sam.images import load_rgb  # noqa: E402
+from repvit.sam.prompts import Prompt, parse_box, parse_point, predict_prompts  # noqa: E402
+
+from .test_sam import official_format_file  # noqa: E402
+
+FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sam-cli")
+    official_format_file(root / "repvit_sam.pt", seed=1)
+    photos = sorted(FRUIT.rglob("*.jpg"))
+    if not photos:
+        pytest.skip(f"no photos under {FRUIT} (the shared data is not beside this checkout)")
+    small = root / "photo.jpg"
+    with Image.open(photos[0]) as im:
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(small, quality=95)
+    return root / "repvit_sam.pt", small
+
+
+@pytest.fixture(scope="module")
+def predictor(files):
+    weights, photo = files
+    p = SamPredictor(build_sam(weights, fused=True))
+    p.set_image(load_rgb(photo))
+    return p
+
+
+def test_cli_predict_matches_sam_predictor(files, predictor, tmp_path, capsys):
+    weights, photo = files
+    assert main(["sam", "predict", str(photo), "--point", "120,90", "--point", "30,40,0", "--box", "20,20,300,200",
+                 "--checkpoint", str(weights), "-o", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "photo_scores.json").read_text())
+    mask = np.asarray(Image.open(tmp_path / "photo_mask.png")) > 0
+    want, scores, _ = predictor.predict(point_coords=np.array([[120, 90], [30, 40]]), point_labels=np.array([1, 0]),
+                                        box=np.array([20, 20, 300, 200]), multimask_output=False)
+    assert np.array_equal(mask, want[0])
+    assert record["objects"][0]["score"] == pytest.approx(float(scores[0]), abs=1e-5)
+    assert record["objects"][0]["points"] == [[120.0, 90.0, 1], [30.0, 40.0, 0]]
+    overlay = np.asarray(Image.open(tmp_path / "photo_overlay.png"))
+    assert overlay.shape == load_rgb(photo).shape and not np.array_equal(overlay, load_rgb(photo))
+    assert "encoder" in capsys.readouterr().out
+
+
+def test_many_prompts_share_one_embedding_and_match_one_by_one(predictor):
+    prompts = [Prompt([(50, 60, 1)]), Prompt(box=(10, 10, 200, 150)), Prompt([(200, 100, 1)]),
+               Prompt([(40, 40, 1), (150, 120, 0)], box=(5, 5, 250, 190)), Prompt(box=(100, 50, 300, 220))]
+    calls = []
+    handle = predictor.model.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        together = predict_prompts(predictor, prompts)
+    finally:
+        handle.remove()
+    assert calls == []  # the image embedding was reused
+    for prompt, got in zip(prompts, together):
+        one = predict_prompts(predictor, [prompt])[0]
+        assert np.array_equal(one["mask"], got["mask"])
+        assert one["score"] == pytest.approx(got["score"], abs=1e-5)
+        # a lone point is ambiguous: three candidates; anything else: one
+        assert len(got["scores"]) == (3 if len(prompt.points) == 1 and prompt.box is None else 1)
+
+
+def test_cli_many_boxes_and_a_prompt_file(files, tmp_path):
+    weights, photo = files
+    (tmp_path / "p.json").write_text(json.dumps([{"points": [[60, 60, 1]]}, {"box": [5, 5, 100, 90]}]))
+    assert main(["sam", "predict", str(photo), "--prompts", str(tmp_path / "p.json"), "--box", "10,10,50,50",
+                 "--box", "60,60,200,150", "--checkpoint", str(weights), "-o", str(tmp_path / "o")]) == 0
+    record = json.loads((tmp_path / "o" / "photo_scores.json").read_text())
+    assert len(record["objects"]) == 4 and all((tmp_path / "o" / o["mask"]).is_file() for o in record["objects"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--point", "1,2,5"], "label 5"),
+    (["--point", "abc"], "X,Y or X,Y,LABEL"),
+    (["--box", "50,50,10,10"], "X1 > X0"),
+    (["--point", "99999,1"], "outside"),
+    ([], "give a prompt"),
+    (["--box", "1,1,5,5", "--box", "2,2,6,6", "--point", "3,3"], "ambiguous"),
+])
+def test_bad_prompts_are_explained(files, tmp_path, capsys, argv, message):
+    weights, photo = files
+    assert main(["sam", "predict", str(photo), *argv, "--checkpoint", str(weights), "-o", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "photo_scores.json").exists()
+
+
+def test_weights_must_be_named(files, tmp_path, capsys):
+    _, photo = files
+    assert main(["sam", "predict", str(photo), "--point", "1,1", "-o", str(tmp_path)]) == 2
+    assert "--random-weights" in capsys.readouterr().err
+
+
+def test_cli_everything_writes_rle_json_and_overlay(files, tmp_path):
+    weights, photo = files
+    assert main(["sam", "everything", str(photo), "--points-per-side", "3", "--pred-iou-thresh", "0",
+                 "--stability-score-thresh", "0", "--checkpoint", str(weights), "-o", str(tmp_path), "--quiet"]) == 0
+    record = json.loads((tmp_path / "photo_masks.json").read_text())
+    assert record["masks"] and {"segmentation", "bbox", "area", "predicted_iou"} <= set(record["masks"][0])
+    assert set(record["masks"][0]["segmentation"]) == {"size", "counts"}
+    assert Image.open(tmp_path / "photo_everything.png").size == Image.open(photo).size
+
+
+def test_parsers():
+    assert parse_point("3,4") == (3.0, 4.0, 1) and parse_point("3, 4, 0") == (3.0, 4.0, 0)
+    assert parse_box("1,2,3,4") == (1.0, 2.0, 3.0, 4.0)
+    with pytest.raises(ValueError):
+        parse_box("1,2,3")
