@@ -1,0 +1,360 @@
+"""Zero-shot instance segmentation on a COCO instances file: prompt SAM with each object's
+ground truth and score the mask it returns.
+
+Two prompt protocols, each over every non-crowd instance:
+
+- ``box``: the ground-truth box (x0, y0, x1, y1). A box says which object is meant, so the
+  decoder returns one mask (``multimask_output=False``).
+- ``point``: one positive point at the centre of the ground-truth box. A single click is
+  ambiguous (part, object, group), so the decoder returns its three candidates and the one with
+  the highest predicted IoU is kept: the choice a user without the ground truth would make.
+  The best candidate by true IoU is reported beside it as ``oracle_mIoU`` (an upper bound,
+  the other figure SAM comparisons quote). A box centre can fall outside the object (rings,
+  L shapes, occluded objects); the protocol keeps it there rather than moving it inside the mask,
+  because then the prompt would already carry ground truth the box does not.
+
+Figures per protocol: mask mIoU (the mean over instances of the IoU between the predicted and the
+ground-truth mask), split by COCO's object sizes (area below 32^2, 32^2 to 96^2, above 96^2
+pixels, read from the annotation's ``area`` as COCOeval does), and COCO mask AP from
+pycocotools' COCOeval ('segm') with each mask scored by SAM's predicted IoU and given its
+ground truth's category. Crowd regions are never prompted but stay in the ground truth, where
+COCOeval lets them absorb predictions without penalty.
+
+Each image is encoded once; all its prompts of one protocol go through the decoder together.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..detection.coco_eval import STAT_NAMES, coco_metrics
+from ..detection.data import DetectionData, DetectionDataError, coco_from_dict, load_coco
+
+PROMPTS = ("box", "point")
+# COCO's object sizes by area in pixels, as COCOeval's areaRng draws them.
+SIZES = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, math.inf))
+
+PathLike = Union[str, os.PathLike]
+
+
+def find_coco_layout(root: Optional[PathLike] = None, *, annotations: Optional[PathLike] = None,
+                     images: Optional[PathLike] = None, split: Optional[str] = None) -> tuple[Path, Path]:
+    """``(annotation JSON, image folder)`` of a COCO instances folder; explicit paths win.
+
+    Recognised layouts under ``root``:
+    ``annotations.json`` + ``images/`` (a single-file export such as the fruit set);
+    ``annotations/instances_<split>.json`` + ``images/<split>/`` (COCO128-instances) or
+    ``<split>/`` (COCO 2017 as downloaded). With several splits, ``val2017`` (or the one name
+    containing ``val``) is taken unless ``split`` names another.
+    """
+    if annotations is not None and images is not None:
+        return _existing_file(annotations), _existing_dir(images)
+    if root is None:
+        raise ValueError("give the dataset folder (--coco DIR) or both --annotations FILE and --images DIR")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
+    if annotations is None:
+        annotations, split = _find_annotations(root, split)
+    annotations = _existing_file(annotations)
+    if images is None:
+        candidates = ([root / "images" / split, root / split] if split else []) + [root / "images"]
+        found = [c for c in candidates if c.is_dir() and any(_image_files(c))]
+        if not found:
+            raise FileNotFoundError(f"{root}: no image folder for {annotations.name} (looked for "
+                                    f"{', '.join(str(c) for c in candidates)}); pass --images DIR")
+        images = found[0]
+    return annotations, _existing_dir(images)
+
+
+def _find_annotations(root: Path, split: Optional[str]) -> tuple[Path, Optional[str]]:
+    if split is None and (root / "annotations.json").is_file():
+        return root / "annotations.json", None
+    folder = root / "annotations"
+    splits = {p.stem[len("instances_"):]: p for p in sorted(folder.glob("instances_*.json"))} if folder.is_dir() else {}
+    if not splits:
+        raise FileNotFoundError(f"{root}: no annotations.json and no annotations/instances_<split>.json; "
+                                "pass --annotations FILE --images DIR")
+    if split is not None:
+        if split not in splits:
+            raise ValueError(f"{root}: no split {split!r} (found: {', '.join(splits)})")
+        return splits[split], split
+    if len(splits) == 1:
+        return next(iter(splits.items()))[::-1]
+    vals = [s for s in splits if s == "val2017"] or [s for s in splits if "val" in s]
+    if len(vals) != 1:
+        raise ValueError(f"{root}: several splits ({', '.join(splits)}); choose one with --split")
+    return splits[vals[0]], vals[0]
+
+
+def _image_files(folder: Path):
+    return (p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
+
+
+def _existing_file(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {str(path)!r} does not exist")
+    return path
+
+
+def _existing_dir(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"image folder {str(path)!r} does not exist")
+    return path
+
+
+def _predictor(model):
+    """``model`` itself when it already acts as a predictor, else a ``SamPredictor`` around it."""
+    if all(hasattr(model, name) for name in ("set_image", "predict_torch", "transform")):
+        return model
+    if not hasattr(model, "image_encoder"):
+        raise TypeError(f"expected a segment_anything Sam model or a SamPredictor, got {type(model).__name__}")
+    from segment_anything import SamPredictor
+    return SamPredictor(model)
+
+
+def _subset(coco, image_ids: Sequence[int], annotation_ids: Optional[set] = None):
+    """A COCO index holding only ``image_ids`` and (when given) only ``annotation_ids``."""
+    keep = set(image_ids)
+    data = coco.dataset
+    return coco_from_dict({**data, "images": [i for i in data["images"] if i["id"] in keep],
+                           "annotations": [a for a in data["annotations"] if a["image_id"] in keep and
+                                           (annotation_ids is None or a["id"] in annotation_ids)]})
+
+
+def _check_segmentation(coco, ann: dict, height: int, width: int) -> Optional[str]:
+    """Why ``ann`` cannot serve as mask ground truth, or None when it can."""
+    seg = ann.get("segmentation")
+    if not seg:
+        return "no segmentation (a COCO instances file needs a polygon or RLE mask per annotation)"
+    try:
+        area = int(coco.annToMask(ann).sum())
+    except Exception as err:  # pycocotools raises several types on malformed masks
+        return f"unreadable segmentation ({type(err).__name__}: {err})"
+    if area == 0:
+        return "the segmentation covers no pixel"
+    if isinstance(seg, dict) and list(seg.get("size", [])) != [height, width]:
+        return f"RLE size {seg.get('size')} differs from the image's {height}x{width}"
+    return None
+
+
+def _size_name(area: float) -> str:
+    for name, low, high in SIZES:
+        if low <= area < high:
+            return name
+    return SIZES[-1][0]
+
+
+def _to_rle(masks: np.ndarray) -> list[dict]:
+    from pycocotools import mask as mask_utils
+    if not len(masks):
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode()} for r in rles]
+
+
+@torch.no_grad()
+def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int], batch_size: int):
+    """Masks (N x C x H x W bool) and predicted IoUs (N x C) for ``anns`` under ``prompt``."""
+    device = predictor.device
+    boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in anns], dtype=torch.float32, device=device)
+    masks, scores = [], []
+    for start in range(0, len(anns), batch_size):
+        chunk = boxes[start:start + batch_size]
+        if prompt == "box":
+            out = predictor.predict_torch(None, None, predictor.transform.apply_boxes_torch(chunk, size),
+                                          multimask_output=False)
+        else:
+            centres = ((chunk[:, :2] + chunk[:, 2:]) / 2)[:, None, :]
+            coords = predictor.transform.apply_coords_torch(centres, size)
+            labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
+            out = predictor.predict_torch(coords, labels, None, multimask_output=True)
+        masks.append(out[0].bool())
+        scores.append(out[1].float())
+    return torch.cat(masks), torch.cat(scores)
+
+
+def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: str = "both",
+                  limit: Optional[int] = None, skip_bad: bool = False, batch_size: int = 64,
+                  results: Optional[PathLike] = None,
+                  progress: Optional[Callable[[int, int, dict], None]] = None) -> dict:
+    """Zero-shot COCO instance segmentation of ``model`` prompted with the ground truth.
+
+    ``model``: a segment-anything ``Sam`` (such as ``repvit.sam.build_sam(...)``) or anything
+    that acts as a ``SamPredictor`` (``set_image``, ``transform``, ``predict_torch``, ``device``).
+    ``prompt``: ``"box"``, ``"point"`` or ``"both"``. ``limit``: only the first N images by id.
+    ``skip_bad``: count and skip a missing or unreadable image and an annotation without a usable
+    mask or box instead of raising ``DetectionDataError``. ``batch_size``: prompts per decoder
+    call (64 holds every image of COCO128 in one call). ``results``: also write the predictions
+    as a COCO results file (RLE masks); with both protocols, ``<stem>_box<suffix>`` and
+    ``<stem>_point<suffix>``. ``progress(done, total, info)`` is called after each image.
+
+    Returns a JSON-ready dict: counts (``images``, ``instances``, ``crowd_excluded``,
+    ``skipped_*``) and per protocol ``mIoU``, ``mIoU_by_size``, ``instances_by_size``, ``segm``
+    (AP, AP50, AP75, APs, APm, APl as fractions; -1 where there is no object of a size) and timings.
+    """
+    if prompt != "both" and prompt not in PROMPTS:
+        raise ValueError(f"prompt must be 'box', 'point' or 'both', got {prompt!r}")
+    protocols = PROMPTS if prompt == "both" else (prompt,)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of images, got {limit}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    coco_json = Path(coco_json)
+    if not coco_json.is_file():
+        raise FileNotFoundError(f"annotation file {str(coco_json)!r} does not exist")
+    coco = load_coco(coco_json)
+    if limit is not None:   # only the images the run uses are checked
+        coco = _subset(coco, sorted(coco.getImgIds())[:limit])
+    data = DetectionData(image_dir, coco, skip_bad=skip_bad, source=str(coco_json))
+    predictor = _predictor(model)
+
+    from pycocotools import mask as mask_utils
+    from .images import load_rgb
+
+    def reject(where: str, reason: str, annotation=None) -> None:
+        if not skip_bad:
+            suffix = f", annotation {annotation}" if annotation is not None else ""
+            raise DetectionDataError(f"{where}{suffix}: {reason} (pass skip_bad=True / --skip-bad to skip and count "
+                                     "such cases)")
+        if annotation is None:
+            data.skipped.images.append((where, reason))
+        else:
+            data.skipped.annotations.append((where, annotation, reason))
+
+    kept_ids: set = set()
+    evaluated_images: list[int] = []
+    crowd = 0
+    per: dict = {p: {"iou": [], "oracle": [], "size": [], "dets": []} for p in protocols}
+    seconds = {"load": 0.0, "encoder": 0.0, "decoder": 0.0, "metrics": 0.0}
+    run_start = time.perf_counter()
+    for done, (info, anns) in enumerate(data.items, start=1):
+        path = Path(image_dir) / info["file_name"]
+        tick = time.perf_counter()
+        try:
+            image = load_rgb(path)
+        except (FileNotFoundError, ValueError) as err:
+            reject(str(path), str(err))
+            continue
+        height, width = image.shape[:2]
+        if (info.get("height", height), info.get("width", width)) != (height, width):
+            reject(str(path), f"upright (EXIF-rotated) image is {width}x{height} but the annotations "
+                                              f"say {info['width']}x{info['height']}")
+            continue
+        prompted = []
+        for ann in anns:
+            reason = _check_segmentation(coco, ann, height, width)
+            if reason is not None:
+                reject(info.get("source", str(path)), reason, ann["id"])
+                continue
+            kept_ids.add(ann["id"])
+            if ann.get("iscrowd", 0):
+                crowd += 1
+            else:
+                prompted.append(ann)
+        evaluated_images.append(info["id"])
+        seconds["load"] += time.perf_counter() - tick
+        if prompted:
+            tick = time.perf_counter()
+            predictor.set_image(image)   # the one encoder pass of this image
+            seconds["encoder"] += time.perf_counter() - tick
+            gt = torch.from_numpy(np.stack([coco.annToMask(a) for a in prompted])).bool().to(predictor.device)
+        for name in protocols if prompted else ():
+            tick = time.perf_counter()
+            masks, scores = _decode(predictor, prompted, name, (height, width), batch_size)
+            seconds["decoder"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            inter = (masks & gt[:, None]).flatten(2).sum(-1).double()
+            union = (masks | gt[:, None]).flatten(2).sum(-1).double()
+            ious = inter / union   # union > 0: every ground-truth mask covers a pixel
+            best = scores.argmax(dim=1)
+            rows = torch.arange(len(prompted), device=best.device)
+            chosen = masks[rows, best].cpu().numpy()
+            per[name]["iou"] += ious[rows, best].tolist()
+            per[name]["oracle"] += ious.max(dim=1).values.tolist()
+            per[name]["size"] += [_size_name(a.get("area", float(gt[i].sum()))) for i, a in enumerate(prompted)]
+            for ann, rle, score in zip(prompted, _to_rle(chosen), scores[rows, best].tolist()):
+                coded = {**rle, "counts": rle["counts"].encode()}
+                per[name]["dets"].append({"image_id": info["id"], "category_id": ann["category_id"],
+                                          "segmentation": rle, "score": float(score),
+                                          "bbox": [float(v) for v in mask_utils.toBbox(coded)]})
+            seconds["metrics"] += time.perf_counter() - tick
+        if progress is not None:
+            progress(done, len(data.items), {"image": info["file_name"], "instances": len(prompted)})
+    if not evaluated_images:
+        raise DetectionDataError(f"{coco_json}: no image could be evaluated")
+
+    tick = time.perf_counter()
+    truth = _subset(coco, evaluated_images, kept_ids)   # what was checked: skipped annotations are not misses
+    report: dict = {
+        "annotations": str(coco_json), "images_dir": str(image_dir), "images": len(evaluated_images),
+        "instances": len(per[protocols[0]]["iou"]), "crowd_excluded": crowd,
+        "skipped_images": len(data.skipped.images), "skipped_annotations": len(data.skipped.annotations),
+        "skipped": [{"file": f, "reason": r} for f, r in data.skipped.images] +
+                   [{"file": f, "annotation": a, "reason": r} for f, a, r in data.skipped.annotations],
+        "prompts": {},
+    }
+    for name in protocols:
+        rec = per[name]
+        by_size = {s: [i for i, z in zip(rec["iou"], rec["size"]) if z == s] for s, _, _ in SIZES}
+        metrics = coco_metrics(truth, rec["dets"], ("segm",), image_ids=evaluated_images)["segm"] \
+            if rec["dets"] else {k: 0.0 for k in STAT_NAMES}
+        report["prompts"][name] = {
+            "prompt": "ground-truth box" if name == "box" else "one positive point at the box centre",
+            "multimask": name == "point",
+            "selection": "the only mask" if name == "box" else "highest predicted IoU of 3",
+            "mIoU": _mean(rec["iou"]),
+            "mIoU_by_size": {s: _mean(v) for s, v in by_size.items()},
+            "instances_by_size": {s: len(v) for s, v in by_size.items()},
+            "segm": metrics,
+        }
+        if name == "point":
+            report["prompts"][name]["oracle_mIoU"] = _mean(rec["oracle"])
+    seconds["metrics"] += time.perf_counter() - tick
+    report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    report["seconds"]["total"] = round(time.perf_counter() - run_start, 3)
+    if results is not None:
+        report["results_files"] = write_results(results, {n: per[n]["dets"] for n in protocols})
+    return report
+
+
+def _mean(values: Sequence[float]) -> Optional[float]:
+    return float(np.mean(values)) if len(values) else None
+
+
+def write_results(path: PathLike, detections: dict) -> dict:
+    """COCO results file(s): one protocol goes to ``path``; several to ``<stem>_<protocol><suffix>``."""
+    path = Path(path)
+    written = {}
+    for name, dets in detections.items():
+        target = path if len(detections) == 1 else path.with_name(f"{path.stem}_{name}{path.suffix or '.json'}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(dets) + "\n")
+        written[name] = str(target)
+    return written
+
+
+def format_report(report: dict) -> str:
+    """The figures a terminal reader wants, one protocol per line."""
+    def pct(v):
+        return "   -" if v is None or v < 0 else f"{100 * v:5.1f}"
+    lines = [f"{report['images']} images, {report['instances']} instances prompted, {report['crowd_excluded']} crowd "
+             f"regions not prompted, skipped {report['skipped_images']} images and "
+             f"{report['skipped_annotations']} annotations",
+             "prompt  mIoU  small medium large |   AP  AP50  AP75   APs   APm   APl"]
+    for name, rec in report["prompts"].items():
+        sizes = " ".join(pct(rec["mIoU_by_size"][s]) for s, _, _ in SIZES)
+        aps = " ".join(pct(rec["segm"][k]) for k in STAT_NAMES)
+        extra = f"  (oracle mIoU {pct(rec['oracle_mIoU']).strip()})" if "oracle_mIoU" in rec else ""
+        lines.append(f"{name:6} {pct(rec['mIoU'])} {sizes}  | {aps}{extra}")
+    return "\n".join(lines)
