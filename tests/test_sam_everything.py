@@ -56,9 +56,10 @@ def test_every_candidate_is_the_stock_one(sam, photo):
     stock = records(SamAutomaticMaskGenerator(sam, points_per_batch=8, **options), photo)
     assert len(stock) == 48
     # same decoder batches as the stock generator: bit for bit the same records
-    assert_same_records(records(FastMaskGenerator(sam, points_per_batch=8, **options), photo), stock)
-    # other batch sizes may round the decoder's matrix products differently in the last bits
-    # (the BLAS picks kernels by shape): scores agree closely and masks nearly everywhere
+    exact = FastMaskGenerator(sam, points_per_batch=8, shared_image=False, **options)
+    assert_same_records(records(exact, photo), stock)
+    # the defaults (image shared across a batch, other batch sizes) may round the decoder's matrix
+    # products differently in the last bits: scores agree closely and masks nearly everywhere
     ours = records(FastMaskGenerator(sam, points_per_batch=3, **options), photo)
     assert len(ours) == len(stock)
     from pycocotools import mask as mask_utils
@@ -82,11 +83,32 @@ def test_filters_nms_and_crops_agree(sam, photo):
                    output_mode="coco_rle")
     stock = records(SamAutomaticMaskGenerator(sam, points_per_batch=4, **options), photo)
     seen = []
-    ours = records(FastMaskGenerator(sam, points_per_batch=4, on_batch=lambda done, total: seen.append((done, total)), **options), photo)
+    ours = records(FastMaskGenerator(sam, points_per_batch=4, shared_image=False, on_batch=lambda done, total: seen.append((done, total)), **options), photo)
     assert len(stock) > 0
     assert_same_records(ours, stock)
     # progress covers every batch of every crop (1 full image + 4 crops, 16 points each, 4 per batch)
     assert seen[-1] == (20, 20) and len(seen) == 20
+
+
+def test_shared_image_decoding_matches_the_decoder(sam):
+    from repvit.sam.decoding import decode_shared_image
+    torch.manual_seed(1)
+    embedding = torch.randn(1, 256, 64, 64)
+    pe = sam.prompt_encoder.get_dense_pe()
+    coords, labels = torch.rand(5, 2, 2) * 1024, torch.tensor([[1, 0]] * 5)
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        for multimask in (True, False):
+            want = sam.mask_decoder(image_embeddings=embedding, image_pe=pe, sparse_prompt_embeddings=sparse,
+                                    dense_prompt_embeddings=dense, multimask_output=multimask)
+            got = decode_shared_image(sam.mask_decoder, embedding, pe, sparse, dense, multimask)
+            for a, b in zip(got, want):
+                assert a.shape == b.shape
+                assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+        masks = torch.randn(5, 1, 256, 256)
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=masks)
+        with pytest.raises(ValueError, match="same dense prompt embedding"):
+            decode_shared_image(sam.mask_decoder, embedding, pe, sparse, dense, True)
 
 
 def test_nothing_left_in_any_crop_is_an_empty_answer(sam, photo):

@@ -3,26 +3,30 @@
 ``FastMaskGenerator`` takes the options of ``segment_anything.SamAutomaticMaskGenerator`` and
 returns the same records. Per crop it differs only in how the work is scheduled:
 
-- the decoder runs on small point batches on the CPU (its activations are
-  ``batch x 4096 x 256`` floats: at 64 points they are far larger than the caches, and the
-  decoder's results do not depend on how the points are batched);
+- the image embedding enters the decoder once per batch instead of once per point
+  (``repvit.sam.decoding``), and the decoder runs on small point batches on the CPU (its
+  activations are ``batch x 4096 x 256`` floats: at 64 points far larger than the caches);
 - masks whose predicted IoU fails ``pred_iou_thresh`` are dropped before they are upsampled to
   the image size (the stock generator upsamples every mask first);
 - run-length encoding waits until after the box NMS, so only surviving masks are encoded; until
   then a candidate is kept as its 256x256 low-resolution logits and upsampled again if it survives.
 
-The upsampling, stability score, thresholds, boxes and NMS are the package's own functions with
-the same inputs, so the masks are the stock generator's; ``tests/test_sam_everything.py`` checks
-this record by record.
+The decoder, upsampling, stability score, thresholds, boxes and NMS are the package's own modules
+and functions with the same inputs. With ``shared_image=False`` and the stock batch size the
+records are the stock generator's bit for bit; other batchings change the decoder's float
+rounding in the last bits (the BLAS picks kernels by shape), which can move a score or a border
+pixel by that much. ``tests/test_sam_everything.py`` checks both record by record.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .builder import require_segment_anything
+from .decoding import decode_shared_image
 
 require_segment_anything()
 from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
@@ -39,10 +43,11 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
     """``SamAutomaticMaskGenerator`` with the same options and output, scheduled to do less work.
 
     ``points_per_batch=None`` picks a size for the device (4 on CPU, 64 elsewhere).
+    ``shared_image=False`` runs the decoder exactly as the stock generator does (per-point copies).
     ``on_batch(done, total)`` is called after each decoder batch (progress bars).
     """
 
-    def __init__(self, model, *, points_per_batch: Optional[int] = None,
+    def __init__(self, model, *, points_per_batch: Optional[int] = None, shared_image: bool = True,
                  on_batch: Optional[Callable[[int, int], None]] = None, **kwargs):
         if points_per_batch is None:
             device = next(model.parameters()).device
@@ -51,6 +56,7 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
             raise ValueError(f"points_per_batch must be at least 1, got {points_per_batch}")
         super().__init__(model, points_per_batch=points_per_batch, **kwargs)
         self.on_batch = on_batch
+        self.shared_image = shared_image
         self._batches_done = 0
         self._batches_total = 0
 
@@ -103,10 +109,10 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
         model = predictor.model
         sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        low_res, iou_preds = model.mask_decoder(image_embeddings=predictor.features,
-                                                image_pe=model.prompt_encoder.get_dense_pe(),
-                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                multimask_output=True)
+        decode = partial(decode_shared_image, model.mask_decoder) if self.shared_image else model.mask_decoder
+        low_res, iou_preds = decode(image_embeddings=predictor.features, image_pe=model.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                    multimask_output=True)
         return low_res.flatten(0, 1), iou_preds.flatten(0, 1), low_res.shape[1]
 
     def _upsample(self, low_res: torch.Tensor) -> torch.Tensor:
