@@ -1,0 +1,221 @@
+"""The RepViT-SAM demo page, driven as a user's client meets it, and its cached embeddings.
+
+The page is served on 127.0.0.1 in this process and driven through its public API endpoints with
+``gradio_client`` (uploading the file each call, as a client does). Random weights (seed 0) give
+meaningless but deterministic masks; the checks compare the page's answers with the predictor's
+own and with the uploaded pixels.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("segment_anything")
+gradio_client = pytest.importorskip("gradio_client")
+pytest.importorskip("gradio")
+
+from PIL import Image  # noqa: E402
+
+from repvit.sam import build_sam  # noqa: E402
+from repvit.sam.demo import SamDemo, build_app, launch, parse_box, parse_points  # noqa: E402
+from repvit.sam.images import load_rgb  # noqa: E402
+
+FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sam():
+    torch.manual_seed(0)
+    model = build_sam(fused=True)
+    model.encoder_calls = 0
+
+    def count(*_):
+        model.encoder_calls += 1
+    model.image_encoder.register_forward_hook(count)
+    return model
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """A real photo, 320x240 PNG (lossless, so uploaded and returned pixels compare exactly)."""
+    images = sorted(FRUIT.glob("images/*.jpg"))
+    if not images:
+        pytest.skip(f"no photos under {FRUIT} (the shared data is not beside this checkout)")
+    path = tmp_path_factory.mktemp("photo") / "fruit.png"
+    Image.fromarray(load_rgb(images[0])).resize((320, 240), Image.BILINEAR).save(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page(sam, photo, tmp_path_factory):
+    demo = SamDemo(sam, weights="random (seed 0)", output_dir=tmp_path_factory.mktemp("masks"))
+    app = build_app(demo, examples=[photo])
+    port = free_port()
+    launch(app, port=port, block=False, allowed_paths=[photo.parent])
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False,
+                                      download_files=str(tmp_path_factory.mktemp("downloads")))
+        yield demo, client
+    finally:
+        app.close()
+
+
+def read(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def assert_drawn(upload: np.ndarray, drawn: np.ndarray, mask: np.ndarray, untouched: np.ndarray) -> None:
+    """``drawn`` is ``upload`` tinted on ``mask`` and unchanged on ``untouched`` (outside it)."""
+    assert drawn.shape == upload.shape and drawn.dtype == np.uint8
+    assert mask.any() and untouched.any()
+    changed = (drawn != upload).any(axis=2)
+    assert changed[mask].mean() > 0.99
+    assert not changed[untouched & ~mask].any()
+
+
+def away_from(shape, centres, radius) -> np.ndarray:
+    ys, xs = np.mgrid[:shape[0], :shape[1]]
+    far = np.ones(shape, dtype=bool)
+    for x, y in centres:
+        far &= (xs - x) ** 2 + (ys - y) ** 2 > radius ** 2
+    return far
+
+
+def rows(table: dict) -> list:
+    assert table["headers"] == ["mask", "predicted IoU", "area (px)", "shown"]
+    return table["data"]
+
+
+def test_point_box_and_everything_through_the_page(page, photo):
+    demo, client = page
+    upload = read(photo)
+    h, w = upload.shape[:2]
+    calls = demo.sam.encoder_calls
+    status = client.predict(gradio_client.handle_file(photo), api_name="/embed")
+    assert "encoder" in status and "reuse" in status
+
+    # point: one positive and one negative click -> one mask (the points are drawn on the overlay)
+    drawn, table, mask_png, status = client.predict(gradio_client.handle_file(photo), "160,120,1\n40,30,0",
+                                                    api_name="/segment_points")
+    drawn, mask = read(drawn), read(mask_png) > 0
+    assert mask.shape == (h, w) and set(np.unique(read(mask_png))) <= {0, 255}
+    demo.predictor.set_image(upload)
+    masks, scores, _ = demo.predictor.predict(point_coords=np.array([[160.0, 120], [40, 30]]),
+                                              point_labels=np.array([1, 0]), multimask_output=False)
+    np.testing.assert_array_equal(mask, masks[0])
+    (row,) = rows(table)
+    assert row[1] == pytest.approx(float(scores[0]), abs=1e-4) and -1 < row[1] < 2 and row[2] == mask.sum()
+    assert_drawn(upload, drawn, mask, away_from((h, w), [(160, 120), (40, 30)], radius=8))
+    assert "Mask decoder" in status
+
+    # one point alone: three candidates, the best one shown and saved
+    _, table, mask_png, _ = client.predict(gradio_client.handle_file(photo), "100,80", api_name="/segment_points")
+    table = rows(table)
+    assert len(table) == 3 and [r[3] for r in table].count("yes") == 1
+    best = max(table, key=lambda r: r[1])
+    assert best[3] == "yes" and read(mask_png).astype(bool).sum() == best[2]
+
+    # box: typed with its corners in either order
+    drawn, table, mask_png, _ = client.predict(gradio_client.handle_file(photo), "250, 200, 60, 40",
+                                               api_name="/segment_box")
+    drawn, mask = read(drawn), read(mask_png) > 0
+    masks, scores, _ = demo.predictor.predict(box=np.array([60.0, 40, 250, 200]), multimask_output=False)
+    np.testing.assert_array_equal(mask, masks[0])
+    (row,) = rows(table)
+    assert row[1] == pytest.approx(float(scores[0]), abs=1e-4)
+    outline = np.zeros((h, w), dtype=bool)
+    outline[36:205, 56:255] = True  # the box's outline is drawn a few pixels wide
+    outline[45:195, 65:245] = False
+    assert_drawn(upload, drawn, mask, ~outline)
+
+    # everything: a 4x4 grid; random weights need the thresholds off to keep any mask
+    drawn, table, label_png, status = client.predict(gradio_client.handle_file(photo), 4, 0.0, 0.0,
+                                                     api_name="/everything")
+    drawn, labels, table = read(drawn), read(label_png), rows(table)
+    assert labels.shape == (h, w) and len(table) >= 1 and labels.max() == len(table)
+    assert "4x4 grid" in status and all(-1 < r[1] < 2 for r in table)
+    assert [r[2] for r in table] == sorted((r[2] for r in table), reverse=True)  # largest first
+    assert_drawn(upload, drawn, labels > 0, labels == 0)
+
+    # five calls, each uploading the file again: the encoder ran once
+    assert demo.sam.encoder_calls == calls + 1
+
+
+def test_errors_reach_the_page(page, photo):
+    _, client = page
+    with pytest.raises(Exception, match="outside the 320x240 image"):
+        client.predict(gradio_client.handle_file(photo), "400,10", api_name="/segment_points")
+    with pytest.raises(Exception, match="X0,Y0,X1,Y1"):
+        client.predict(gradio_client.handle_file(photo), "1,2,3", api_name="/segment_box")
+
+
+def test_embedding_is_computed_once_per_image(sam):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    demo = SamDemo(sam, cache_size=2)
+    calls = sam.encoder_calls
+    assert "encoder" in demo.embed(image) and not demo.predictor.last_hit
+    first = demo.segment_points(image, [(64, 48, 1)])
+    again = demo.segment_points(image.copy(), [(64, 48, 1)])  # same pixels, another array
+    demo.segment_box(image, (10, 10, 90, 70))
+    demo.everything(image, points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
+    assert sam.encoder_calls == calls + 1
+    assert demo.predictor.last_hit and "reused" in again.status
+    assert first.scores == again.scores
+    changed = image.copy()
+    changed[0, 0, 0] ^= 1
+    demo.segment_points(changed, [(64, 48, 1)])
+    assert sam.encoder_calls == calls + 2 and not demo.predictor.last_hit
+
+
+def test_prompt_text():
+    assert parse_points("10,20\n30.5, 40, 0; 1,2,1") == [(10, 20, 1), (30.5, 40, 0), (1, 2, 1)]
+    assert parse_box(" 1, 2,3 ,4 ") == [1, 2, 3, 4]
+    for bad in ("10", "1,2,5", "a,b"):
+        with pytest.raises(ValueError, match="X,Y"):
+            parse_points(bad)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_gradio_is_imported_only_for_the_page():
+    code = """
+import contextlib, io, json, sys
+import repvit, repvit.sam, repvit.sam.demo
+from repvit.cli import main
+for argv in (["sam", "--help"], ["sam", "demo", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main(argv)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("gradio", "gradio_client"))))
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_missing_gradio_names_the_extra():
+    code = """
+import sys
+sys.modules["gradio"] = None  # as if it were not installed
+from repvit.cli import main
+sys.exit(main(["sam", "demo", "--random-weights"]))
+"""
+    done = run_python(code)
+    assert done.returncode == 2
+    assert "pip install 'repvit-pytorch[sam-demo]'" in done.stderr
