@@ -183,3 +183,29 @@ def test_segment_anything_predictor_runs_it(sam_file):
     masks, scores, low = predictor.predict(point_coords=np.array([[100, 60]]), point_labels=np.array([1]),
                                            box=np.array([20, 10, 180, 110]), multimask_output=True)
     assert masks.shape == (3, 120, 200) and scores.shape == (3,) and low.shape == (3, 256, 256)
+
+
+def test_pretrained_downloads_the_official_file_once(sam_file, tmp_path, monkeypatch, capsys):
+    from repvit.cli import main
+    from repvit.models.pretrained import MIRROR_ENV, WEIGHTS_DIR_ENV
+    from .test_pretrained import ReleaseServer
+    path, reference = sam_file
+    server = ReleaseServer()
+    server.files["repvit_sam.pt"] = path.read_bytes()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv(MIRROR_ENV, server.url)
+    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    try:
+        sam = build_sam(pretrained=True, progress=False)
+        assert torch.equal(sam.mask_decoder.iou_token.weight, reference.mask_decoder.iou_token.weight)
+        fused = build_sam(pretrained=True, fused=True, progress=False)  # from the cache
+        assert is_fused(fused.image_encoder)
+        image = tmp_path / "img.png"
+        from PIL import Image
+        Image.fromarray((np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)).save(image)
+        assert main(["sam", "predict", str(image), "--point", "40,30", "--pretrained", "-o", str(tmp_path / "o")]) == 0
+        assert server.requests == ["repvit_sam.pt"]
+        with pytest.raises(ValueError, match="not both"):
+            build_sam(path, pretrained=True)
+    finally:
+        server.close()
