@@ -12,7 +12,8 @@
 * a progress bar on a terminal (plain lines otherwise), ``metrics.csv``/``.jsonl``,
   ``steps.csv`` and ``curves.png``.
 
-The task (model, data, loss, evaluation, file format) comes in as a ``DenseTask``.
+The task (model, data, loss, evaluation, file format) comes in as a ``DenseTask``; SAM encoder
+distillation (``repvit sam distill``) is one too.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -39,15 +41,20 @@ from ..train.progress import Reporter, format_seconds
 
 @dataclass
 class DenseTask:
-    name: str                                                   # "detection" or "segmentation"
+    name: str                                                   # "detection", "segmentation", "sam-distill"
     model: nn.Module
     train_set: torch.utils.data.Dataset                         # an EpochSeeded dataset
     collate: Callable
     loss: Callable[[nn.Module, tuple, torch.device], torch.Tensor]
     evaluate: Callable[[nn.Module, torch.device], dict]         # flat metrics, fractions
-    primary: str                                                # the metric that picks best.pth (higher is better)
+    primary: str                                                # the metric that picks best.pth
     save: Callable[[nn.Module, Path, dict], Path]               # self-describing file with ``extra`` entries
     describe: str = ""
+    lower_is_better: bool = False                               # the primary metric is an error (an MSE)
+    evaluate_at_start: bool = False                             # score the initial weights (epoch 0 of a new run)
+
+    def improves(self, score: float, best: float) -> bool:
+        return score < best if self.lower_is_better else score > best
 
 
 class EpochSeeded(torch.utils.data.Dataset):
@@ -87,6 +94,8 @@ def lr_factor(step: int, *, total: int, warmup: int, schedule: str, power: float
         return max(0.0, 1 - step / total) ** power
     if schedule == "step":
         return 0.1 ** sum(step >= m * steps_per_epoch for m in milestones)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
     return 1.0
 
 
@@ -150,7 +159,7 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
                                     schedule=cfg.schedule, power=cfg.power, milestones=cfg.milestones,
                                     steps_per_epoch=steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    start_epoch, first_step, best = 0, 0, -math.inf
+    start_epoch, first_step, best = 0, 0, (math.inf if task.lower_is_better else -math.inf)
     if resume_path is not None:
         from .record import read_record
         state = read_record(resume_path, task.name)
@@ -169,6 +178,14 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
     reporter.log(f"{task.describe}; {n} training images, {steps_per_epoch} steps per epoch, world size "
                  f"{env.world_size}, batch {cfg.batch_size} per process, lr {cfg.lr:g} ({cfg.schedule}, "
                  f"{cfg.warmup_iters} warm-up iterations), {torch.get_num_threads()} threads")
+    if resume_path is None and task.evaluate_at_start:
+        if env.is_main:
+            scores = task.evaluate(reparameterize(copy.deepcopy(_unwrap(model)).eval()), env.device)
+            with warnings.catch_warnings():   # the loss panel of curves.png has nothing to label yet
+                warnings.filterwarnings("ignore", message="No artists with labels")
+                metrics.add({"epoch": 0, **{f"val_{k}": v for k, v in scores.items()}})
+            reporter.log(f"before training: val {task.primary} {scores[task.primary]:.4f}")
+        barrier(env)
     t_start = time.perf_counter()
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -217,7 +234,7 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
                 row.update({f"val_{k}": v for k, v in scores.items()})
             row = broadcast_object(row, env)
             score = row.get(f"val_{task.primary}")
-            is_best = score is not None and score > best
+            is_best = score is not None and task.improves(score, best)
             if is_best:
                 best = score
             _save_last(task, model, optimizer, scheduler, env, output, config, epoch=epoch + 1, next_step=0,

@@ -1,0 +1,300 @@
+"""``repvit sam distill``: train RepViT-SAM's image encoder to reproduce a SAM ViT's image embeddings.
+
+The recipe of MobileSAM (Zhang et al., 2023) that RepViT-SAM follows: the prompt encoder and mask
+decoder are left aside and the student encoder is fitted to the teacher encoder's 256-channel
+embedding with a mean squared error; the decoder of the teacher's SAM then works on the student's
+embeddings. The official RepViT repository released the result, not the training; this is it, as a
+task of the shared dense training loop (``repvit.dense.engine``), so it has that loop's exact
+resume, SIGTERM saves, torchrun DDP, progress and metrics. Teacher embeddings come from a disk cache
+(``repvit.sam.teacher``) filled once before the first step.
+
+``best.pth`` and ``last.pth`` hold the whole SAM (student encoder, prompt encoder, mask decoder under
+segment-anything's key names), so ``repvit.sam.build_sam(path)`` reads them. The decoder is copied
+from ``--decoder-from`` (normally the teacher's own SAM file) or stays random, which the run says.
+
+Input size: ``--img-size`` (default 1024, SAM's) sets what both networks see, so the embedding grid is
+img_size/16 for both. Smaller sizes make CPU runs possible; the teacher is then evaluated at that size
+too (a SAM checkpoint's position tables are resampled), which approximates SAM rather than being it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..dense.options import LOOP
+from ..runtime.timing import threads_option
+from ..train import config as base
+from .encoder import RepViTSamEncoder
+from .teacher import (TEACHERS, EmbeddingCache, build_teacher, check_img_size, list_images, sam_input,
+                      teacher_identity)
+
+TASK = "sam-distill"
+
+
+def _from_loop(flag: str, **defaults) -> tuple:
+    """A shared loop option with distillation's own defaults."""
+    flags, kwargs = next((f, k) for f, k in LOOP if f[0] == flag)
+    return flags, {**kwargs, **defaults}
+
+
+OPTIONS: list = [
+    (("--data",), dict(default=None, help="folder of images (searched recursively); split by --val-fraction "
+                                          "unless --val is given")),
+    (("--val",), dict(default=None, help="folder of held-out images (instead of splitting --data)")),
+    (("--val-fraction",), dict(type=float, default=0.1, help="share of --data held out for the validation MSE")),
+    (("--max-images",), dict(type=int, default=None, help="use at most N images of --data, spread over its "
+                                                          "sub-folders (e.g. a slice of SA-1B)")),
+    (("--img-size",), dict(type=int, default=1024, help="input size of teacher and student, a multiple of 16; "
+                                                        "the embedding grid is img_size/16")),
+    (("--teacher",), dict(default="vit_h", choices=sorted(TEACHERS), help="segment-anything image encoder")),
+    (("--teacher-checkpoint",), dict(default=None, metavar="FILE", help="SAM weights of --teacher (e.g. "
+                                                                         "sam_vit_h_4b8939.pth)")),
+    (("--teacher-random-seed",), dict(type=int, default=None, metavar="N",
+                                      help="a randomly initialised teacher from this seed (pipeline checks, CI)")),
+    (("--teacher-cache",), dict(default=None, metavar="DIR", help="folder of cached teacher embeddings "
+                                                                  "(default: OUTPUT/teacher-cache); share it "
+                                                                  "between runs")),
+    (("--cache-dtype",), dict(default="float32", choices=["float32", "float16"],
+                              help="precision of cached embeddings (float16 halves the disk)")),
+    (("--model",), dict(default="repvit_m2_3", help="RepViT variant of the student (RepViT-SAM: repvit_m2_3)")),
+    (("--student-init",), dict(default=None, metavar="FILE", help="start the student's backbone from this RepViT "
+                                                                  "classification checkpoint")),
+    (("--pretrained",), dict(action="store_true", default=False, help="start the student's backbone from the "
+                                                                       "official ImageNet weights of --model")),
+    (("--decoder-from",), dict(default=None, metavar="SAMFILE", help="copy the prompt encoder and mask decoder "
+                                                                     "from this SAM file (e.g. the teacher's)")),
+    _from_loop("--output", default="runs/sam-distill"),
+    _from_loop("--overwrite"),
+    _from_loop("--resume"),
+    _from_loop("--epochs", default=8),
+    _from_loop("--batch-size", default=8),
+    _from_loop("--lr", default=1e-3),
+    _from_loop("--weight-decay", default=0.01),
+    _from_loop("--schedule", default="cosine"),
+    _from_loop("--milestones", default=[6]),
+    _from_loop("--power"),
+    _from_loop("--warmup-iters", default=200),
+    _from_loop("--clip-grad"),
+    _from_loop("--sync-bn"),
+    _from_loop("--workers"),
+    _from_loop("--threads"),
+    _from_loop("--device"),
+    _from_loop("--seed"),
+    (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) unreadable images instead "
+                                                                     "of stopping")),
+    _from_loop("--eval-interval"),
+    _from_loop("--log-interval"),
+    _from_loop("--stop-after-epoch"),
+]
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    base.add_options(parser, options=OPTIONS)
+
+
+def resolve(explicit: dict) -> argparse.Namespace:
+    """Defaults < the ``config`` YAML file < flags; then checked."""
+    explicit = dict(explicit)
+    config_file = explicit.pop("config", None)
+    values = {flags[0].lstrip("-").replace("-", "_"): kw.get("default") for flags, kw in OPTIONS}
+    values.update(base.load_config_file(config_file, options=OPTIONS) if config_file else {})
+    values.update(explicit)
+    values["config"] = str(config_file) if config_file else None
+    cfg = argparse.Namespace(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: argparse.Namespace) -> None:
+    if not cfg.data:
+        raise ValueError("--data is required: a folder of images (searched recursively)")
+    for name in ("epochs", "batch_size", "lr", "log_interval", "eval_interval", "max_images"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be more than zero, got {value}")
+    check_img_size(cfg.img_size)
+    if not cfg.val and not 0.0 < cfg.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
+    if (cfg.teacher_checkpoint is None) == (cfg.teacher_random_seed is None):
+        raise ValueError("name the teacher: --teacher-checkpoint FILE (segment-anything weights of --teacher) or "
+                         "--teacher-random-seed N (a fixed random teacher, for pipeline checks), exactly one")
+    if cfg.teacher_checkpoint and not Path(cfg.teacher_checkpoint).is_file():
+        teacher_identity(cfg.teacher, checkpoint=cfg.teacher_checkpoint)   # raises, naming the file to fetch
+    if cfg.student_init and cfg.pretrained:
+        raise ValueError("--student-init FILE and --pretrained both initialise the student: pass only one")
+    for name in ("student_init", "decoder_from"):
+        path = getattr(cfg, name)
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"--{name.replace('_', '-')} {path!r} does not exist")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: pass only one")
+    if cfg.threads is not None:
+        cfg.threads = threads_option(cfg.threads)
+
+
+def dump(cfg: argparse.Namespace) -> dict:
+    return base.dump(cfg)
+
+
+# --------------------------------------------------------------------------- model and data
+class DistillStudent(nn.Module):
+    """The SAM being distilled: segment-anything's ``Sam`` key layout (``image_encoder.*``,
+    ``prompt_encoder.*``, ``mask_decoder.*``), so its state dict is a whole-SAM file, while ``forward``
+    runs only the image encoder, the part that trains (the other two are frozen passengers)."""
+
+    def __init__(self, sam: nn.Module):
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+        self.prompt_encoder = sam.prompt_encoder.requires_grad_(False)
+        self.mask_decoder = sam.mask_decoder.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+
+def build_student(cfg) -> tuple[DistillStudent, str, str]:
+    """The student and two phrases for the log: where its encoder and its decoder come from."""
+    from .builder import read_sam_state, sam_with_encoder
+    encoder = RepViTSamEncoder(cfg.model, img_size=cfg.img_size)
+    if cfg.student_init:
+        encoder.load_backbone(cfg.student_init)
+        init = f"backbone from {cfg.student_init}"
+    elif cfg.pretrained:
+        from ..models.pretrained import fetch
+        from ..models.releases import find_release
+        release = find_release(cfg.model)
+        encoder.load_backbone(fetch(release))
+        init = f"backbone from the official {release.spec} ImageNet weights"
+    else:
+        init = "random initialisation"
+    student = DistillStudent(sam_with_encoder(encoder, img_size=cfg.img_size, stride=encoder.stride))
+    if not cfg.decoder_from:
+        return student, init, ("prompt encoder and mask decoder are RANDOM (pass --decoder-from SAMFILE, e.g. the "
+                               "teacher's SAM file, to pair the student with a trained decoder)")
+    state = read_sam_state(cfg.decoder_from)
+    for part in ("prompt_encoder", "mask_decoder"):
+        module = getattr(student, part)
+        piece = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+        missing, unexpected = module.load_state_dict(piece, strict=False)
+        wrong = [k for k, v in module.state_dict().items() if k in piece and piece[k].shape != v.shape]
+        if missing or unexpected or wrong:
+            raise ValueError(f"--decoder-from {cfg.decoder_from!r}: its {part} does not fit SAM's ({len(missing)} "
+                             f"missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors)")
+    return student, init, f"prompt encoder and mask decoder from {cfg.decoder_from}"
+
+
+class DistillImages(torch.utils.data.Dataset):
+    """``(SAM input, teacher embedding)`` pairs; no augmentation, since each target belongs to one exact input."""
+
+    def __init__(self, paths: list[Path], cache: EmbeddingCache, img_size: int):
+        self.paths, self.cache, self.img_size = list(paths), cache, img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, index: int, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from .images import load_rgb
+        path = self.paths[index]
+        return sam_input(load_rgb(path), self.img_size), self.cache.load(path)
+
+    def __getitem__(self, index: int):
+        return self.get(index)
+
+
+def split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """A fixed, seeded split (the same on every rank and every resume)."""
+    if len(paths) < 2:
+        raise ValueError(f"--data holds {len(paths)} image; hold-out validation needs at least 2 (or pass --val DIR)")
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(len(paths) - 1, max(1, round(len(paths) * val_fraction)))
+    return [paths[i] for i in sorted(order[n_val:])], [paths[i] for i in sorted(order[:n_val])]
+
+
+def embedding_mse(model: nn.Module, data: DistillImages, device: torch.device, batch_size: int) -> float:
+    """Mean squared error between the model's and the cached teacher embeddings over ``data``.
+    Batches are gathered by hand (no DataLoader) so scoring draws nothing from the global random stream."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for first in range(0, len(data), batch_size):
+            images, targets = zip(*(data.get(i) for i in range(first, min(first + batch_size, len(data)))))
+            diff = model(torch.stack(images).to(device)).float() - torch.stack(targets).to(device)
+            total += diff.double().pow(2).sum().item()
+            count += diff.numel()
+    return total / count
+
+
+# --------------------------------------------------------------------------- the task
+def build_task(cfg, env) -> "DenseTask":
+    from ..dense.engine import DenseTask, EpochSeeded
+    from ..dense.record import save_record
+    from ..train.distributed import gather_objects
+    from ..train.progress import format_seconds
+
+    def log(message: str) -> None:
+        if env.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    paths = list_images(cfg.data, cfg.max_images)
+    train_paths, val_paths = (paths, list_images(cfg.val)) if cfg.val else split(paths, cfg.val_fraction, cfg.seed)
+    identity = teacher_identity(cfg.teacher, checkpoint=cfg.teacher_checkpoint, seed=cfg.teacher_random_seed)
+    cache = EmbeddingCache(cfg.teacher_cache or Path(cfg.output) / "teacher-cache", identity, cfg.img_size,
+                           cfg.cache_dtype)
+    student, init, decoder = build_student(cfg)
+
+    everything = train_paths + val_paths
+    shares = gather_objects(cache.fill(everything, lambda: build_teacher(cfg.teacher, img_size=cfg.img_size,
+                                                                         checkpoint=cfg.teacher_checkpoint,
+                                                                         seed=cfg.teacher_random_seed),
+                                       device=env.device, batch_size=cfg.batch_size, rank=env.rank,
+                                       world_size=env.world_size, skip_bad=cfg.skip_bad, log=log), env)
+    # (gathering waits for every rank: all shares of the cache are on disk now)
+    absent = {p for p in everything if not cache.has(p)}   # unreadable images, skipped with --skip-bad
+    train_paths = [p for p in train_paths if p not in absent]
+    val_paths = [p for p in val_paths if p not in absent]
+    if not train_paths or not val_paths:
+        raise ValueError(f"{len(train_paths)} training and {len(val_paths)} validation images are left after "
+                         f"skipping {len(absent)} unreadable ones: both need at least one")
+    train_set = DistillImages(train_paths, cache, cfg.img_size)
+    val_set = DistillImages(val_paths, cache, cfg.img_size)
+
+    random_teacher = cfg.teacher_random_seed is not None
+    teacher = (f"{cfg.teacher} teacher with RANDOM weights (seed {cfg.teacher_random_seed}; checks the pipeline, "
+               "it is not SAM)" if random_teacher else f"{cfg.teacher} teacher from {cfg.teacher_checkpoint}")
+    grid = cfg.img_size // 16
+    computed = sum(s["missing"] for s in shares) - len(absent)
+    reused, seconds = sum(s["reused"] for s in shares), max(s["seconds"] for s in shares)
+    describe = (f"RepViT-SAM distillation: {cfg.model} student ({init}), {teacher}, {cfg.img_size} px inputs "
+                f"({grid}x{grid} embeddings), {len(val_paths)} held-out images; teacher "
+                f"embeddings: {computed} computed in {format_seconds(seconds)}, {reused} reused "
+                f"(cache {cache.folder})" + (f", {len(absent)} unreadable images skipped" if absent else "")
+                + f"; {decoder}; best.pth and last.pth load with repvit.sam.build_sam(path"
+                + (f", variant='{cfg.model}')" if cfg.model != "repvit_m2_3" else ")"))
+    provenance = {"teacher": identity, "teacher_random": random_teacher, "student_init": init,
+                  "decoder": cfg.decoder_from or "random"}
+
+    def loss(model, batch, device):
+        images, targets = batch
+        return F.mse_loss(model(images.to(device)), targets.to(device))
+
+    def evaluate(model, device):
+        return {"mse": embedding_mse(model, val_set, device, cfg.batch_size)}
+
+    def save(model, path, extra):
+        return save_record(model, path, task=TASK, config={"variant": cfg.model, "img_size": cfg.img_size},
+                           extra={**provenance, **extra})
+
+    return DenseTask(TASK, student, EpochSeeded(train_set, cfg.seed),
+                     lambda batch: tuple(torch.stack(x) for x in zip(*batch)), loss, evaluate, "mse", save,
+                     describe=describe, lower_is_better=True, evaluate_at_start=True)
+
+
+def distill(cfg: argparse.Namespace) -> dict:
+    """Run ``repvit sam distill`` with resolved options (see ``resolve``); returns the loop's summary."""
+    from ..dense.engine import train
+    return train(lambda env: build_task(cfg, env), cfg, config=dump(cfg))
