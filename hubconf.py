@@ -24,3 +24,11 @@ def _entry(name):
 
 for _name in _VARIANTS:
     globals()[_name] = _entry(_name)
+
+
+def repvit_sam(pretrained=False, **kwargs):
+    """RepViT-SAM (segment_anything's Sam with a RepViT-M2.3 image encoder; needs segment-anything).
+    pretrained=True loads the official repvit_sam.pt; other keywords go to repvit.sam.build_sam
+    (checkpoint, fused, encoder_checkpoint)."""
+    from repvit.sam import build_sam
+    return build_sam(pretrained=pretrained, **kwargs)

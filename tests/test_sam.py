@@ -205,6 +205,10 @@ def test_pretrained_downloads_the_official_file_once(sam_file, tmp_path, monkeyp
         Image.fromarray((np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)).save(image)
         assert main(["sam", "predict", str(image), "--point", "40,30", "--pretrained", "-o", str(tmp_path / "o")]) == 0
         assert server.requests == ["repvit_sam.pt"]
+        from pathlib import Path
+        hub = torch.hub.load(str(Path(__file__).resolve().parents[1]), "repvit_sam", source="local", pretrained=True,
+                             fused=True, progress=False)
+        assert torch.equal(hub.image_encoder.neck[0].weight, fused.image_encoder.neck[0].weight)
         with pytest.raises(ValueError, match="not both"):
             build_sam(path, pretrained=True)
     finally:
