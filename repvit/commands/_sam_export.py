@@ -1,0 +1,103 @@
+"""``repvit sam export``: the fused encoder and the prompt decoder as ONNX / Core ML / ExecuTorch, each checked."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._sam_common import add_sam_weights, load_sam
+
+REPORT_NAME = "repvit_sam_export.json"
+
+DESCRIPTION = """\
+Writes the fused image encoder and the prompt decoder into --output-dir and checks each file against
+PyTorch on photographs: repvit_sam_encoder.onnx (input 'image' 1x3x1024x1024, output
+'image_embeddings' 1x256x64x64), repvit_sam_decoder.onnx (segment-anything's SamOnnxModel layout),
+repvit_sam_encoder.mlpackage / repvit_sam_decoder.mlpackage (Core ML) and repvit_sam_encoder.pte
+(ExecuTorch, XNNPACK), plus a JSON report with every parity figure. A file that fails its check is
+removed and the command exits with status 1.
+
+Encoder input: RGB resized so the longest side is 1024 (segment-anything's ResizeLongestSide),
+normalised with mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375) on the 0..255
+scale, zero-padded at the bottom and right to 1024x1024 (Sam.preprocess).
+
+Decoder prompts (inputs point_coords 1xNx2 and point_labels 1xN, N free): coordinates are pixels
+of the original image mapped with ResizeLongestSide(1024).apply_coords. Labels: 1 foreground click,
+0 background click, 2 box top-left corner, 3 box bottom-right corner, -1 padding. A box
+(x0, y0, x1, y1) is the two points (x0, y0) label 2 and (x1, y1) label 3 after the clicks; with no
+box, append the point (0, 0) with label -1 (SamPredictor does this itself; without it the masks
+differ). mask_input is 1x1x256x256 (a previous low_res_masks channel, or zeros with
+has_mask_input 0); orig_im_size is (height, width). Outputs: masks (logits at the original size,
+> 0 is the mask), iou_predictions, low_res_masks; 4 masks (0: single-mask output, 1-3: multimask
+outputs) unless --return-single-mask. Python helper: repvit.sam.export.onnx_prompt.
+
+Core ML predictions need macOS: on other systems the conversion and the files' input and output
+names are checked and the report says that no prediction was compared.
+"""
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..export.onnx import DEFAULT_OPSET
+    from ..sam.export import export_sam, parse_formats
+    formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
+    if args.max_images < 1:
+        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    images = None
+    if args.images:
+        images = args.images[0] if len(args.images) == 1 else args.images
+        for item in args.images:
+            if not Path(item).exists():
+                raise FileNotFoundError(f"--images: {item!r} does not exist")
+    sam = load_sam(args)
+    if args.unfused:
+        print("note: --unfused is ignored by export: the exported encoder is always the fused one")
+    out = Path(args.output_dir)
+    try:
+        report = export_sam(sam, out, formats=formats, images=images, max_images=args.max_images,
+                            opset=args.opset or DEFAULT_OPSET,
+                            return_single_mask=args.return_single_mask,
+                            use_stability_score=args.use_stability_score, coreml_precision=args.coreml_precision,
+                            log=print)
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+    report["weights"] = ("random (seed 0; pipeline check only)" if args.random_weights else
+                         "official repvit_sam.pt" if args.pretrained else str(args.checkpoint))
+    report_path = Path(args.report) if args.report else out / REPORT_NAME
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if report["parity_on"] != "real photographs":
+        print(f"note: parity was checked on {report['parity_on']}; pass --images to check on your photos")
+    print(f"wrote {report_path}")
+    if report["failures"]:
+        print("parity check failed (those files were removed):\n  " + "\n  ".join(report["failures"]),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(actions) -> None:
+    p = actions.add_parser("export", help="export the encoder and prompt decoder (ONNX, Core ML, ExecuTorch) with "
+                                          "parity checks", description=DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", "-o", default="repvit_sam_export",
+                   help="folder for the files and the report (default: repvit_sam_export)")
+    p.add_argument("--formats", metavar="LIST",
+                   help="comma-separated: onnx, coreml, executorch (default: all whose package is installed; "
+                        "the others are listed as skipped)")
+    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
+                   help="photos to check parity on (files or folders). Default: the photographs shipped with "
+                        "matplotlib, or a generated test card if those are missing (the report says which)")
+    p.add_argument("--max-images", type=int, default=2, help="check on at most this many images (default 2; each "
+                                                             "costs one 1024x1024 encoder run per format)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the package's, 18)")
+    p.add_argument("--return-single-mask", action="store_true",
+                   help="decoder returns one mask: the best of the three multimask outputs for a lone click or a "
+                        "box, the single-mask output for more points")
+    p.add_argument("--use-stability-score", action="store_true",
+                   help="decoder returns stability scores instead of predicted IoU")
+    p.add_argument("--coreml-precision", choices=("float16", "float32"), default="float16",
+                   help="Core ML compute precision (default float16)")
+    p.add_argument("--report", metavar="FILE.json", help=f"write the report here (default: OUTPUT_DIR/{REPORT_NAME})")
+    add_sam_weights(p)
+    p.set_defaults(func=run_export)
