@@ -24,7 +24,7 @@ pytest.importorskip("gradio")
 from PIL import Image  # noqa: E402
 
 from repvit.sam import build_sam  # noqa: E402
-from repvit.sam.demo import SamDemo, build_app, launch, parse_box, parse_points  # noqa: E402
+from repvit.sam.demo import SamDemo, add_corner, add_point, build_app, launch, parse_box, parse_points  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
 FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit"
@@ -152,7 +152,7 @@ def test_point_box_and_everything_through_the_page(page, photo):
     assert_drawn(upload, drawn, labels > 0, labels == 0)
 
     # five calls, each uploading the file again: the encoder ran once
-    assert demo.sam.encoder_calls == calls + 1
+    assert demo.sam.encoder_calls == calls + 1, "the encoder ran again for an image it had seen"
 
 
 def test_errors_reach_the_page(page, photo):
@@ -173,7 +173,7 @@ def test_embedding_is_computed_once_per_image(sam):
     again = demo.segment_points(image.copy(), [(64, 48, 1)])  # same pixels, another array
     demo.segment_box(image, (10, 10, 90, 70))
     demo.everything(image, points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
-    assert sam.encoder_calls == calls + 1
+    assert sam.encoder_calls == calls + 1, "the encoder ran again for an image it had seen"
     assert demo.predictor.last_hit and "reused" in again.status
     assert first.scores == again.scores
     changed = image.copy()
@@ -182,12 +182,20 @@ def test_embedding_is_computed_once_per_image(sam):
     assert sam.encoder_calls == calls + 2 and not demo.predictor.last_hit
 
 
-def test_prompt_text():
+def test_prompt_text_and_clicks():
     assert parse_points("10,20\n30.5, 40, 0; 1,2,1") == [(10, 20, 1), (30.5, 40, 0), (1, 2, 1)]
     assert parse_box(" 1, 2,3 ,4 ") == [1, 2, 3, 4]
     for bad in ("10", "1,2,5", "a,b"):
         with pytest.raises(ValueError, match="X,Y"):
             parse_points(bad)
+    # clicks on the point view add lines; on the box view, the second click closes the box
+    text = add_point(add_point("", 10, 20, 1), 30, 40, 0)
+    assert parse_points(text) == [(10, 20, 1), (30, 40, 0)]
+    text, whole = add_corner("", 50, 60)
+    assert (text, whole) == ("50,60", False)
+    text, whole = add_corner(text, 5, 6)
+    assert whole and parse_box(text) == [50, 60, 5, 6]
+    assert add_corner(text, 7, 8) == ("7,8", False)  # a third click starts a new box
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

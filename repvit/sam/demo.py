@@ -34,6 +34,7 @@ from segment_anything import SamPredictor  # noqa: E402
 INSTALL_HINT = "pip install 'repvit-pytorch[sam-demo]'"
 POINT_KINDS = {"object (positive)": 1, "background (negative)": 0}
 SCORE_COLUMNS = ["mask", "predicted IoU", "area (px)", "shown"]
+VIEW_HEIGHT = 520  # pixels on the page; clicks are mapped back to image pixels
 
 
 def require_gradio():
@@ -274,8 +275,21 @@ def parse_box(text: str) -> list:
     raise ValueError(f"box {text!r}: write X0,Y0,X1,Y1 (two opposite corners, image pixels) or click two corners")
 
 
-def _format_xy(x: float, y: float) -> str:
-    return f"{x:g},{y:g}"
+def add_point(points_text: str, x: float, y: float, label: int) -> str:
+    """The points text with a clicked point appended as one more ``X,Y,LABEL`` line."""
+    return f"{(points_text or '').rstrip()}\n{x:g},{y:g},{int(label)}".strip()
+
+
+def add_corner(box_text: str, x: float, y: float) -> tuple:
+    """The box text after a click, and whether it now holds a whole box.
+
+    A click after one corner completes the box; otherwise (no box yet, or a whole one) it starts a
+    new box at the clicked corner.
+    """
+    numbers = [p for p in str(box_text or "").split(",") if p.strip()]
+    if len(numbers) == 2:
+        return f"{','.join(n.strip() for n in numbers)},{x:g},{y:g}", True
+    return f"{x:g},{y:g}", False
 
 
 def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = ()):
@@ -320,21 +334,17 @@ def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = ()):
                                        pred_iou_thresh=pred_iou_thresh,
                                        stability_score_thresh=stability_score_thresh, on_batch=on_batch))
 
-    def add_point(points_text, kind, evt: gr.SelectData):
-        x, y = evt.index[:2]
-        line = f"{_format_xy(x, y)},{POINT_KINDS[kind]}"
-        return (points_text.rstrip() + "\n" + line).strip()
+    def click_point(points_text, kind, evt: gr.SelectData):
+        return add_point(points_text, *evt.index[:2], POINT_KINDS[kind])
 
     @fail_clearly
     def click_corner(image, box_text, evt: gr.SelectData):
         x, y = evt.index[:2]
-        numbers = [p for p in str(box_text or "").split(",") if p.strip()]
-        if len(numbers) != 2:  # empty or a whole box: this click starts a new box
-            corner = f"{_format_xy(x, y)}"
-            drawn = overlay(image, [], points=np.array([[x, y]]), labels=np.array([1]))
-            return corner, drawn, None, None, f"First corner at ({x}, {y}): click the opposite corner."
-        text = f"{box_text.strip()},{_format_xy(x, y)}"
-        return (text, *outputs(demo.segment_box(image, parse_box(text))))
+        text, whole = add_corner(box_text, x, y)
+        if whole:
+            return (text, *outputs(demo.segment_box(image, parse_box(text))))
+        drawn = overlay(image, [], points=np.array([[x, y]]), labels=np.array([1]))
+        return text, drawn, None, None, f"First corner at ({x}, {y}): click the opposite corner."
 
     def show_upload(image):
         return image, image, image, "", "", None, None, None
@@ -345,39 +355,45 @@ def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = ()):
                     f"Upload an image, then prompt with points or a box, or segment everything. The image "
                     f"encoder runs once per image; prompts reuse its embedding. Weights: {demo.weights or 'given'}.")
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=3):  # the image and the prompt modes
+                with gr.Tabs():
+                    with gr.Tab("point"):
+                        with gr.Row():
+                            kind = gr.Radio(list(POINT_KINDS), value=next(iter(POINT_KINDS)),
+                                            label="a click adds")
+                            points_text = gr.Textbox(label="points: X,Y,LABEL per line (1 object, 0 background)",
+                                                     lines=2)
+                        with gr.Row():
+                            point_button = gr.Button("segment", variant="primary")
+                            clear_points = gr.Button("clear points")
+                        point_view = gr.Image(label="click to add points", type="numpy", format="png",
+                                              interactive=False, height=VIEW_HEIGHT, elem_id="point-view")
+                    with gr.Tab("box"):
+                        with gr.Row():
+                            box_text = gr.Textbox(label="box: X0,Y0,X1,Y1 (or click two opposite corners)")
+                            box_button = gr.Button("segment", variant="primary")
+                        box_view = gr.Image(label="click two corners", type="numpy", format="png",
+                                            interactive=False, height=VIEW_HEIGHT, elem_id="box-view")
+                    with gr.Tab("everything"):
+                        with gr.Row():
+                            grid = gr.Slider(4, 64, value=16 if demo.device.type == "cpu" else 32, step=1,
+                                             label="grid density: points per side (N x N point prompts)")
+                            everything_button = gr.Button("segment everything", variant="primary")
+                        with gr.Accordion("thresholds", open=False):
+                            iou_thresh = gr.Slider(0, 1, value=0.88, step=0.01, label="predicted IoU at least")
+                            stability_thresh = gr.Slider(0, 1, value=0.95, step=0.01,
+                                                         label="stability score at least")
+                        everything_view = gr.Image(label="automatic masks", type="numpy", format="png",
+                                                   interactive=False, height=VIEW_HEIGHT, elem_id="everything-view")
+            with gr.Column(scale=2):  # the upload and what the model said
                 image = gr.Image(label="image", type="numpy", image_mode="RGB", sources=["upload", "clipboard"],
-                                 format="png", height=260)
+                                 format="png", height=220)
                 if examples:
                     gr.Examples([[str(p)] for p in examples], inputs=[image], label="examples")
-            with gr.Column(scale=2):
-                status = gr.Markdown("Upload an image to start.")
+                status = gr.Markdown("Upload an image to start.", elem_id="sam-status")
                 scores = gr.Dataframe(headers=SCORE_COLUMNS, label="predicted IoU of each mask", interactive=False,
                                       wrap=True)
                 mask_file = gr.File(label="mask PNG", interactive=False)
-        with gr.Tabs():
-            with gr.Tab("point"):
-                with gr.Row():
-                    kind = gr.Radio(list(POINT_KINDS), value=next(iter(POINT_KINDS)), label="next click adds")
-                    points_text = gr.Textbox(label="points: X,Y,LABEL per line (1 object, 0 background)", lines=3)
-                with gr.Row():
-                    point_button = gr.Button("segment", variant="primary")
-                    clear_points = gr.Button("clear points")
-                point_view = gr.Image(label="click to add points", type="numpy", format="png", interactive=False)
-            with gr.Tab("box"):
-                with gr.Row():
-                    box_text = gr.Textbox(label="box: X0,Y0,X1,Y1 (or click two opposite corners)")
-                    box_button = gr.Button("segment", variant="primary")
-                box_view = gr.Image(label="click two corners", type="numpy", format="png", interactive=False)
-            with gr.Tab("everything"):
-                with gr.Row():
-                    grid = gr.Slider(4, 64, value=16 if demo.device.type == "cpu" else 32, step=1,
-                                     label="grid density: points per side (N x N point prompts)")
-                    everything_button = gr.Button("segment everything", variant="primary")
-                with gr.Accordion("thresholds", open=False):
-                    iou_thresh = gr.Slider(0, 1, value=0.88, step=0.01, label="predicted IoU at least")
-                    stability_thresh = gr.Slider(0, 1, value=0.95, step=0.01, label="stability score at least")
-                everything_view = gr.Image(label="automatic masks", type="numpy", format="png", interactive=False)
 
         results = [scores, mask_file, status]
         image.change(show_upload, [image],
@@ -386,7 +402,7 @@ def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = ()):
                      ).then(embed, [image], [status], api_name="embed")
 
         point_button.click(segment_points, [image, points_text], [point_view, *results], api_name="segment_points")
-        point_view.select(add_point, [points_text, kind], [points_text], api_visibility="private"
+        point_view.select(click_point, [points_text, kind], [points_text], api_visibility="private"
                           ).then(segment_points, [image, points_text], [point_view, *results],
                                  api_visibility="private")
         clear_points.click(lambda im: (im, "", None, None), [image], [point_view, points_text, scores, mask_file],
@@ -396,7 +412,7 @@ def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = ()):
         box_view.select(click_corner, [image, box_text], [box_text, box_view, *results], api_visibility="private")
 
         everything_button.click(everything, [image, grid, iou_thresh, stability_thresh], [everything_view, *results],
-                                api_name="everything")
+                                api_name="everything", show_progress_on=[everything_view])
     return app
 
 
