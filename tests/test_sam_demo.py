@@ -161,6 +161,8 @@ def test_errors_reach_the_page(page, photo):
         client.predict(gradio_client.handle_file(photo), "400,10", api_name="/segment_points")
     with pytest.raises(Exception, match="X0,Y0,X1,Y1"):
         client.predict(gradio_client.handle_file(photo), "1,2,3", api_name="/segment_box")
+    with pytest.raises(Exception, match="upload an image first"):
+        client.predict(None, 4, 0.0, 0.0, api_name="/everything")
 
 
 def test_embedding_is_computed_once_per_image(sam):

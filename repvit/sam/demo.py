@@ -182,6 +182,7 @@ class SamDemo:
         smaller masks drawn over larger ones), 0 is no mask.
         """
         from .everything import FastMaskGenerator
+        _check_image(image)
         if points_per_side < 1:
             raise ValueError(f"points_per_side must be at least 1, got {points_per_side}")
         generator = FastMaskGenerator(self.sam, points_per_side=int(points_per_side),
@@ -211,10 +212,7 @@ class SamDemo:
         return Result(drawn, masks, scores, list(range(len(masks))), path, note, table)
 
     def _set_image(self, image: np.ndarray) -> None:
-        if image is None:
-            raise ValueError("upload an image first")
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}")
+        _check_image(image)
         self.predictor.set_image(image)
 
     def _encoder_note(self) -> str:
@@ -238,7 +236,16 @@ class SamDemo:
         return str(path)
 
 
+def _check_image(image) -> None:
+    if image is None:
+        raise ValueError("upload an image first")
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB array, got {getattr(image, 'dtype', type(image))} "
+                         f"{getattr(image, 'shape', '')}")
+
+
 def _check_inside(xy: np.ndarray, image: np.ndarray) -> None:
+    _check_image(image)
     h, w = image.shape[:2]
     for x, y in xy:
         if not (0 <= x <= w and 0 <= y <= h):
