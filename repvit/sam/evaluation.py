@@ -131,20 +131,20 @@ def _subset(coco, image_ids: Sequence[int], annotation_ids: Optional[set] = None
                                            (annotation_ids is None or a["id"] in annotation_ids)]})
 
 
-def _check_segmentation(coco, ann: dict, height: int, width: int) -> Optional[str]:
-    """Why ``ann`` cannot serve as mask ground truth, or None when it can."""
+def _truth_mask(coco, ann: dict, height: int, width: int) -> tuple[Optional[np.ndarray], str]:
+    """``ann``'s mask as ``H x W`` bool, or None and why it cannot serve as ground truth."""
     seg = ann.get("segmentation")
     if not seg:
-        return "no segmentation (a COCO instances file needs a polygon or RLE mask per annotation)"
-    try:
-        area = int(coco.annToMask(ann).sum())
-    except Exception as err:  # pycocotools raises several types on malformed masks
-        return f"unreadable segmentation ({type(err).__name__}: {err})"
-    if area == 0:
-        return "the segmentation covers no pixel"
+        return None, "no segmentation (a COCO instances file needs a polygon or RLE mask per annotation)"
     if isinstance(seg, dict) and list(seg.get("size", [])) != [height, width]:
-        return f"RLE size {seg.get('size')} differs from the image's {height}x{width}"
-    return None
+        return None, f"RLE size {seg.get('size')} differs from the image's {height}x{width}"
+    try:
+        mask = coco.annToMask(ann).astype(bool)
+    except Exception as err:  # pycocotools raises several types on malformed masks
+        return None, f"unreadable segmentation ({type(err).__name__}: {err})"
+    if not mask.any():
+        return None, "the segmentation covers no pixel"
+    return mask, ""
 
 
 def _size_name(area: float) -> str:
@@ -219,7 +219,6 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
     data = DetectionData(image_dir, coco, skip_bad=skip_bad, source=str(coco_json))
     predictor = _predictor(model)
 
-    from pycocotools import mask as mask_utils
     from .images import load_rgb
 
     def reject(where: str, reason: str, annotation=None) -> None:
@@ -248,13 +247,13 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
             continue
         height, width = image.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
-            reject(str(path), f"upright (EXIF-rotated) image is {width}x{height} but the annotations "
-                                              f"say {info['width']}x{info['height']}")
+            reject(str(path), f"upright (EXIF-rotated) image is {width}x{height} but the annotations say "
+                              f"{info['width']}x{info['height']}")
             continue
-        prompted = []
+        prompted, truths = [], []
         for ann in anns:
-            reason = _check_segmentation(coco, ann, height, width)
-            if reason is not None:
+            mask, reason = _truth_mask(coco, ann, height, width)
+            if mask is None:
                 reject(info.get("source", str(path)), reason, ann["id"])
                 continue
             kept_ids.add(ann["id"])
@@ -262,32 +261,22 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
                 crowd += 1
             else:
                 prompted.append(ann)
+                truths.append(mask)
         evaluated_images.append(info["id"])
         seconds["load"] += time.perf_counter() - tick
         if prompted:
             tick = time.perf_counter()
             predictor.set_image(image)   # the one encoder pass of this image
             seconds["encoder"] += time.perf_counter() - tick
-            gt = torch.from_numpy(np.stack([coco.annToMask(a) for a in prompted])).bool().to(predictor.device)
+            gt = torch.from_numpy(np.stack(truths)).to(predictor.device)
         for name in protocols if prompted else ():
             tick = time.perf_counter()
             masks, scores = _decode(predictor, prompted, name, (height, width), batch_size)
             seconds["decoder"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            inter = (masks & gt[:, None]).flatten(2).sum(-1).double()
-            union = (masks | gt[:, None]).flatten(2).sum(-1).double()
-            ious = inter / union   # union > 0: every ground-truth mask covers a pixel
-            best = scores.argmax(dim=1)
-            rows = torch.arange(len(prompted), device=best.device)
-            chosen = masks[rows, best].cpu().numpy()
-            per[name]["iou"] += ious[rows, best].tolist()
-            per[name]["oracle"] += ious.max(dim=1).values.tolist()
-            per[name]["size"] += [_size_name(a.get("area", float(gt[i].sum()))) for i, a in enumerate(prompted)]
-            for ann, rle, score in zip(prompted, _to_rle(chosen), scores[rows, best].tolist()):
-                coded = {**rle, "counts": rle["counts"].encode()}
-                per[name]["dets"].append({"image_id": info["id"], "category_id": ann["category_id"],
-                                          "segmentation": rle, "score": float(score),
-                                          "bbox": [float(v) for v in mask_utils.toBbox(coded)]})
+            _score(per[name], masks, scores, gt, prompted, info["id"])
+            per[name]["size"] += [_size_name(a["area"] if "area" in a else float(m.sum()))
+                                  for a, m in zip(prompted, truths)]
             seconds["metrics"] += time.perf_counter() - tick
         if progress is not None:
             progress(done, len(data.items), {"image": info["file_name"], "instances": len(prompted)})
@@ -326,6 +315,27 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
     if results is not None:
         report["results_files"] = write_results(results, {n: per[n]["dets"] for n in protocols})
     return report
+
+
+def _score(record: dict, masks: torch.Tensor, scores: torch.Tensor, truth: torch.Tensor, anns: Sequence[dict],
+           image_id: int) -> None:
+    """Append one image's IoUs and COCO results to ``record``.
+
+    ``masks`` N x C x H x W candidates with predicted IoUs ``scores`` (N x C) against ``truth``
+    (N x H x W); the candidate with the highest predicted IoU is the prediction.
+    """
+    from pycocotools import mask as mask_utils
+    inter = (masks & truth[:, None]).flatten(2).sum(-1).double()
+    union = (masks | truth[:, None]).flatten(2).sum(-1).double()
+    ious = inter / union   # union > 0: every ground-truth mask covers a pixel
+    best = scores.argmax(dim=1)
+    rows = torch.arange(len(anns), device=best.device)
+    record["iou"] += ious[rows, best].tolist()
+    record["oracle"] += ious.max(dim=1).values.tolist()
+    for ann, rle, score in zip(anns, _to_rle(masks[rows, best].cpu().numpy()), scores[rows, best].tolist()):
+        box = mask_utils.toBbox({**rle, "counts": rle["counts"].encode()})
+        record["dets"].append({"image_id": image_id, "category_id": ann["category_id"], "segmentation": rle,
+                               "score": float(score), "bbox": [float(v) for v in box]})
 
 
 def _mean(values: Sequence[float]) -> Optional[float]:
