@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +195,7 @@ def test_crowd_regions_are_not_prompted_and_do_not_cost_ap():
     assert report["prompts"]["box"]["segm"]["AP"] == pytest.approx(1.0)
 
 
-def _two_image_copy(annotations: Path, tmp_path: Path) -> dict:
+def _two_image_copy(annotations: Path) -> dict:
     data = json.loads(annotations.read_text())
     keep = {i["id"] for i in sorted(data["images"], key=lambda i: i["id"])[:2]}
     return {**data, "images": [i for i in data["images"] if i["id"] in keep],
@@ -209,7 +208,7 @@ def test_bad_input_is_named_or_counted_and_skipped(fruit, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate_coco(GroundTruthPredictor(coco, images), tmp_path / "nope.json", images)
 
-    data = _two_image_copy(annotations, tmp_path)
+    data = _two_image_copy(annotations)
     data["images"].append({**data["images"][0], "id": 99, "file_name": "missing.jpg"})
     data["annotations"].append({**data["annotations"][0], "id": 999, "image_id": 99})
     no_seg = data["annotations"][1]["id"]
