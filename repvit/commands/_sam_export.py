@@ -58,6 +58,7 @@ def run_export(args: argparse.Namespace) -> int:
                             opset=args.opset or DEFAULT_OPSET,
                             return_single_mask=args.return_single_mask,
                             use_stability_score=args.use_stability_score, coreml_precision=args.coreml_precision,
+                            strict=False,
                             log=print)
     except ImportError as err:
         raise ValueError(str(err)) from None

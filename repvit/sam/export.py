@@ -54,7 +54,7 @@ image (the expensive part), the prompt decoder once per click. This module write
   and checked with ExecuTorch's runtime.
 
 Every file is checked against PyTorch on real photographs (the encoder on each image, the
-decoder on that image's embedding with one click, three clicks, a box, a box with a click and a
+decoder on that image's embedding with one click, a box, a box with a background click and a
 click with a previous mask, compared both with the PyTorch module it was exported from and with
 ``SamPredictor.predict``); a file beyond its tolerance is removed and ``ParityError`` raised.
 """
@@ -119,6 +119,19 @@ def _resized(sam: nn.Module, image: np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.dtype} of shape {image.shape}")
     resized = ResizeLongestSide(sam.image_encoder.img_size).apply_image(image)
     return torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None]
+
+
+def predictor_with_embedding(sam: nn.Module, embedding, original_size: Sequence[int]):
+    """A ``SamPredictor`` whose image is set from an embedding computed elsewhere (an exported encoder)."""
+    from segment_anything import SamPredictor
+    from segment_anything.utils.transforms import ResizeLongestSide
+    predictor = SamPredictor(sam)
+    h, w = (int(v) for v in original_size)
+    predictor.original_size = (h, w)
+    predictor.input_size = ResizeLongestSide.get_preprocess_shape(h, w, sam.image_encoder.img_size)
+    predictor.features = torch.as_tensor(np.asarray(embedding), dtype=torch.float32, device=sam.device)
+    predictor.is_image_set = True
+    return predictor
 
 
 def onnx_prompt(original_size: Sequence[int], points: Optional[Sequence[Sequence[float]]] = None,
@@ -195,9 +208,9 @@ def parity_prompts(height: int, width: int) -> list[dict]:
         return [round(fx * (width - 1), 1), round(fy * (height - 1), 1)]
     return [
         {"name": "one click", "points": [at(0.5, 0.5)], "labels": [1]},
-        {"name": "three clicks", "points": [at(0.45, 0.4), at(0.6, 0.55), at(0.1, 0.9)], "labels": [1, 1, 0]},
         {"name": "box", "box": at(0.2, 0.15) + at(0.8, 0.9)},
-        {"name": "box and click", "box": at(0.25, 0.2) + at(0.75, 0.8), "points": [at(0.5, 0.5)], "labels": [1]},
+        {"name": "box and background click", "box": at(0.25, 0.2) + at(0.75, 0.8), "points": [at(0.3, 0.3)],
+         "labels": [0]},
         {"name": "click with previous mask", "points": [at(0.5, 0.5)], "labels": [1], "previous_mask": True},
     ]
 
@@ -242,7 +255,13 @@ def prompt_decoder(sam: nn.Module, *, return_single_mask: bool = False, use_stab
 
 class LowResDecoder(nn.Module):
     """The Core ML decoder: ``prompt_decoder`` without the final resize (Core ML has no data-dependent
-    output sizes); returns ``(iou_predictions 1x4, low_res_masks 1x4x256x256)``."""
+    output sizes); returns ``(iou_predictions 1x4, low_res_masks 1x4x256x256)``.
+
+    ``MaskDecoder.predict_masks`` copies the image embedding once per prompt with a
+    ``repeat_interleave`` whose count the trace keeps symbolic, which coremltools cannot convert;
+    with one prompt set per call there is nothing to copy, so the same modules run on the embedding
+    directly (checked equal to the ONNX decoder's module on export).
+    """
 
     def __init__(self, sam: nn.Module):
         super().__init__()
@@ -250,11 +269,17 @@ class LowResDecoder(nn.Module):
 
     def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
         sam = self.inner.model
-        masks, scores = sam.mask_decoder.predict_masks(
-            image_embeddings=image_embeddings, image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=self.inner._embed_points(point_coords, point_labels),
-            dense_prompt_embeddings=self.inner._embed_masks(mask_input, has_mask_input))
-        return scores, masks
+        decoder = sam.mask_decoder
+        sparse = self.inner._embed_points(point_coords, point_labels)
+        dense = self.inner._embed_masks(mask_input, has_mask_input)
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)[None]
+        hs, src = decoder.transformer(image_embeddings + dense, sam.prompt_encoder.get_dense_pe(),
+                                      torch.cat([tokens, sparse], dim=1))
+        _, channels, height, width = image_embeddings.shape
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(1, channels, height, width))
+        weights = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+        masks = (weights @ upscaled.flatten(2)).reshape(1, -1, *upscaled.shape[-2:])
+        return decoder.iou_prediction_head(hs[:, 0]), masks
 
 
 def decoder_example(sam: nn.Module, num_points: int = 5) -> tuple[torch.Tensor, ...]:
@@ -368,11 +393,12 @@ def _max_diff(a, b) -> float:
     return float((a - b).abs().max()) if torch.isfinite(a).all() else float("inf")
 
 
-def _fail(report: dict, what: str, path: Path) -> None:
-    if not report["passed"]:
-        path.unlink(missing_ok=True)
-        raise ParityError(f"{what} differs from PyTorch by {report['max_abs_diff']:.3g} (> {report['tolerance']:g}) "
-                          f"[{', '.join(f'{k} {v:.3g}' for k, v in report['by_output'].items())}]; {path} was removed")
+def discard_failed(entry: dict, path: Union[str, os.PathLike]) -> dict:
+    """Remove ``path`` when ``entry`` (a check's report) did not pass; says so in the entry."""
+    if entry.get("passed") is False:
+        Path(path).unlink(missing_ok=True)
+        entry["removed"] = str(path)
+    return entry
 
 
 @torch.no_grad()
@@ -419,15 +445,17 @@ def _predictor_outputs(sam, predictor, prompt: dict, previous: Optional[np.ndarr
 
 @torch.no_grad()
 def check_decoder(run: Callable[[dict], list], sam: nn.Module, encoded, *, return_single_mask: bool = False,
-                  use_stability_score: bool = False, tolerance: float = DECODER_TOLERANCE) -> dict:
-    """Run the exported decoder on each image's PyTorch embedding with ``parity_prompts`` and compare it with
-    the PyTorch module it was exported from and with ``SamPredictor.predict``."""
+                  use_stability_score: bool = False, tolerance: float = DECODER_TOLERANCE,
+                  prompts: Optional[Callable[[int, int], list[dict]]] = None) -> dict:
+    """Run the exported decoder on each image's embedding with ``prompts(height, width)`` (default
+    ``parity_prompts``) and compare it with the PyTorch module it was exported from and with
+    ``SamPredictor.predict``."""
     module = prompt_decoder(sam, return_single_mask=return_single_mask, use_stability_score=use_stability_score)
     vs_torch, vs_predictor, cases = {}, {}, []
     for name, image, _, predictor in encoded:
         h, w = image.shape[:2]
         first_low = None
-        for prompt in parity_prompts(h, w):
+        for prompt in (prompts or parity_prompts)(h, w):
             coords, labels = onnx_prompt((h, w), prompt.get("points"), prompt.get("labels"), prompt.get("box"),
                                          img_size=sam.image_encoder.img_size)
             use_mask = bool(prompt.get("previous_mask"))
@@ -469,22 +497,24 @@ def onnx_decoder_runner(path) -> Callable[[dict], list]:
 
 
 # --------------------------------------------------------------------------- Core ML
-def _coreml_convert(module: nn.Module, example: tuple, inputs: list, outputs: Sequence[str], path: Path, *,
-                    precision: str, metadata: dict, descriptions: dict) -> Path:
+def _coreml_convert(source, inputs: Optional[list], outputs: Sequence[str], path: Path, *, precision: str,
+                    metadata: dict, descriptions: dict) -> Path:
+    """``source``: a traced module (``inputs`` name and shape its tensors) or an ``ExportedProgram`` (its
+    argument names and dynamic dimensions are the inputs; ``inputs`` is None)."""
     from ..export import coreml
     ct = coreml._require()
     if precision not in coreml.PRECISIONS:
         raise ValueError(f"Core ML precision must be one of {coreml.PRECISIONS}, got {precision!r}")
-    with torch.no_grad(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(module, example)
-        mlmodel = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n) for n in outputs],
+        mlmodel = ct.convert(source, inputs=inputs, outputs=[ct.TensorType(name=n) for n in outputs],
                              convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
                              compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32)
     mlmodel.short_description = metadata["model"] + f" - {metadata['part']}"
     mlmodel.author = metadata["producer"]
+    input_names = [i.name for i in mlmodel.get_spec().description.input]
     for name, text in descriptions.items():
-        if name in inputs_names(mlmodel):
+        if name in input_names:
             mlmodel.input_description[name] = text
         else:
             mlmodel.output_description[name] = text
@@ -493,10 +523,6 @@ def _coreml_convert(module: nn.Module, example: tuple, inputs: list, outputs: Se
     path.parent.mkdir(parents=True, exist_ok=True)
     mlmodel.save(str(path))
     return path
-
-
-def inputs_names(mlmodel) -> list[str]:
-    return [i.name for i in mlmodel.get_spec().description.input]
 
 
 def coreml_spec(path: Union[str, os.PathLike]) -> dict:
@@ -520,10 +546,11 @@ def export_encoder_coreml(sam: nn.Module, path: Union[str, os.PathLike], *, prec
     ct = coreml._require()
     sam, path = fused_cpu_copy(sam), Path(path)
     size = sam.image_encoder.img_size
-    meta = _base_metadata("image encoder")
-    _coreml_convert(sam.image_encoder, (torch.randn(1, 3, size, size),),
-                    [ct.TensorType(name=ENCODER_INPUTS[0], shape=(1, 3, size, size))], ENCODER_OUTPUTS, path,
-                    precision=precision, metadata=meta,
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(sam.image_encoder, torch.randn(1, 3, size, size))
+    _coreml_convert(traced, [ct.TensorType(name=ENCODER_INPUTS[0], shape=(1, 3, size, size))], ENCODER_OUTPUTS, path,
+                    precision=precision, metadata=_base_metadata("image encoder"),
                     descriptions={"image": f"float32 1x3x{size}x{size}: SAM-preprocessed (see repvit.sam.export)",
                                   "image_embeddings": "1x256 image embedding grid"})
     return _coreml_facts(path, ENCODER_INPUTS, ENCODER_OUTPUTS)
@@ -534,16 +561,18 @@ def export_decoder_coreml(sam: nn.Module, path: Union[str, os.PathLike], *, prec
     """The prompt decoder up to the low-resolution masks, 1..``max_points`` points (padding and box corners
     included)."""
     from ..export import coreml
-    ct = coreml._require()
+    coreml._require()
     sam, path = fused_cpu_copy(sam), Path(path)
     module = LowResDecoder(sam).eval()
     example = decoder_example(sam)[:5]
-    points = ct.RangeDim(lower_bound=1, upper_bound=int(max_points), default=example[1].shape[1])
-    grid, mask = tuple(example[0].shape), tuple(example[3].shape)
-    inputs = [ct.TensorType(name="image_embeddings", shape=grid), ct.TensorType(name="point_coords", shape=(1, points, 2)),
-              ct.TensorType(name="point_labels", shape=(1, points)), ct.TensorType(name="mask_input", shape=mask),
-              ct.TensorType(name="has_mask_input", shape=(1,))]
-    _coreml_convert(module, example, inputs, COREML_DECODER_OUTPUTS, path, precision=precision,
+    # torch.export keeps the number of points symbolic through the attention reshapes; a trace turns
+    # those sizes into integer ops that coremltools cannot convert.
+    points = torch.export.Dim("num_points", min=1, max=int(max_points))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, example, dynamic_shapes=(None, {1: points}, {1: points}, None, None))
+        program = program.run_decompositions({})
+    _coreml_convert(program, None, COREML_DECODER_OUTPUTS, path, precision=precision,
                     metadata={**_base_metadata("prompt decoder (low-resolution masks)"),
                               "point_labels": "1 foreground, 0 background, 2 box top-left, 3 box bottom-right, "
                                               "-1 padding (append (0, 0) with -1 when there is no box)"},
@@ -567,6 +596,11 @@ def _coreml_facts(path: Path, inputs: Sequence[str], outputs: Sequence[str]) -> 
     from ..export import coreml
     note = None if coreml.can_predict() else MACOS_ONLY.format(system=platform.system())
     return {"path": str(path), **spec, "predicted": False, "note": note}
+
+
+def coreml_can_predict() -> bool:
+    from ..export import coreml
+    return coreml.can_predict()
 
 
 def check_coreml_encoder(path, encoded, *, tolerance: float) -> dict:
@@ -623,20 +657,21 @@ def format_available(fmt: str) -> Optional[str]:
 def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: Union[str, Sequence[str], None] = None,
                images=None, max_images: int = 2, opset: int = DEFAULT_OPSET, return_single_mask: bool = False,
                use_stability_score: bool = False, coreml_precision: str = "float16", strict_formats: bool = True,
-               log: Callable[[str], None] = lambda _: None) -> dict:
+               strict: bool = True, log: Callable[[str], None] = lambda _: None) -> dict:
     """Write every asked format into ``output_dir``, check each, and return the report (also what the CLI saves).
 
     ``formats=None`` means every format whose package is installed (others are listed as skipped);
     a format named explicitly whose package is missing is an error when ``strict_formats``. A
-    check beyond its tolerance removes that file and raises ``ParityError`` after the rest of the
-    report is complete. Core ML is checked as far as the platform allows; an ExecuTorch lowering
+    check beyond its tolerance removes that file; once every format is done, ``ParityError``
+    (carrying the report as ``.report``) is raised, or with ``strict=False`` the report lists the
+    failures under ``failures``. Core ML is checked as far as the platform allows; an ExecuTorch lowering
     that fails is reported with its reason instead of stopping the other formats.
     """
     explicit = formats is not None
     formats = parse_formats(formats)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--output-dir {str(out)!r} is a file")
+        raise ValueError(f"the output folder {str(out)!r} is an existing file; name a folder")
     require_segment_anything()
     sam = fused_cpu_copy(sam)
     report = {"model": "RepViT-SAM", "image_size": sam.image_encoder.img_size, "formats": {}, "skipped": {}}
@@ -667,18 +702,13 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
     if "onnx" in formats:
         path = out / FILE_NAMES["onnx", "encoder"]
         facts = export_encoder_onnx(sam, path, opset=opset)
-        check = check_encoder(onnx_encoder_runner(path), encoded)
-        record("onnx", "encoder", {**facts, **check})
-        if not check["passed"]:
-            path.unlink(missing_ok=True)
+        record("onnx", "encoder", discard_failed({**facts, **check_encoder(onnx_encoder_runner(path), encoded)}, path))
         path = out / FILE_NAMES["onnx", "decoder"]
         facts = export_decoder_onnx(sam, path, opset=opset, return_single_mask=return_single_mask,
                                     use_stability_score=use_stability_score)
         check = check_decoder(onnx_decoder_runner(path), sam, encoded, return_single_mask=return_single_mask,
                               use_stability_score=use_stability_score)
-        record("onnx", "decoder", {**facts, **check})
-        if not check["passed"]:
-            path.unlink(missing_ok=True)
+        record("onnx", "decoder", discard_failed({**facts, **check}, path))
     if "coreml" in formats:
         for part, export in (("encoder", export_encoder_coreml), ("decoder", export_decoder_coreml)):
             facts = export(sam, out / FILE_NAMES["coreml", part], precision=coreml_precision)
@@ -700,20 +730,18 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
                                                  "reason": f"ExecuTorch runtime: {type(err).__name__}: {err}"})
                 log(f"executorch encoder: written, not verified: {err}")
             else:
-                record("executorch", "encoder", {"lowered": True, **facts, "verified": True, **check})
-                if not check["passed"]:
-                    path.unlink(missing_ok=True)
+                record("executorch", "encoder", discard_failed({"lowered": True, **facts, "verified": True, **check},
+                                                               path))
     report["passed"] = not failures
     report["failures"] = failures
+    if failures and strict:
+        err = ParityError("parity check failed (the failing files were removed):\n  " + "\n  ".join(failures))
+        err.report = report
+        raise err
     return report
-
-
-def raise_on_failure(report: dict) -> None:
-    if report.get("failures"):
-        raise ParityError("parity check failed (the failing files were removed):\n  " + "\n  ".join(report["failures"]))
 
 
 __all__ = ["export_sam", "export_encoder_onnx", "export_decoder_onnx", "export_encoder_coreml",
            "export_decoder_coreml", "export_encoder_executorch", "check_encoder", "check_decoder", "encode_images",
-           "onnx_prompt", "preprocess", "prompt_decoder", "parity_images", "parse_formats", "raise_on_failure",
+           "onnx_prompt", "preprocess", "prompt_decoder", "parity_images", "parse_formats", "discard_failed", "ParityError",
            "FORMATS", "FILE_NAMES", "ENCODER_TOLERANCE", "DECODER_TOLERANCE"]
