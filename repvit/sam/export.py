@@ -603,14 +603,6 @@ def coreml_can_predict() -> bool:
     return coreml.can_predict()
 
 
-def check_coreml_encoder(path, encoded, *, tolerance: float) -> dict:
-    """macOS only: Core ML's prediction against the PyTorch embeddings."""
-    from ..export import coreml
-    mlmodel = coreml.load(path)
-    return check_encoder(lambda x: mlmodel.predict({"image": x.numpy()})["image_embeddings"], encoded,
-                         tolerance=tolerance)
-
-
 # --------------------------------------------------------------------------- ExecuTorch
 def export_encoder_executorch(sam: nn.Module, path: Union[str, os.PathLike]) -> dict:
     """The fused encoder as an XNNPACK-delegated ``.pte`` (fixed 1x3xSxS input)."""
@@ -685,7 +677,8 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
             log(f"skipping {fmt}: {reason}")
     images = parity_images(images, limit=max_images)
     synthetic = any(name == "synthetic" for name, _ in images)
-    report["parity_images"] = [{"name": name, "height": int(a.shape[0]), "width": int(a.shape[1])} for name, a in images]
+    report["parity_images"] = [{"name": name, "height": int(a.shape[0]), "width": int(a.shape[1])}
+                               for name, a in images]
     report["parity_on"] = "a synthetic test card (no photograph found)" if synthetic else "real photographs"
     log(f"parity on {report['parity_on']}: " + ", ".join(n for n, _ in images))
     encoded = encode_images(sam, images)
@@ -743,5 +736,5 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
 
 __all__ = ["export_sam", "export_encoder_onnx", "export_decoder_onnx", "export_encoder_coreml",
            "export_decoder_coreml", "export_encoder_executorch", "check_encoder", "check_decoder", "encode_images",
-           "onnx_prompt", "preprocess", "prompt_decoder", "parity_images", "parse_formats", "discard_failed", "ParityError",
-           "FORMATS", "FILE_NAMES", "ENCODER_TOLERANCE", "DECODER_TOLERANCE"]
+           "onnx_prompt", "preprocess", "predictor_with_embedding", "prompt_decoder", "parity_images", "parse_formats",
+           "discard_failed", "ParityError", "FORMATS", "FILE_NAMES", "ENCODER_TOLERANCE", "DECODER_TOLERANCE"]
