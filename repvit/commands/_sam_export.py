@@ -67,7 +67,7 @@ def run_export(args: argparse.Namespace) -> int:
     report_path = Path(args.report) if args.report else out / REPORT_NAME
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if report["parity_on"] != "real photographs":
+    if report["parity_on"].startswith("a synthetic"):
         print(f"note: parity was checked on {report['parity_on']}; pass --images to check on your photos")
     print(f"wrote {report_path}")
     if report["failures"]:
