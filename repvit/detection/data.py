@@ -146,7 +146,8 @@ class DetectionData(torch.utils.data.Dataset):
                        source=str(root / "annotations"), **kwargs)
         raise DetectionDataError(f"{root}: no annotations.json (COCO) or annotations/*.xml (VOC) found")
 
-    def _reject(self, skip_bad: bool, where: str, reason: str, annotation=None) -> None:
+    def reject(self, skip_bad: bool, where: str, reason: str, annotation=None) -> None:
+        """Raise a DetectionDataError naming the problem, or (``skip_bad``) count it in ``skipped``."""
         if not skip_bad:
             suffix = f", annotation {annotation}" if annotation is not None else ""
             raise DetectionDataError(f"{where}{suffix}: {reason} (pass skip_bad / --skip-bad to skip and count such "
@@ -168,27 +169,27 @@ class DetectionData(torch.utils.data.Dataset):
                     if skip_bad:
                         im.convert("RGB")   # a full decode: truncated files fail here, not mid-epoch
             except FileNotFoundError:
-                self._reject(skip_bad, str(path), "image file not found")
+                self.reject(skip_bad, str(path), "image file not found")
                 continue
             except OSError as err:
-                self._reject(skip_bad, str(path), f"unreadable image ({err})")
+                self.reject(skip_bad, str(path), f"unreadable image ({err})")
                 continue
             width, height = info.get("width") or size[0], info.get("height") or size[1]
             if (width, height) != size:
-                self._reject(skip_bad, str(path), f"the annotations say {width}x{height}, the image is "
+                self.reject(skip_bad, str(path), f"the annotations say {width}x{height}, the image is "
                                                   f"{size[0]}x{size[1]}")
                 continue
             kept = []
             for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id])):
                 x, y, w, h = ann["bbox"]
                 if ann["category_id"] not in self.label_of:
-                    self._reject(skip_bad, where, f"unknown category {ann.get('category_name') or ann['category_id']!r} "
+                    self.reject(skip_bad, where, f"unknown category {ann.get('category_name') or ann['category_id']!r} "
                                                   f"(known: {', '.join(self.class_names)})", ann["id"])
                 elif w <= 0 or h <= 0:
-                    self._reject(skip_bad, where, f"box {ann['bbox']} has zero area", ann["id"])
+                    self.reject(skip_bad, where, f"box {ann['bbox']} has zero area", ann["id"])
                 elif (x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE
                       or y + h > height + BOX_TOLERANCE):
-                    self._reject(skip_bad, where, f"box {ann['bbox']} (x, y, w, h) lies outside the "
+                    self.reject(skip_bad, where, f"box {ann['bbox']} (x, y, w, h) lies outside the "
                                                   f"{width}x{height} image", ann["id"])
                 else:
                     kept.append(ann)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models.reparam import is_fused, reparameterize
-from .onnx import DEFAULT_OPSET, session
+from .onnx import DEFAULT_OPSET, save_with_metadata, session
 from .verify import ParityError
 
 SEG_TOLERANCE = 1e-3        # max |logit difference| for float32 ONNX Runtime vs PyTorch
@@ -54,12 +54,7 @@ def _export_dynamic_onnx(module: nn.Module, path: Path, output_names: list[str],
         torch.onnx.export(module, (example,), str(path), dynamo=True, verbose=False, external_data=False,
                           input_names=["image"], output_names=output_names, opset_version=opset,
                           dynamic_shapes=(dims,))
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+    save_with_metadata(onnx.load(str(path)), path, metadata)
 
 
 def _check_onnx(reference: nn.Module, path: Path, images: Sequence[torch.Tensor], tolerance: float) -> dict:

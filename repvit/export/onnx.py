@@ -51,13 +51,20 @@ def export_onnx(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: in
     proto.doc_string = (f"RepViT {metadata.get('variant', '')} (fused). Input '{INPUT_NAME}': float32 NCHW, "
                         "normalized as in metadata 'preprocessing'. Output 'logits'.")
     full_meta = {**metadata, "opset": str(_opset(proto)), "precision": "float16" if fp16 else "float32"}
-    del proto.metadata_props[:]
-    for key, value in full_meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+    save_with_metadata(proto, path, full_meta)
     check_graph(path)
     return path
+
+
+def save_with_metadata(proto, path: Union[str, os.PathLike], metadata: dict) -> None:
+    """Replace ``proto``'s ``metadata_props`` (non-string values as JSON), check it, and save it to ``path``."""
+    import json
+    import onnx
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
 
 
 def _clone(module: nn.Module) -> nn.Module:

@@ -8,7 +8,7 @@ transformer of depth 2 / MLP 2048 / 8 heads, IoU head depth 3 width 256), so ``S
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Union
+from typing import Mapping, Union
 
 import torch
 from torch import nn
@@ -85,15 +85,21 @@ def is_fused_state(state: Mapping[str, torch.Tensor]) -> bool:
     return not any(k.startswith("image_encoder.") and k.endswith("running_var") for k in state)
 
 
-def read_sam_state(path: Union[str, os.PathLike]) -> dict:
-    """The flat ``image_encoder.* / prompt_encoder.* / mask_decoder.*`` state dict of a SAM file."""
+def read_tensors(path: Union[str, os.PathLike]) -> dict:
+    """The tensors of a weights file, flat, read with ``weights_only=True``: a bare state dict or
+    one under ``model`` / ``state_dict``, with DDP's ``module.`` prefix removed."""
     obj, _ = read_file(path)
     for key in ("model", "state_dict"):
         if isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()
-             if isinstance(v, torch.Tensor)}
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()
+            if isinstance(v, torch.Tensor)}
+
+
+def read_sam_state(path: Union[str, os.PathLike]) -> dict:
+    """The flat ``image_encoder.* / prompt_encoder.* / mask_decoder.*`` state dict of a SAM file."""
+    state = read_tensors(path)
     if not any(k.startswith(SAM_PARTS) for k in state):
         raise CheckpointError(
             f"{str(path)!r} is not a SAM checkpoint: none of its {len(state)} tensors starts with image_encoder., "

@@ -222,14 +222,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
     from .images import load_rgb
 
     def reject(where: str, reason: str, annotation=None) -> None:
-        if not skip_bad:
-            suffix = f", annotation {annotation}" if annotation is not None else ""
-            raise DetectionDataError(f"{where}{suffix}: {reason} (pass skip_bad=True / --skip-bad to skip and count "
-                                     "such cases)")
-        if annotation is None:
-            data.skipped.images.append((where, reason))
-        else:
-            data.skipped.annotations.append((where, annotation, reason))
+        data.reject(skip_bad, where, reason, annotation)
 
     kept_ids: set = set()
     evaluated_images: list[int] = []

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import os
 import platform
 import warnings
@@ -74,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..export.onnx import DEFAULT_OPSET
+from ..export.onnx import DEFAULT_OPSET, save_with_metadata
 from ..export.verify import ParityError, find_images
 from .builder import require_segment_anything
 
@@ -297,11 +296,7 @@ def decoder_example(sam: nn.Module, num_points: int = 5) -> tuple[torch.Tensor, 
 def _write_metadata(path: Path, metadata: dict) -> dict:
     onnx = _need("onnx", "onnx")
     proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+    save_with_metadata(proto, path, metadata)
     ops = {}
     for node in proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
