@@ -1,4 +1,5 @@
-"""RepViT-SAM on the CPU, in one run: encoder latency at 1024x1024 (fused, unfused, and
+"""RepViT-SAM on the CPU, in one run: encoder latency at 1024x1024 (fused with channels_last
+weights as ``build_sam(fused=True)`` gives it, fused NCHW, unfused, and
 segment-anything's ViT-B image encoder in the same interleaved harness), decoder latency per
 prompt, ONNX Runtime latency of both exported parts, and the wall time of automatic mask
 generation ("everything", 32x32 grid) with FastMaskGenerator against SamAutomaticMaskGenerator,
@@ -40,10 +41,12 @@ def encoder_latency(rounds: int) -> dict:
     torch.manual_seed(0)
     unfused = build_sam().image_encoder
     fused = reparameterize(unfused)
+    fused_cl = build_sam(fused=True).image_encoder  # what build_sam(fused=True) gives: channels_last weights
+    fused_cl.load_state_dict(fused.state_dict())
     vit_b = vit_b_encoder()
     x = torch.randn(1, 3, 1024, 1024)
-    runs = {"repvit_sam_fused": lambda: fused(x), "repvit_sam_unfused": lambda: unfused(x),
-            "sam_vit_b": lambda: vit_b(x)}
+    runs = {"repvit_sam_fused_channels_last": lambda: fused_cl(x), "repvit_sam_fused_nchw": lambda: fused(x),
+            "repvit_sam_unfused": lambda: unfused(x), "sam_vit_b": lambda: vit_b(x)}
     samples = time_interleaved(runs, warmup=1, rounds=rounds, iters=1)
     return {name: summarize(s) for name, s in samples.items()}
 

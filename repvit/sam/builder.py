@@ -57,7 +57,8 @@ def build_sam(checkpoint: Union[str, os.PathLike, None] = None, *, fused: bool =
     official ``repvit_sam.pt`` (cached, hash-recorded; see ``repvit.models.pretrained``).
     ``encoder_checkpoint``: start the image encoder's backbone from a RepViT classification
     checkpoint (prompt encoder and decoder stay random: the start of distillation).
-    ``fused=True`` folds the encoder's BatchNorms and branches after loading.
+    ``fused=True`` folds the encoder's BatchNorms and branches after loading and stores its
+    convolution weights channels_last (faster on CPUs; same values).
     """
     if pretrained and checkpoint is not None:
         raise ValueError("pass pretrained=True (official weights) or checkpoint= (a file), not both")
@@ -77,6 +78,9 @@ def build_sam(checkpoint: Union[str, os.PathLike, None] = None, *, fused: bool =
         _load_checked(sam, state, f"checkpoint {str(checkpoint)!r}")
     if fused:
         sam = reparameterize(sam, inplace=True)  # no-op when already fused
+        # the inference form: channels_last convolutions run the 1024x1024 encoder 1.2-1.5x faster on a CPU
+        # (benchmarks/sam.md); the values are the same, only the weights' memory layout changes
+        sam.image_encoder.to(memory_format=torch.channels_last)
     return sam.eval()
 
 
