@@ -95,11 +95,10 @@ def test_resume_after_sigkill_is_exact(reference, camvid_tiny, tmp_path):
     assert_identical(state(out / "last.pth"), state(reference / "last.pth"))
 
 
-def test_sigterm_mid_epoch_saves_and_resumes_exactly(reference, camvid_tiny, tmp_path):
-    out = tmp_path / "term"
+def terminate_after_first_step(cmd, out: Path) -> None:
+    """Run a training command, send SIGTERM once it reports its first step, and check it saved mid-epoch."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(seg_cmd(camvid_tiny, out), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if "epoch 1/2 step 1/" in line:
             proc.send_signal(signal.SIGTERM)
@@ -108,6 +107,11 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(reference, camvid_tiny, tmp
     assert proc.returncode == 128 + signal.SIGTERM
     saved = torch.load(out / "last.pth", weights_only=True)
     assert saved["epoch"] == 0 and saved["next_step"] >= 1
+
+
+def test_sigterm_mid_epoch_saves_and_resumes_exactly(reference, camvid_tiny, tmp_path):
+    out = tmp_path / "term"
+    terminate_after_first_step(seg_cmd(camvid_tiny, out), out)
     resumed = run(seg_cmd(camvid_tiny, out, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_identical(state(out / "last.pth"), state(reference / "last.pth"))

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from repvit.sam.distill import DistillImages, build_student, embedding_mse, spli
 from repvit.sam.teacher import EmbeddingCache, build_teacher, fit_to_size, list_images
 
 from .test_dense_data import need
-from .test_dense_train import assert_identical, run, state
+from .test_dense_train import assert_identical, run, state, terminate_after_first_step
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 photos, 2 held out: 3 steps of 2 per epoch; 64 px inputs give 4x4 embeddings.
@@ -98,17 +97,7 @@ def test_resume_after_sigkill_is_exact_and_reuses_the_cache(reference, photos, c
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(reference, photos, cache, tmp_path):
     out = tmp_path / "term"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(distill_cmd(photos, out, cache), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if "epoch 1/2 step 1/" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    proc.communicate(timeout=600)
-    assert proc.returncode == 128 + signal.SIGTERM
-    saved = torch.load(out / "last.pth", weights_only=True)
-    assert saved["epoch"] == 0 and saved["next_step"] >= 1
+    terminate_after_first_step(distill_cmd(photos, out, cache), out)
     resumed = run(distill_cmd(photos, out, cache, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_identical(state(out / "last.pth"), state(reference / "last.pth"))
