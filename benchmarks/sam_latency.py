@@ -67,16 +67,13 @@ def decoder_latency(sam, image: np.ndarray, rounds: int) -> dict:
 
 
 def onnx_latency(folder: Path, image: np.ndarray, rounds: int, threads: int) -> dict:
-    import onnxruntime as ort
     from segment_anything.utils.transforms import ResizeLongestSide
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    from repvit.export.onnx import session
     encoder_file, decoder_file = folder / "repvit_sam_encoder.onnx", folder / "repvit_sam_decoder.onnx"
     if not (encoder_file.is_file() and decoder_file.is_file()):
         raise SystemExit(f"{folder} lacks repvit_sam_encoder.onnx / repvit_sam_decoder.onnx: run "
                          f"`repvit sam export --random-weights --output-dir {folder} --formats onnx` first")
-    encoder = ort.InferenceSession(str(encoder_file), options, providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(decoder_file), options, providers=["CPUExecutionProvider"])
+    encoder, decoder = session(encoder_file, threads), session(decoder_file, threads)
     torch.manual_seed(0)
     sam = build_sam()
     resized = ResizeLongestSide(1024).apply_image(image)
