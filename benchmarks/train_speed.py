@@ -96,10 +96,10 @@ def measure_models(args, device: torch.device) -> list[dict]:
 
 def measure_pipeline(args) -> dict:
     """Images/s the real training input pipeline delivers (paper recipe augmentation)."""
-    from repvit.train.config import parse_args
-    from repvit.train.data import build_data
-    from repvit.train.distributed import DistEnv
-    from repvit.train.optim import build_mixup
+    from repvit.classification.config import parse_args
+    from repvit.classification.data import build_data
+    from repvit.engine.distributed import DistEnv
+    from repvit.classification.optim import build_mixup
     cfg = parse_args(["--data", args.pipeline, "--img-size", str(args.img_size), "--batch-size",
                       str(args.batch_size), "--workers", str(args.workers), "--aug-repeats", "0"])
     data = build_data(cfg, DistEnv(), log=lambda *_: None)

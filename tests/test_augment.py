@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from repvit.train import config as train_config
-from repvit.train.augment import fix_posterize, posterize_any_bits
-from repvit.train.data import train_transform
+from repvit.classification import config as train_config
+from repvit.classification.augment import fix_posterize, posterize_any_bits
+from repvit.classification.data import train_transform
 
 
 def _image(seed=0, size=24, mode="RGB"):
@@ -27,7 +27,7 @@ def test_posterize_keeps_old_meaning_for_every_bit_count(mode):
 
 
 def _posterize_ops(transform):
-    from repvit.train.augment import _augment_ops
+    from repvit.classification.augment import _augment_ops
     return [op for op in _augment_ops(transform) if op.name.startswith("Posterize")]
 
 

@@ -9,7 +9,7 @@ import torch
 
 import repvit
 from repvit.cli import main as cli
-from repvit.train.eval_predict import evaluate_checkpoint, predict
+from repvit.classification.eval_predict import evaluate_checkpoint, predict
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_eval_json_matches_the_training_validation(run_dir, tiny_imagenette, tmp
 def test_eval_counts_correct_predictions(run_dir, tiny_imagenette, tmp_path):
     """Top-1 is the share of images whose arg-max is their folder's class, checked by hand."""
     model = repvit.reparameterize(repvit.create_model(checkpoint=run_dir / "best.pth"))
-    from repvit.train.data import eval_transform, load_rgb
+    from repvit.classification.data import eval_transform, load_rgb
     transform = eval_transform(model.preprocessing)
     hits = total = 0
     for index, name in enumerate(model.class_names):
@@ -75,7 +75,7 @@ def test_predict_prints_top5_names_and_probabilities(run_dir, tiny_imagenette, c
     assert best["label"] and f"{best['class']}  ({best['label']})" in out
     names = sorted(p.name for p in (tiny_imagenette / "train").iterdir())
     model = repvit.reparameterize(repvit.create_model(checkpoint=run_dir / "best.pth"))
-    from repvit.train.data import eval_transform, load_rgb
+    from repvit.classification.data import eval_transform, load_rgb
     for image, result in zip(images, results):
         top = result["top"]
         assert len(top) == 5 and all(t["class"] in names for t in top)

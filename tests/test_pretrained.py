@@ -314,7 +314,7 @@ def test_cli_train_fine_tunes_from_pretrained(server, tiny_imagenette, tmp_path,
     log = (out / "train.log").read_text()
     assert f"--pretrained {NAME}" in log and "new random weights" in log and "model repvit_m0_6" in log
     with pytest.raises(ValueError, match="--model is repvit_m1_1"):
-        from repvit.train import config as train_config
+        from repvit.classification import config as train_config
         train_config.parse_args(["--data", "x", "--pretrained", NAME, "--model", "repvit_m1_1"])
 
 

@@ -14,10 +14,10 @@ import yaml
 
 import repvit
 from repvit.cli import main as cli
-from repvit.train import config as train_config
-from repvit.train.data import scan_class_folders, split_folder
-from repvit.train.distill import DistillationLoss, build_teacher
-from repvit.train.optim import build_optimizer, build_scheduler
+from repvit.classification import config as train_config
+from repvit.classification.data import scan_class_folders, split_folder
+from repvit.classification.distill import DistillationLoss, build_teacher
+from repvit.classification.optim import build_optimizer, build_scheduler
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -265,7 +265,7 @@ def test_teacher_from_timm_name_and_checkpoint(tmp_path):
 # --------------------------------------------------------------------------- feedback
 def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path):
     import io
-    from repvit.train.progress import Reporter
+    from repvit.engine.progress import Reporter
     plain_out = io.StringIO()
     plain = Reporter(interval=2, stream=plain_out, bar_stream=io.StringIO(), log_file=tmp_path / "log.txt")
     assert not plain.tty
@@ -290,7 +290,7 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path):
 
 
 def test_distillation_is_hard_with_a_teacher_and_off_when_fine_tuning_unless_asked(trained):
-    from repvit.train.engine import resolve_distillation
+    from repvit.classification.engine import resolve_distillation
     teacher = str(trained / "best.pth")
 
     def kind(*flags):
@@ -315,7 +315,7 @@ def test_shipped_configs_load_and_validate(name):
 
 
 def test_step_log_survives_a_resume_from_an_older_checkpoint(tmp_path):
-    from repvit.train.metrics_log import MetricsLog
+    from repvit.engine.metrics_log import MetricsLog
     log = MetricsLog(tmp_path, tensorboard=False)
     for update in (2, 4, 6, 8):
         log.add_step(update, loss=1.0 / update, lr=1e-3, epoch=update / 8)

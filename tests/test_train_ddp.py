@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import repvit
-from repvit.train.eval_predict import evaluate_checkpoint
+from repvit.classification.eval_predict import evaluate_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ def load_for_inference(load, args):
     """``load(args.checkpoint, use_ema=...)``, fused unless ``--unfused`` (the fused copy keeps the
     recorded attributes: class names, category ids, ignore value), and the device to run it on."""
     from ..models.reparam import reparameterize
-    from ..train.distributed import pick_device
+    from ..engine.distributed import pick_device
     model = load(args.checkpoint, use_ema=args.ema)
     return (model if args.unfused else reparameterize(model)), pick_device(args.device)
 
@@ -48,7 +48,7 @@ def run_train(args: argparse.Namespace, task: str, build_task_module: str) -> in
     import importlib
     import signal
     from ..dense import options
-    from ..dense.engine import train
+    from ..engine.loop import train
     build_task = importlib.import_module(build_task_module, __package__).build_task
     explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", f"{task}_command")}
     cfg = options.resolve(explicit, task)

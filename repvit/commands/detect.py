@@ -44,7 +44,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..detection.evaluation import predict_images
-    from ..train.eval_predict import expand_images
+    from ..classification.eval_predict import expand_images
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold is a probability in [0, 1], got {args.score_threshold}")
     model, device = _load(args)

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..runtime.timing import torch_threads
-    from ..train.eval_predict import evaluate_checkpoint
+    from ..classification.eval_predict import evaluate_checkpoint
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be 1 or more, got {args.threads}")
     with torch_threads(args.threads):

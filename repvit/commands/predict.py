@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.eval_predict import predict
+    from ..classification.eval_predict import predict
     if args.topk < 1:
         raise ValueError(f"--topk must be 1 or more, got {args.topk}")
     results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device, use_ema=args.ema,

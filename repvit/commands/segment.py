@@ -35,7 +35,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..segmentation.evaluation import predict_images
-    from ..train.eval_predict import expand_images
+    from ..classification.eval_predict import expand_images
     model, device = _load(args)
     results = predict_images(model, expand_images(args.images), Path(args.output), class_names=model.class_names,
                              device=device)

@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from ..train.config import add_options
+    from ..classification.config import add_options
     parser = subparsers.add_parser(
         "train", help="train or fine-tune on DATA/train, validate on DATA/val (defaults: the paper's recipe)",
         description="Train RepViT. Defaults are the paper's ImageNet recipe; -c FILE.yaml sets other defaults "
@@ -17,8 +17,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.config import resolve
-    from ..train.engine import NonFiniteLossError, main
+    from ..classification.config import resolve
+    from ..classification.engine import NonFiniteLossError, main
     explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     cfg = resolve(explicit)
     try:

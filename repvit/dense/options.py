@@ -7,7 +7,7 @@ import argparse
 from typing import Optional, Sequence
 
 from ..runtime.timing import threads_option
-from ..train import config as base
+from ..engine import option_table as base
 
 LOOP: list = [
     (("--model",), dict(default="repvit_m0_9", help="RepViT variant of the backbone")),

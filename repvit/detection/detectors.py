@@ -14,7 +14,7 @@ from torchvision.models import detection as tvd
 
 from ..dense.backbone import RepViTBackbone
 from ..dense.neck import BackboneWithFPN
-from ..dense.record import load_recorded_weights, read_record, save_record
+from ..models.record import load_recorded_weights, read_record, save_record
 
 # kind -> (torchvision class, backbone stages fed to the FPN, extra FPN levels)
 DETECTORS = {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dense.engine import DenseTask, EpochSeeded
+from ..engine.loop import DenseTask, EpochSeeded
 from .data import DetectionData, collate
 from .detectors import build_detector, save_detector
 from .evaluation import evaluate_detector

@@ -4,7 +4,7 @@ The recipe of MobileSAM (Zhang et al., 2023) that RepViT-SAM follows: the prompt
 decoder are left aside and the student encoder is fitted to the teacher encoder's 256-channel
 embedding with a mean squared error; the decoder of the teacher's SAM then works on the student's
 embeddings. The official RepViT repository released the result, not the training; this is it, as a
-task of the shared dense training loop (``repvit.dense.engine``), so it has that loop's exact
+task of the shared dense training loop (``repvit.engine.loop``), so it has that loop's exact
 resume, SIGTERM saves, torchrun DDP, progress and metrics. Teacher embeddings come from a disk cache
 (``repvit.sam.teacher``) filled once before the first step, each rank computing its share; a stop
 signal during the fill is honoured after the first training step (a second one stops at once), and
@@ -32,13 +32,13 @@ from torch import nn
 
 from ..dense.options import LOOP
 from ..runtime.timing import threads_option
-from ..train import config as base
+from ..engine import option_table as base
 from .encoder import RepViTSamEncoder
 from .teacher import (TEACHERS, EmbeddingCache, build_teacher, check_img_size, list_images, sam_input,
                       teacher_identity)
 
 if TYPE_CHECKING:   # the loop is imported when a run starts, keeping `repvit --help` light
-    from ..dense.engine import DenseTask
+    from ..engine.loop import DenseTask
 
 TASK = "sam-distill"
 
@@ -244,10 +244,10 @@ def embedding_mse(model: nn.Module, data: DistillImages, device: torch.device, b
 
 # --------------------------------------------------------------------------- the task
 def build_task(cfg, env) -> DenseTask:
-    from ..dense.engine import DenseTask, EpochSeeded
-    from ..dense.record import save_record
-    from ..train.distributed import gather_objects
-    from ..train.progress import format_seconds
+    from ..engine.loop import DenseTask, EpochSeeded
+    from ..models.record import save_record
+    from ..engine.distributed import gather_objects
+    from ..engine.progress import format_seconds
 
     def log(message: str) -> None:
         if env.is_main:
@@ -309,5 +309,5 @@ def build_task(cfg, env) -> DenseTask:
 
 def distill(cfg: argparse.Namespace) -> dict:
     """Run ``repvit sam distill`` with resolved options (see ``resolve``); returns the loop's summary."""
-    from ..dense.engine import train
+    from ..engine.loop import train
     return train(lambda env: build_task(cfg, env), cfg, config=dump(cfg))

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..dense.backbone import RepViTBackbone
 from ..dense.neck import BackboneWithFPN
-from ..dense.record import load_recorded_weights, read_record, save_record
+from ..models.record import load_recorded_weights, read_record, save_record
 from ..models.layers import ConvBN
 from ..models.model import IMAGENET_MEAN, IMAGENET_STD
 

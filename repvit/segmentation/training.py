@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..dense.engine import DenseTask, EpochSeeded
+from ..engine.loop import DenseTask, EpochSeeded
 from .data import SemanticFolder, TrainTransform
 from .evaluation import evaluate_segmenter
 from .semantic_fpn import SemanticFPN, save_segmenter

@@ -22,58 +22,20 @@ from ..runtime.timing import resolve_threads, torch_threads
 from ..models.checkpoint import load_state_dict
 from ..models.factory import create_model
 from . import config as config_mod
-from .checkpointing import (capture_rng, read_training_state, resolve_resume, restore_rng, rng_for_rank,
+from ..engine.signals import NonFiniteLossError, StopRequested, StopSignal
+from ..engine.checkpointing import (capture_rng, read_training_state, resolve_resume, restore_rng, rng_for_rank,
                             save_training_state, save_weights)
 from .data import BadImageError, TrainData, build_data, preprocessing
 from .distill import DistillationLoss, build_teacher
-from .distributed import DistEnv, all_reduce, any_rank, gather_objects, setup, teardown
+from ..engine.distributed import DistEnv, all_reduce, any_rank, gather_objects, setup, teardown
 from .finetune import load_finetune_weights, read_finetune_source, read_pretrained_source
-from .metrics_log import MetricsLog
+from ..engine.metrics_log import MetricsLog
 from .optim import build_base_loss, build_mixup, build_optimizer, build_scheduler, effective_lr
-from .progress import Reporter, format_seconds
+from ..engine.progress import Reporter, format_seconds
 
 # Settings that change what "continuing" means; a resume with other values is reported.
 _RESUME_SENSITIVE = ("model", "data", "batch_size", "epochs", "lr", "lr_base", "img_size", "seed", "sched",
                      "aug_repeats", "distillation_type", "workers")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch and step."""
-
-
-class StopRequested(Exception):
-    def __init__(self, epoch: int, next_step: int):
-        super().__init__(f"stopped in epoch {epoch + 1} before step {next_step + 1}")
-        self.epoch, self.next_step = epoch, next_step
-
-
-class StopSignal:
-    """First Ctrl-C (or SIGTERM) asks the run to save and stop at the next step boundary; a
-    second one stops immediately."""
-
-    def __init__(self, log=print):
-        self.requested = False
-        self.signum: Optional[int] = None  # the first stop signal received
-        self.log = log
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
-        self.log(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
-                 "stopping (send it again to stop at once without saving)")
 
 
 @dataclass
@@ -368,7 +330,7 @@ def describe(run: Run) -> str:
 
 # --------------------------------------------------------------------------- the whole run
 def main(cfg) -> dict:
-    """Train with resolved options (see ``repvit.train.config``); returns a summary dict."""
+    """Train with resolved options (see ``repvit.classification.config``); returns a summary dict."""
     threads, why = resolve_threads(cfg.threads)
     with torch_threads(threads):  # --threads for this run only
         env = setup(cfg.device)

@@ -32,11 +32,11 @@ from torch import nn
 
 from ..models.reparam import reparameterize
 from ..runtime.timing import resolve_threads, torch_threads
-from ..train.checkpointing import capture_rng, restore_rng
-from ..train.distributed import DistEnv, barrier, broadcast_object, setup, teardown
-from ..train.engine import NonFiniteLossError, StopSignal
-from ..train.metrics_log import MetricsLog
-from ..train.progress import Reporter, format_seconds
+from .checkpointing import capture_rng, restore_rng
+from .distributed import DistEnv, barrier, broadcast_object, setup, teardown
+from .signals import NonFiniteLossError, StopSignal
+from .metrics_log import MetricsLog
+from .progress import Reporter, format_seconds
 
 
 @dataclass
@@ -161,7 +161,7 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     start_epoch, first_step, best = 0, 0, (math.inf if task.lower_is_better else -math.inf)
     if resume_path is not None:
-        from .record import read_record
+        from ..models.record import read_record
         state = read_record(resume_path, task.name)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -263,7 +263,7 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
 
 def _save_last(task: DenseTask, model, optimizer, scheduler, env: DistEnv, output: Path, config: dict, *,
                epoch: int, next_step: int, best: float) -> None:
-    from ..train.distributed import gather_objects
+    from .distributed import gather_objects
     rng = gather_objects(capture_rng(), env)
     if env.is_main:
         task.save(_unwrap(model), output / "last.pth", {

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..models.model import IMAGENET_MEAN, IMAGENET_STD
 from .augment import fix_posterize
-from .distributed import DistEnv, gather_objects
+from ..engine.distributed import DistEnv, gather_objects
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _BAD_IMAGE_MARK = "unreadable image "

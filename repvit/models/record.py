@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..models.checkpoint import CheckpointError, _is_plain_data, atomic_write, read_file
+from .checkpoint import CheckpointError, _is_plain_data, atomic_write, read_file
 
 FORMAT_NAME = "repvit-dense-checkpoint"
 FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ from ..models.factory import create_model_from
 from ..models.reparam import reparameterize
 from .data import (ImageDataset, ShardSampler, eval_folder, eval_transform, find_bad_images, is_image_file, load_rgb,
                    make_loader, scan_class_folders)
-from .distributed import DistEnv, pick_device
+from ..engine.distributed import DistEnv, pick_device
 from .engine import evaluate
 
 
