@@ -99,7 +99,8 @@ def test_dist_timeout_is_one_option_with_one_default_in_every_training_command(t
 # --------------------------------------------------------------------------- what both sides evaluate
 class OracleDetector(nn.Module):
     """Answers from the ground truth, found by the image's content: exact boxes and masks on even
-    image ids plus one confident wrong-class box, boxes shifted off target on odd ones."""
+    image ids, boxes shifted off target and masks mirrored on odd ones, plus one confident
+    wrong-class detection per image."""
 
     def __init__(self, data):
         super().__init__()
@@ -122,6 +123,7 @@ class OracleDetector(nn.Module):
             masks = target["masks"][:, None].float()
             if target["image_id"] % 2:
                 boxes[:, 0::2] += (boxes[:, 2] - boxes[:, 0])[:, None] * 0.6
+                masks = masks.flip(-1)
             scores = torch.linspace(0.9, 0.5, len(boxes))
             wrong = torch.cat([boxes[:1], torch.zeros(0, 4)])
             outputs.append({"boxes": torch.cat([boxes, wrong]), "labels": torch.cat([labels, labels[:1] % 3 + 1]),
@@ -138,9 +140,9 @@ def distill_images(work: Path):
     return DistillImages(paths, EmbeddingCache(work / "cache", "test-teacher", 64), 64)
 
 
-def seeded(module_fn):
+def seeded(module_fn, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         return module_fn()
 
 
@@ -169,7 +171,7 @@ def evaluate_all(work: Path, env) -> dict:
     out["fill"] = each_rank(lambda: data.cache.fill(data.paths, teacher, device=cpu, batch_size=BATCH,
                                                     rank=env.rank if env else 0,
                                                     world_size=env.world_size if env else 1), env)
-    student = seeded(lambda: nn.Conv2d(3, 256, kernel_size=16, stride=16))
+    student = seeded(lambda: nn.Conv2d(3, 256, kernel_size=16, stride=16), seed=1)
     out["mse"] = embedding_mse(student, data, cpu, BATCH, env=env)
     return out
 
