@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence, TypeVar, Union
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
+
 
 @dataclass
 class DistEnv:
@@ -132,9 +134,6 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
-
-
-T = TypeVar("T")
 
 
 def shard(indices: Sequence[int], env: DistEnv | None, block: int = 1) -> list[int]:
