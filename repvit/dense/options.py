@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 from ..runtime.timing import threads_option
 from ..engine import option_table as base
+from ..engine.distributed import TIMEOUT_OPTION, timeout_minutes
 
 LOOP: list = [
     (("--model",), dict(default="repvit_m0_9", help="RepViT variant of the backbone")),
@@ -37,6 +38,7 @@ LOOP: list = [
     (("--threads",), dict(type=threads_option, default="auto", help="CPU threads per process, or auto")),
     (("--device",), dict(default="auto", help="auto, cpu, cuda or cuda:N")),
     (("--seed",), dict(type=int, default=0, help="random seed (data order, augmentation, initial weights)")),
+    TIMEOUT_OPTION,
     (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) bad annotations/images "
                                                                      "instead of stopping")),
     (("--eval-interval",), dict(type=int, default=1, help="validate every N epochs (and after the last)")),
@@ -97,6 +99,7 @@ def validate(cfg: argparse.Namespace, task: str) -> None:
         raise ValueError("--backbone PATH and --pretrained NAME both initialise the backbone: pass only one")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: pass only one")
+    cfg.dist_timeout = timeout_minutes(cfg.dist_timeout)
     if task == "segment":
         if not cfg.data:
             raise ValueError("--data is required: a root holding train/ and val/, each with images/ and labels/")

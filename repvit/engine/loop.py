@@ -118,7 +118,7 @@ def train(task_factory: Callable[[DistEnv], DenseTask], cfg, *, config: dict) ->
     resolved option dict, saved with every checkpoint."""
     threads, why = resolve_threads(cfg.threads)
     with torch_threads(threads):
-        env = setup(cfg.device)
+        env = setup(cfg.device, timeout=cfg.dist_timeout)
         reporter = Reporter(enabled=env.is_main, interval=cfg.log_interval)
         try:
             with StopSignal(reporter.log) as stop:
