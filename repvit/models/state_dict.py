@@ -113,7 +113,7 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, source:
 def mismatch_message(mismatch: Mismatch, *, source: str, what: str, fix: Fix = None) -> str:
     counts = (f"{len(mismatch.missing)} missing, {len(mismatch.unexpected)} unexpected, "
               f"{len(mismatch.wrong_shape)} mis-shaped tensors")
-    lines = [f"{source} does not fit {what} ({counts}):", *mismatch.describe()]
+    lines = [f"{source} does not fit {what}: {counts}", *mismatch.describe()]
     hints = fix(mismatch) if callable(fix) else fix
     if isinstance(hints, str):
         hints = [hints]
@@ -146,7 +146,7 @@ def _shape_of(value) -> tuple:
 
 
 def _shape(shape: tuple) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
+    return str(tuple(shape))
 
 
 def _more(items: list) -> list[str]:
