@@ -114,8 +114,8 @@ def test_sam_builder(segment_anything):
     model = build_sam(variant="repvit_m0_6", img_size=256)
     state = model.state_dict()
     with pytest.raises(CheckpointError) as err:
-        load_sam_weights(model, spoil(state, drop="mask_decoder.iou_token.weight", reshape="image_encoder.neck.0.weight",
-                                      add="mask_decoder.bogus"))
+        load_sam_weights(model, spoil(state, drop="mask_decoder.iou_token.weight",
+                                      reshape="image_encoder.neck.0.weight", add="mask_decoder.bogus"))
     assert_names_all_three(err.value, drop="mask_decoder.iou_token.weight", reshape="image_encoder.neck.0.weight",
                            add="mask_decoder.bogus", expected_shape=state["image_encoder.neck.0.weight"].shape)
 
@@ -151,8 +151,8 @@ def tiny_vit_b(segment_anything, monkeypatch):
 
 def test_sam_teacher(tiny_vit_b, tmp_path):
     state = tiny_vit_b.build_teacher("vit_b", img_size=64, seed=0).state_dict()
-    torch.save({f"image_encoder.{k}": v for k, v in spoil(state, drop="neck.0.weight", reshape="blocks.0.mlp.lin1.weight",
-                                                           add="blocks.0.bogus").items()}, tmp_path / "t.pth")
+    spoiled = spoil(state, drop="neck.0.weight", reshape="blocks.0.mlp.lin1.weight", add="blocks.0.bogus")
+    torch.save({f"image_encoder.{k}": v for k, v in spoiled.items()}, tmp_path / "t.pth")
     with pytest.raises(CheckpointError) as err:
         tiny_vit_b.build_teacher("vit_b", img_size=64, checkpoint=tmp_path / "t.pth")
     assert_names_all_three(err.value, drop="neck.0.weight", reshape="blocks.0.mlp.lin1.weight", add="blocks.0.bogus",
