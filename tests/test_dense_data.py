@@ -3,7 +3,6 @@ iscrowd, sparse category ids), VOC XML, bad input named or skipped, COCOeval and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,14 +13,10 @@ from repvit.detection.coco_eval import coco_metrics
 from repvit.detection.data import DetectionData, DetectionDataError, coco_from_dict, load_coco, voc_to_coco
 from repvit.segmentation.metrics import ConfusionMatrix
 
-DATA = Path(os.environ.get("REPVIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
+from .conftest import shared_data
 
 def need(folder: str) -> Path:
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.fail(f"real test data not found at {path}: CI expects ../shared/data beside the checkout")
-    return path
+    return shared_data(folder)
 
 
 def gt_as_detections(coco, masks: bool) -> list[dict]:

@@ -27,7 +27,9 @@ from repvit.sam import build_sam  # noqa: E402
 from repvit.sam.demo import SamDemo, add_corner, add_point, build_app, launch, parse_box, parse_points  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
-FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit"
+from .conftest import SHARED_DATA, shared_data  # noqa: E402
+
+FRUIT = SHARED_DATA / "fruit"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,9 +48,8 @@ def sam():
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> Path:
     """A real photo, 320x240 PNG (lossless, so uploaded and returned pixels compare exactly)."""
+    shared_data("fruit/images", pattern="*.jpg")
     images = sorted(FRUIT.glob("images/*.jpg"))
-    if not images:
-        pytest.skip(f"no photos under {FRUIT} (the shared data is not beside this checkout)")
     path = tmp_path_factory.mktemp("photo") / "fruit.png"
     Image.fromarray(load_rgb(images[0])).resize((320, 240), Image.BILINEAR).save(path)
     return path

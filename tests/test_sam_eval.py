@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,10 @@ from repvit.detection.data import DetectionDataError, load_coco  # noqa: E402
 from repvit.sam.evaluation import SIZES, evaluate_coco, find_coco_layout  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
-DATA = Path(os.environ.get("REPVIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
+from .conftest import shared_data  # noqa: E402
 
 def need(folder: str) -> Path:
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"shared data not found at {path}: these tests read ../shared/data beside the checkout "
-                    "(or set REPVIT_SHARED_DATA)")
-    return path
+    return shared_data(folder)
 
 
 def xyxy(ann: dict) -> list[float]:

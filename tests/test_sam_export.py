@@ -4,7 +4,6 @@ ExecuTorch, and bad input."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,14 @@ from repvit.sam.builder import sam_with_encoder  # noqa: E402
 from repvit.sam.encoder import RepViTSamEncoder  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
-DATA = Path(os.environ.get("REPVIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from .conftest import SHARED_DATA, shared_data  # noqa: E402
+
+DATA = SHARED_DATA
 PHOTO = DATA / "coco128-instances" / "images" / "val2017" / "000000000139.jpg"  # 640x426 living room
 
 
 def need_photo() -> Path:
-    if not PHOTO.is_file():
-        pytest.skip(f"real photo {PHOTO} not found: these tests read ../shared/data beside the checkout "
-                    "(or set REPVIT_SHARED_DATA)")
-    return PHOTO
+    return shared_data(str(PHOTO.relative_to(DATA)), path=PHOTO)
 
 
 @pytest.fixture(scope="module")

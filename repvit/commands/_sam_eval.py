@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..progress_bar import Progress
 from ._sam_common import add_sam_weights, load_sam
 
 
@@ -17,11 +18,15 @@ def run_eval(args: argparse.Namespace) -> int:
     sam = load_sam(args)
     print(f"annotations {annotations}, images {images}, prompt {args.prompt}, "
           f"{'unfused' if args.unfused else 'fused'} encoder on {args.device}", file=sys.stderr)
-    bar = _Progress(enabled=not args.quiet)
+    bar = Progress(desc="images", unit="img", enabled=not args.quiet)
+
+    def progress(done: int, total: int, info: dict) -> None:
+        bar.set_postfix(f"{info['image']}: {info['instances']} prompts")
+        bar.update_to(done, total)
     start = time.perf_counter()
     try:
         report = evaluate_coco(sam, annotations, images, prompt=args.prompt, limit=args.limit, skip_bad=args.skip_bad,
-                               batch_size=args.batch_size, results=args.results, progress=bar)
+                               batch_size=args.batch_size, results=args.results, progress=progress)
     finally:
         bar.close()
     report["wall_seconds"] = round(time.perf_counter() - start, 2)
@@ -44,30 +49,6 @@ def run_eval(args: argparse.Namespace) -> int:
     for name, path in report.get("results_files", {}).items():
         print(f"wrote {path} (COCO results, {name} prompts)")
     return 0
-
-
-class _Progress:
-    """A tqdm bar over images on stderr; nothing with --quiet or without tqdm."""
-
-    def __init__(self, *, enabled: bool):
-        self.enabled, self._bar = enabled, None
-
-    def __call__(self, done: int, total: int, info: dict) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                self.enabled = False
-                return
-            self._bar = tqdm(total=total, desc="images", unit="img", file=sys.stderr)
-        self._bar.set_postfix_str(f"{info['image']}: {info['instances']} prompts", refresh=False)
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def register(actions) -> None:

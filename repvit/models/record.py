@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, _is_plain_data, atomic_write, read_file
+from .state_dict import load_strict
 
 FORMAT_NAME = "repvit-dense-checkpoint"
 FORMAT_VERSION = 1
@@ -44,7 +45,8 @@ def load_recorded_weights(model: nn.Module, record: dict, *, path, what: str, us
     if use_ema and not isinstance(record.get("model_ema"), dict):
         raise CheckpointError(f"--ema / use_ema=True but {str(path)!r} holds no EMA weights")
     state = record["model_ema"] if use_ema else record["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{str(path)!r} does not fit the {what} it records: missing {list(missing)[:5]}, "
-                              f"unexpected {list(unexpected)[:5]}")
+    load_strict(model, state, source=f"{'the EMA weights of ' if use_ema else ''}{str(path)!r}",
+                what=f"the {what} its config rebuilds",
+                fix=f"the weights and the recorded config disagree, so the file was edited or written by an "
+                    f"incompatible version: pass a file saved by this version's {record.get('task', what)} training, "
+                    "or re-train")

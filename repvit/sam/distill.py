@@ -193,15 +193,14 @@ def build_student(cfg) -> tuple[DistillStudent, str, str]:
     if not cfg.decoder_from:
         return student, init, ("prompt encoder and mask decoder are RANDOM (pass --decoder-from SAMFILE, e.g. the "
                                "teacher's SAM file, to pair the student with a trained decoder)")
+    from ..models.state_dict import load_strict
     state = read_sam_state(cfg.decoder_from)
-    for part in ("prompt_encoder", "mask_decoder"):
-        module = getattr(student, part)
-        piece = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
-        missing, unexpected = module.load_state_dict(piece, strict=False)
-        wrong = [k for k, v in module.state_dict().items() if k in piece and piece[k].shape != v.shape]
-        if missing or unexpected or wrong:
-            raise ValueError(f"--decoder-from {cfg.decoder_from!r}: its {part} does not fit SAM's ({len(missing)} "
-                             f"missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors)")
+    # only the prompt encoder and mask decoder come from the file; the student's image encoder keeps its start
+    load_strict(student, {k: v for k, v in state.items() if not k.startswith("image_encoder.")},
+                source=f"--decoder-from {cfg.decoder_from!r}", what="SAM's prompt encoder and mask decoder",
+                ignore="image_encoder.",
+                fix="pass a whole-SAM file with segment-anything's prompt encoder and mask decoder (the teacher's "
+                    "own SAM file, e.g. sam_vit_h_4b8939.pth, or repvit_sam.pt)")
     return student, init, f"prompt encoder and mask decoder from {cfg.decoder_from}"
 
 
