@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from repvit.detection.coco_eval import coco_metrics
+from repvit.data.coco import coco_metrics
 from repvit.detection.data import DetectionData, DetectionDataError, coco_from_dict, load_coco, voc_to_coco
 from repvit.segmentation.metrics import ConfusionMatrix
 
@@ -100,7 +100,8 @@ def tiny_coco(tmp_path):
 
 @pytest.mark.parametrize("problem, message", [
     ("outside", "lies outside the 800x600 image"),
-    ("zero", "has zero area"),
+    ("zero", "has zero width"),
+    ("negative", "has negative height -20"),
     ("category", "unknown category 99"),
     ("missing", "image file not found"),
     ("corrupt", "unreadable image"),
@@ -113,6 +114,8 @@ def test_bad_input_is_named_or_skipped_and_counted(tiny_coco, problem, message):
         ann["bbox"] = [790.0, 10.0, 50.0, 20.0]
     elif problem == "zero":
         ann["bbox"] = [10.0, 10.0, 0.0, 20.0]
+    elif problem == "negative":
+        ann["bbox"] = [10.0, 30.0, 20.0, -20.0]
     elif problem == "category":
         ann["category_id"] = 99
     elif problem == "size":
@@ -126,23 +129,26 @@ def test_bad_input_is_named_or_skipped_and_counted(tiny_coco, problem, message):
         DetectionData.from_folder(root)
     text = str(err.value)
     assert message in text and (image["file_name"] in text or str(root) in text)
-    if problem in ("outside", "zero", "category"):
+    if problem in ("outside", "zero", "negative", "category"):
         assert f"annotation {ann['id']}" in text
     data = DetectionData.from_folder(root, skip_bad=True)
-    skipped = data.skipped.annotations if problem in ("outside", "zero", "category") else data.skipped.images
+    per_annotation = problem in ("outside", "zero", "negative", "category")
+    skipped = data.skipped.annotations if per_annotation else data.skipped.images
     assert len(skipped) == 1 and message in skipped[0][-1]
-    assert len(data) == (3 if problem in ("outside", "zero", "category") else 2)
+    assert len(data) == (3 if per_annotation else 2)
     for i in range(len(data)):                               # every kept item loads
         assert data[i][1]["boxes"].shape[1] == 4
 
 
-def test_truncated_image_is_caught_before_training_with_skip(tiny_coco):
+def test_truncated_image_is_caught_before_training(tiny_coco):
     coco, write = tiny_coco
     root = write(coco)
     path = root / "images" / coco["images"][1]["file_name"]
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
+    with pytest.raises(DetectionDataError, match="truncated image"):
+        DetectionData.from_folder(root)
     data = DetectionData.from_folder(root, skip_bad=True)
-    assert len(data) == 2 and "unreadable" in data.skipped.images[0][1]
+    assert len(data) == 2 and "image file is truncated" in data.skipped.images[0][1]
 
 
 def test_confusion_matrix_metrics():
