@@ -6,8 +6,7 @@ contiguous labels, checking every image and annotation before a run starts, mask
 COCOeval.
 
 ``scan_coco`` checks everything up front and records each problem with its reason (see
-``bad_inputs``): a missing, unreadable or truncated image (every image is decoded, JPEGs at 1/8
-scale, which still reads every byte), an image whose size differs from its entry, an annotation
+``bad_inputs``): a missing, unreadable or truncated image (every image is decoded), an image whose size differs from its entry, an annotation
 with an unknown category, a box that is malformed, of negative or zero width or height, or
 outside the image, and (when masks are wanted) a missing or malformed segmentation.
 """
@@ -24,16 +23,13 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image
 
-from .bad_inputs import BadInputs
+from .bad_inputs import BadInputs, read_image_size
 
 PathLike = Union[str, os.PathLike]
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")   # COCOeval's first six figures
 BOX_TOLERANCE = 1.0   # pixels a box may exceed the image by (rounding in annotation tools)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SKIP_BAD_HINT = ("fix these, or pass --skip-bad (skip_bad=True) to leave them out and use the rest "
-                 "(what is skipped is then counted and listed in the log)")
 
 
 class CocoDataError(ValueError):
@@ -167,25 +163,6 @@ def _existing_dir(path: PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- checking
-def read_image_size(path: Path) -> tuple[Optional[tuple[int, int]], str, str]:
-    """``((width, height), "", "")`` once the whole file decodes, else ``(None, reason, detail)``.
-
-    JPEGs decode at 1/8 scale (libjpeg's DCT scaling), several times faster, yet every byte is
-    still read, so a truncated file is caught.
-    """
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-            im.load()
-    except FileNotFoundError:
-        return None, "missing image", "image file not found"
-    except (OSError, SyntaxError, ValueError) as err:   # PIL's errors for broken files
-        reason = "truncated image" if "truncated" in str(err) else "unreadable image"
-        return None, reason, f"{reason} ({err})"
-    return size, "", ""
-
-
 def check_box(ann: dict, width: int, height: int) -> tuple[str, str]:
     """``(reason, detail)`` for a bad COCO box (x, y, width, height), ``("", "")`` for a good one."""
     box = ann.get("bbox")

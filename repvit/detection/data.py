@@ -22,8 +22,8 @@ from typing import Optional, Union
 import torch
 from PIL import Image
 
-from ..data.bad_inputs import BadInputs
-from ..data.coco import SKIP_BAD_HINT, Categories, CocoDataError, coco_from_dict, load_coco, scan_coco
+from ..data.bad_inputs import SKIP_BAD_HINT, BadInputs
+from ..data.coco import Categories, CocoDataError, coco_from_dict, load_coco, scan_coco
 
 # One error class for bad COCO-format data, whichever layer finds it.
 DetectionDataError = CocoDataError

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 # find_coco_layout is re-exported: `repvit sam eval` finds its files through this module.
-from ..data.coco import (SKIP_BAD_HINT, STAT_NAMES, Categories, CocoDataError, annotation_mask, coco_metrics,
-                         coco_subset, find_coco_layout, load_coco, masks_to_rle, scan_coco)
+from ..data.bad_inputs import SKIP_BAD_HINT
+from ..data.coco import (STAT_NAMES, Categories, CocoDataError, annotation_mask, coco_metrics, coco_subset,
+                         find_coco_layout, load_coco, masks_to_rle, scan_coco)
 
 PROMPTS = ("box", "point")
 # COCO's object sizes by area in pixels, as COCOeval's areaRng draws them.
