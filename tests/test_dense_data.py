@@ -69,6 +69,36 @@ def test_coco_rle_crowd_and_sparse_category_ids():
     assert target["masks"].shape[0] == len(target["boxes"])
 
 
+def test_coco_result_conversion_scores_ground_truth_ap_one_and_an_id_shift_drops_it():
+    """The ground truth as torchvision outputs (labels 1..80, xyxy boxes, mask probabilities) through
+    the project's converter: COCO's sparse category ids, x-y-width-height boxes and RLE must come
+    out exactly, so AP is 1.0; mapping each label to its neighbour's id must collapse it."""
+    from repvit.detection.evaluation import to_coco_results
+    root = need("coco128-instances")
+    data = DetectionData(root / "images" / "val2017", load_coco(root / "annotations" / "instances_val2017.json"),
+                         masks=True)
+    assert data.category_ids != list(range(1, 81))                     # the ids are sparse: labels must map
+    data = data.subset(range(50))
+    assert max(a["category_id"] for _, anns in data.items for a in anns) > 80
+    outputs = []
+    for index in range(len(data)):
+        _, target = data[index]
+        n = len(target["boxes"])
+        outputs.append(({"boxes": target["boxes"], "labels": target["labels"], "scores": torch.linspace(1.0, 0.5, n),
+                         "masks": target["masks"][:, None].float()}, target["image_id"]))
+    image_ids = [info["id"] for info, _ in data.items]
+
+    def ap(category_ids):
+        dets = [d for output, image_id in outputs for d in to_coco_results(output, image_id, category_ids)]
+        metrics = coco_metrics(data.coco, dets, ("bbox", "segm"), image_ids=image_ids)
+        return metrics["bbox"]["AP"], metrics["segm"]["AP"]
+
+    assert ap(data.category_ids) == (pytest.approx(1.0), pytest.approx(1.0))
+    shifted = data.category_ids[1:] + data.category_ids[:1]
+    bbox, segm = ap(shifted)
+    assert bbox < 0.05 and segm < 0.05
+
+
 def test_voc_xml_reads_like_the_coco_json_of_the_same_boxes():
     root = need("raccoon")
     voc = DetectionData(root / "images", coco_from_dict(voc_to_coco(root / "annotations", root / "images")))
