@@ -23,7 +23,7 @@ from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
 from repvit.cli import main  # noqa: E402
 from repvit.data.coco import CocoDataError, load_coco  # noqa: E402
-from repvit.sam.evaluation import SIZES, evaluate_coco, find_coco_layout  # noqa: E402
+from repvit.sam.evaluation import SIZES, evaluate_coco, find_coco_layout, format_report  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
 DATA = Path(os.environ.get("REPVIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -237,6 +237,8 @@ def test_bad_input_is_named_or_counted_and_skipped(fruit, tmp_path):
         assert rec["mIoU"] == pytest.approx(1.0) and rec["segm"]["AP"] == pytest.approx(1.0)
     assert {s.get("annotation") for s in report["skipped"]} == {None, no_seg}
     assert report["skipped_by_reason"] == {"no segmentation": 1, "missing image": 1}
+    printed = format_report(report)
+    assert "  no segmentation: 1 (" in printed and "  missing image: 1 (" in printed and "missing.jpg" in printed
 
 
 def test_cli_random_weights_end_to_end(fruit, tmp_path, capsys):

@@ -193,7 +193,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
         "skipped_annotations": sum(e.annotation is not None for e in bad),
         "skipped": [{"file": e.file, "reason": e.detail} if e.annotation is None else
                     {"file": e.file, "annotation": e.annotation, "reason": e.detail} for e in bad],
-        "skipped_by_reason": bad.counts(),
+        "skipped_by_reason": bad.counts(), "skip_report": bad.summary() if bad else "",
         "prompts": {},
     }
     for name in protocols:
@@ -264,6 +264,7 @@ def format_report(report: dict) -> str:
     lines = [f"{report['images']} images, {report['instances']} instances prompted, {report['crowd_excluded']} crowd "
              f"regions not prompted, skipped {report['skipped_images']} images and "
              f"{report['skipped_annotations']} annotations",
+             *([report["skip_report"]] if report.get("skip_report") else []),
              "prompt  mIoU  small medium large |   AP  AP50  AP75   APs   APm   APl"]
     for name, rec in report["prompts"].items():
         sizes = " ".join(pct(rec["mIoU_by_size"][s]) for s, _, _ in SIZES)
