@@ -100,6 +100,18 @@ def test_detector_files_keep_every_option_tuples_included(fruit_subset, tmp_path
         save_detector(custom, tmp_path / "custom.pth", class_names=data.class_names, category_ids=data.category_ids)
 
 
+def test_records_give_back_tuples_lists_and_none_as_saved(tmp_path):
+    from repvit.models.record import read_record, save_record
+    config = {"sizes": (1, 2), "nested": [(3, (4, 5)), [6]], "deep": {"t": ((7,), [8])}, "none": None, "s": "x"}
+    save_record(torch.nn.Linear(1, 1), tmp_path / "r.pth", task="detection", config=config)
+    record = read_record(tmp_path / "r.pth", "detection")
+    assert record["config"] == config
+    assert type(record["config"]["sizes"]) is tuple and type(record["config"]["nested"]) is list
+    assert type(record["config"]["nested"][0][1]) is tuple and type(record["config"]["deep"]["t"][1]) is list
+    raw = torch.load(tmp_path / "r.pth", weights_only=True)["config"]     # on disk: plain lists, JSON-ready
+    assert raw["sizes"] == [1, 2] and raw["deep"]["t"] == [[7], [8]]
+
+
 def test_segmenter_files_keep_every_option(tmp_path):
     model = SemanticFPN("repvit_m0_6", num_classes=11, head_channels=64, dropout=0.2, norm_eval=True,
                         frozen_stages=2, drop_path_rate=0.05)

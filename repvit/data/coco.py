@@ -6,9 +6,10 @@ contiguous labels, checking every image and annotation before a run starts, mask
 COCOeval.
 
 ``scan_coco`` checks everything up front and records each problem with its reason (see
-``bad_inputs``): a missing, unreadable or truncated image (every image is decoded), an image whose size differs from its entry, an annotation
-with an unknown category, a box that is malformed, of negative or zero width or height, or
-outside the image, and (when masks are wanted) a missing or malformed segmentation.
+``bad_inputs``): a missing, unreadable or truncated image (every image is decoded), an image
+whose size differs from its entry, an annotation with an unknown category, a box that is
+malformed, of negative or zero width or height, or outside the image, and (when masks are
+wanted) a missing or malformed segmentation.
 """
 from __future__ import annotations
 
@@ -186,7 +187,9 @@ def check_segmentation(ann: dict, width: int, height: int) -> tuple[str, str]:
     if not seg:
         return "no segmentation", "no segmentation (a COCO instances file needs a polygon or RLE mask per annotation)"
     if isinstance(seg, dict):
-        if list(seg.get("size", [])) != [height, width] or "counts" not in seg:
+        if "counts" not in seg:
+            return "malformed segmentation", "RLE segmentation without 'counts'"
+        if list(seg.get("size", [])) != [height, width]:
             return "mask size mismatch", f"RLE size {seg.get('size')} differs from the image's {height}x{width}"
         return "", ""
     if not isinstance(seg, list) or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in seg):
@@ -205,7 +208,13 @@ def scan_coco(coco, images_dir: PathLike, *, categories: Categories, masks: bool
     """
     images_dir = Path(images_dir)
     bad = BadInputs(source or str(images_dir))
-    infos = [coco.imgs[i] for i in sorted(coco.getImgIds())]
+    infos = []
+    for image_id in sorted(coco.getImgIds()):
+        info = coco.imgs[image_id]
+        if isinstance(info.get("file_name"), str) and info["file_name"]:
+            infos.append(info)
+        else:
+            bad.add("image entry without file_name", source or "annotations", f"image id {image_id} names no file")
     paths = [images_dir / info["file_name"] for info in infos]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -224,8 +233,8 @@ def scan_coco(coco, images_dir: PathLike, *, categories: Categories, masks: bool
         kept = []
         for ann in coco.imgToAnns.get(info["id"], []):
             if ann.get("category_id") not in label_of:
-                reason, detail = "unknown category", (f"unknown category {ann.get('category_name') or ann.get('category_id')!r} "
-                                                      f"(known: {', '.join(categories.names)})")
+                name = ann.get("category_name") or ann.get("category_id")   # VOC entries carry the name
+                reason, detail = "unknown category", f"unknown category {name!r} (known: {', '.join(categories.names)})"
             else:
                 reason, detail = check_box(ann, width, height)
                 if not reason and masks:

@@ -148,8 +148,8 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
             continue
         height, width = image.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
-            reject("size mismatch", str(path), f"upright (EXIF-rotated) image is {width}x{height} but the annotations say "
-                              f"{info['width']}x{info['height']}")
+            reject("size mismatch", str(path), f"upright (EXIF-rotated) image is {width}x{height} but the "
+                                               f"annotations say {info['width']}x{info['height']}")
             continue
         prompted, truths = [], []
         for ann in anns:
