@@ -21,8 +21,8 @@ pytest.importorskip("pycocotools")
 from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
 from repvit.cli import main  # noqa: E402
-from repvit.detection.data import DetectionDataError, load_coco  # noqa: E402
-from repvit.sam.evaluation import SIZES, evaluate_coco, find_coco_layout  # noqa: E402
+from repvit.data.coco import CocoDataError, load_coco  # noqa: E402
+from repvit.sam.evaluation import SIZES, evaluate_coco, find_coco_layout, format_report  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
 from .conftest import shared_data  # noqa: E402
@@ -210,13 +210,16 @@ def test_bad_input_is_named_or_counted_and_skipped(fruit, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
     fake = GroundTruthPredictor(coco, images)
-    with pytest.raises(DetectionDataError, match="missing.jpg.*not found.*--skip-bad"):
+    with pytest.raises(CocoDataError, match="(?s)missing.jpg: image file not found.*--skip-bad") as err:
         evaluate_coco(fake, bad, images)
+    # one error names every problem found before the first image is encoded
+    assert f"annotation {no_seg}: no segmentation" in str(err.value)
+    assert "2 bad inputs (1 no segmentation, 1 missing image)" in str(err.value)
     data["images"].pop()
     data["annotations"].pop()
     only_seg = tmp_path / "no-seg.json"
     only_seg.write_text(json.dumps(data))
-    with pytest.raises(DetectionDataError, match=f"annotation {no_seg}: no segmentation"):
+    with pytest.raises(CocoDataError, match=f"annotation {no_seg}: no segmentation"):
         evaluate_coco(fake, only_seg, images)
 
     report = evaluate_coco(fake, bad, images, skip_bad=True)
@@ -227,6 +230,9 @@ def test_bad_input_is_named_or_counted_and_skipped(fruit, tmp_path):
     for rec in report["prompts"].values():
         assert rec["mIoU"] == pytest.approx(1.0) and rec["segm"]["AP"] == pytest.approx(1.0)
     assert {s.get("annotation") for s in report["skipped"]} == {None, no_seg}
+    assert report["skipped_by_reason"] == {"no segmentation": 1, "missing image": 1}
+    printed = format_report(report)
+    assert "  no segmentation: 1 (" in printed and "  missing image: 1 (" in printed and "missing.jpg" in printed
 
 
 def test_cli_random_weights_end_to_end(fruit, tmp_path, capsys):

@@ -34,82 +34,16 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..detection.coco_eval import STAT_NAMES, coco_metrics
-from ..detection.data import DetectionData, DetectionDataError, coco_from_dict, load_coco
+# find_coco_layout is re-exported: `repvit sam eval` finds its files through this module.
+from ..data.bad_inputs import SKIP_BAD_HINT
+from ..data.coco import (STAT_NAMES, Categories, CocoDataError, annotation_mask, coco_metrics, coco_subset,
+                         find_coco_layout, load_coco, masks_to_rle, scan_coco)
 
 PROMPTS = ("box", "point")
 # COCO's object sizes by area in pixels, as COCOeval's areaRng draws them.
 SIZES = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, math.inf))
 
 PathLike = Union[str, os.PathLike]
-
-
-def find_coco_layout(root: Optional[PathLike] = None, *, annotations: Optional[PathLike] = None,
-                     images: Optional[PathLike] = None, split: Optional[str] = None) -> tuple[Path, Path]:
-    """``(annotation JSON, image folder)`` of a COCO instances folder; explicit paths win.
-
-    Recognised layouts under ``root``:
-    ``annotations.json`` + ``images/`` (a single-file export such as the fruit set);
-    ``annotations/instances_<split>.json`` + ``images/<split>/`` (COCO128-instances) or
-    ``<split>/`` (COCO 2017 as downloaded). With several splits, ``val2017`` (or the one name
-    containing ``val``) is taken unless ``split`` names another.
-    """
-    if annotations is not None and images is not None:
-        return _existing_file(annotations), _existing_dir(images)
-    if root is None:
-        raise ValueError("give the dataset folder (--coco DIR) or both --annotations FILE and --images DIR")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
-    if annotations is None:
-        annotations, split = _find_annotations(root, split)
-    annotations = _existing_file(annotations)
-    if images is None:
-        candidates = ([root / "images" / split, root / split] if split else []) + [root / "images"]
-        found = [c for c in candidates if c.is_dir() and any(_image_files(c))]
-        if not found:
-            raise FileNotFoundError(f"{root}: no image folder for {annotations.name} (looked for "
-                                    f"{', '.join(str(c) for c in candidates)}); pass --images DIR")
-        images = found[0]
-    return annotations, _existing_dir(images)
-
-
-def _find_annotations(root: Path, split: Optional[str]) -> tuple[Path, Optional[str]]:
-    if split is None and (root / "annotations.json").is_file():
-        return root / "annotations.json", None
-    folder = root / "annotations"
-    splits = {p.stem[len("instances_"):]: p for p in sorted(folder.glob("instances_*.json"))} if folder.is_dir() else {}
-    if not splits:
-        raise FileNotFoundError(f"{root}: no annotations.json and no annotations/instances_<split>.json; "
-                                "pass --annotations FILE --images DIR")
-    if split is not None:
-        if split not in splits:
-            raise ValueError(f"{root}: no split {split!r} (found: {', '.join(splits)})")
-        return splits[split], split
-    if len(splits) == 1:
-        return next(iter(splits.items()))[::-1]
-    vals = [s for s in splits if s == "val2017"] or [s for s in splits if "val" in s]
-    if len(vals) != 1:
-        raise ValueError(f"{root}: several splits ({', '.join(splits)}); choose one with --split")
-    return splits[vals[0]], vals[0]
-
-
-def _image_files(folder: Path):
-    return (p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
-
-
-def _existing_file(path: PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {str(path)!r} does not exist")
-    return path
-
-
-def _existing_dir(path: PathLike) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"image folder {str(path)!r} does not exist")
-    return path
 
 
 def _predictor(model):
@@ -122,44 +56,11 @@ def _predictor(model):
     return SamPredictor(model)
 
 
-def _subset(coco, image_ids: Sequence[int], annotation_ids: Optional[set] = None):
-    """A COCO index holding only ``image_ids`` and (when given) only ``annotation_ids``."""
-    keep = set(image_ids)
-    data = coco.dataset
-    return coco_from_dict({**data, "images": [i for i in data["images"] if i["id"] in keep],
-                           "annotations": [a for a in data["annotations"] if a["image_id"] in keep and
-                                           (annotation_ids is None or a["id"] in annotation_ids)]})
-
-
-def _truth_mask(coco, ann: dict, height: int, width: int) -> tuple[Optional[np.ndarray], str]:
-    """``ann``'s mask as ``H x W`` bool, or None and why it cannot serve as ground truth."""
-    seg = ann.get("segmentation")
-    if not seg:
-        return None, "no segmentation (a COCO instances file needs a polygon or RLE mask per annotation)"
-    if isinstance(seg, dict) and list(seg.get("size", [])) != [height, width]:
-        return None, f"RLE size {seg.get('size')} differs from the image's {height}x{width}"
-    try:
-        mask = coco.annToMask(ann).astype(bool)
-    except Exception as err:  # pycocotools raises several types on malformed masks
-        return None, f"unreadable segmentation ({type(err).__name__}: {err})"
-    if not mask.any():
-        return None, "the segmentation covers no pixel"
-    return mask, ""
-
-
 def _size_name(area: float) -> str:
     for name, low, high in SIZES:
         if low <= area < high:
             return name
     return SIZES[-1][0]
-
-
-def _to_rle(masks: np.ndarray) -> list[dict]:
-    from pycocotools import mask as mask_utils
-    if not len(masks):
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode()} for r in rles]
 
 
 @torch.no_grad()
@@ -194,7 +95,8 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
     that acts as a ``SamPredictor`` (``set_image``, ``transform``, ``predict_torch``, ``device``).
     ``prompt``: ``"box"``, ``"point"`` or ``"both"``. ``limit``: only the first N images by id.
     ``skip_bad``: count and skip a missing or unreadable image and an annotation without a usable
-    mask or box instead of raising ``DetectionDataError``. ``batch_size``: prompts per decoder
+    mask or box instead of raising ``CocoDataError`` (which lists every problem found before the
+    first image is encoded; an empty mask shows only when decoded). ``batch_size``: prompts per decoder
     call (64 holds every image of COCO128 in one call). ``results``: also write the predictions
     as a COCO results file (RLE masks); with both protocols, ``<stem>_box<suffix>`` and
     ``<stem>_point<suffix>``. ``progress(done, total, info)`` is called after each image.
@@ -215,14 +117,20 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
         raise FileNotFoundError(f"annotation file {str(coco_json)!r} does not exist")
     coco = load_coco(coco_json)
     if limit is not None:   # only the images the run uses are checked
-        coco = _subset(coco, sorted(coco.getImgIds())[:limit])
-    data = DetectionData(image_dir, coco, skip_bad=skip_bad, source=str(coco_json))
+        coco = coco_subset(coco, sorted(coco.getImgIds())[:limit])
+    items, bad = scan_coco(coco, image_dir, categories=Categories.of(coco, str(coco_json)), masks=True,
+                           source=str(coco_json))
+    if not skip_bad:
+        bad.raise_if_any(CocoDataError, SKIP_BAD_HINT)
     predictor = _predictor(model)
 
     from .images import load_rgb
 
-    def reject(where: str, reason: str, annotation=None) -> None:
-        data.reject(skip_bad, where, reason, annotation)
+    def reject(reason: str, where: str, detail: str, annotation=None) -> None:
+        """A problem only decoding shows (an empty mask, an EXIF rotation): an error, or one more skip."""
+        bad.add(reason, where, detail, annotation)
+        if not skip_bad:
+            bad.raise_if_any(CocoDataError, SKIP_BAD_HINT)
 
     kept_ids: set = set()
     evaluated_images: list[int] = []
@@ -230,24 +138,24 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
     per: dict = {p: {"iou": [], "oracle": [], "size": [], "dets": []} for p in protocols}
     seconds = {"load": 0.0, "encoder": 0.0, "decoder": 0.0, "metrics": 0.0}
     run_start = time.perf_counter()
-    for done, (info, anns) in enumerate(data.items, start=1):
+    for done, (info, anns) in enumerate(items, start=1):
         path = Path(image_dir) / info["file_name"]
         tick = time.perf_counter()
         try:
             image = load_rgb(path)
-        except (FileNotFoundError, ValueError) as err:
-            reject(str(path), str(err))
+        except (FileNotFoundError, ValueError) as err:   # changed since the check
+            reject("unreadable image", str(path), str(err))
             continue
         height, width = image.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
-            reject(str(path), f"upright (EXIF-rotated) image is {width}x{height} but the annotations say "
-                              f"{info['width']}x{info['height']}")
+            reject("size mismatch", str(path), f"upright (EXIF-rotated) image is {width}x{height} but the "
+                                               f"annotations say {info['width']}x{info['height']}")
             continue
         prompted, truths = [], []
         for ann in anns:
-            mask, reason = _truth_mask(coco, ann, height, width)
+            mask, reason, detail = annotation_mask(coco, ann, height, width)
             if mask is None:
-                reject(info.get("source", str(path)), reason, ann["id"])
+                reject(reason, info.get("source") or info["file_name"], detail, ann["id"])
                 continue
             kept_ids.add(ann["id"])
             if ann.get("iscrowd", 0):
@@ -272,18 +180,20 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
                                   for a, m in zip(prompted, truths)]
             seconds["metrics"] += time.perf_counter() - tick
         if progress is not None:
-            progress(done, len(data.items), {"image": info["file_name"], "instances": len(prompted)})
+            progress(done, len(items), {"image": info["file_name"], "instances": len(prompted)})
     if not evaluated_images:
-        raise DetectionDataError(f"{coco_json}: no image could be evaluated")
+        raise CocoDataError(f"{coco_json}: no image could be evaluated" + (f"\n{bad.summary()}" if bad else ""))
 
     tick = time.perf_counter()
-    truth = _subset(coco, evaluated_images, kept_ids)   # what was checked: skipped annotations are not misses
+    truth = coco_subset(coco, evaluated_images, kept_ids)   # what was checked: skipped annotations are not misses
     report: dict = {
         "annotations": str(coco_json), "images_dir": str(image_dir), "images": len(evaluated_images),
         "instances": len(per[protocols[0]]["iou"]), "crowd_excluded": crowd,
-        "skipped_images": len(data.skipped.images), "skipped_annotations": len(data.skipped.annotations),
-        "skipped": [{"file": f, "reason": r} for f, r in data.skipped.images] +
-                   [{"file": f, "annotation": a, "reason": r} for f, a, r in data.skipped.annotations],
+        "skipped_images": sum(e.annotation is None for e in bad),
+        "skipped_annotations": sum(e.annotation is not None for e in bad),
+        "skipped": [{"file": e.file, "reason": e.detail} if e.annotation is None else
+                    {"file": e.file, "annotation": e.annotation, "reason": e.detail} for e in bad],
+        "skipped_by_reason": bad.counts(), "skip_report": bad.summary() if bad else "",
         "prompts": {},
     }
     for name in protocols:
@@ -325,7 +235,7 @@ def _score(record: dict, masks: torch.Tensor, scores: torch.Tensor, truth: torch
     rows = torch.arange(len(anns), device=best.device)
     record["iou"] += ious[rows, best].tolist()
     record["oracle"] += ious.max(dim=1).values.tolist()
-    for ann, rle, score in zip(anns, _to_rle(masks[rows, best].cpu().numpy()), scores[rows, best].tolist()):
+    for ann, rle, score in zip(anns, masks_to_rle(masks[rows, best].cpu().numpy()), scores[rows, best].tolist()):
         box = mask_utils.toBbox({**rle, "counts": rle["counts"].encode()})
         record["dets"].append({"image_id": image_id, "category_id": ann["category_id"], "segmentation": rle,
                                "score": float(score), "bbox": [float(v) for v in box]})
@@ -354,6 +264,7 @@ def format_report(report: dict) -> str:
     lines = [f"{report['images']} images, {report['instances']} instances prompted, {report['crowd_excluded']} crowd "
              f"regions not prompted, skipped {report['skipped_images']} images and "
              f"{report['skipped_annotations']} annotations",
+             *([report["skip_report"]] if report.get("skip_report") else []),
              "prompt  mIoU  small medium large |   AP  AP50  AP75   APs   APm   APl"]
     for name, rec in report["prompts"].items():
         sizes = " ".join(pct(rec["mIoU_by_size"][s]) for s, _, _ in SIZES)

@@ -10,19 +10,23 @@ Other datasets in this layout after renaming folders: ADE20K (``images/training`
 ignore 255, or pass ``reduce_zero_label=True``) and Cityscapes (``leftImg8bit`` and the
 ``*_labelTrainIds.png`` files of ``gtFine`` made by cityscapesScripts; ignore 255).
 
-Pairs are matched by file stem and checked when the dataset is built: an image without a label
-(or the reverse), a label whose size differs from its image, an unreadable file. Each is an
-error naming the file, or with ``skip_bad=True`` a counted skip.
+Pairs are matched by file stem and checked when the dataset is built (both files decoded in
+full): an image without a label (or the reverse), a label whose size differs from its image, an
+unreadable or truncated file. All of them are reported at once, in one error grouped by reason,
+or with ``skip_bad=True`` skipped and summarized by ``skip_report()`` for the run's log.
 """
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..data.bad_inputs import SKIP_BAD_HINT, BadInputs, read_image_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -47,26 +51,18 @@ class SemanticFolder(torch.utils.data.Dataset):
                 raise SegmentationDataError(f"{self.root}: expected images/ and labels/ folders (missing {folder.name}/)")
         image_files = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         label_files = {p.stem: p for p in sorted(labels.iterdir()) if p.suffix.lower() == ".png"}
-        self.skipped: list[tuple[str, str]] = []
-        self.pairs: list[tuple[Path, Path]] = []
-        for stem in sorted(set(image_files) | set(label_files)):
-            image, label = image_files.get(stem), label_files.get(stem)
-            if image is None or label is None:
-                missing = f"labels/{stem}.png" if image is not None else f"an image named {stem}.*"
-                self._reject(skip_bad, str(image or label), f"no matching {missing}")
-                continue
-            problem = _check_pair(image, label, full=skip_bad)
-            if problem:
-                self._reject(skip_bad, *problem)
-                continue
-            self.pairs.append((image, label))
-        if not self.pairs:
-            raise SegmentationDataError(f"{self.root}: no usable image/label pairs")
-
-    def _reject(self, skip_bad: bool, where: str, reason: str) -> None:
+        self.pairs, self.bad_inputs = _scan_pairs(image_files, label_files, source=str(self.root))
         if not skip_bad:
-            raise SegmentationDataError(f"{where}: {reason} (pass skip_bad / --skip-bad to skip and count such cases)")
-        self.skipped.append((where, reason))
+            self.bad_inputs.raise_if_any(SegmentationDataError, SKIP_BAD_HINT)
+        # (file, what is wrong) for each pair left out; bad_inputs has the reasons too
+        self.skipped: list[tuple[str, str]] = [(e.file, e.detail) for e in self.bad_inputs]
+        if not self.pairs:
+            raise SegmentationDataError(f"{self.root}: no usable image/label pairs"
+                                        + (f"\n{self.bad_inputs.summary()}" if self.bad_inputs else ""))
+
+    def skip_report(self, files: int = 3) -> str:
+        """What ``skip_bad`` left out, counted by reason with the first ``files`` names of each ("" if nothing)."""
+        return self.bad_inputs.summary(files) if self.bad_inputs else ""
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -94,26 +90,46 @@ class SemanticFolder(torch.utils.data.Dataset):
         return image, label
 
 
-def _check_pair(image: Path, label: Path, *, full: bool) -> Optional[tuple[str, str]]:
-    try:
-        with Image.open(image) as im:
-            image_size = im.size
-            if full:
-                im.convert("RGB")
-    except OSError as err:
-        return str(image), f"unreadable image ({err})"
+def _scan_pairs(image_files: dict, label_files: dict, *, source: str) -> tuple[list[tuple[Path, Path]], BadInputs]:
+    """Pairs matched by stem whose files decode whole and agree in size; every other file is a bad input."""
+    bad = BadInputs(source)
+    matched = []
+    for stem in sorted(set(image_files) | set(label_files)):
+        image, label = image_files.get(stem), label_files.get(stem)
+        if label is None:
+            bad.add("image without label", image, f"no matching labels/{stem}.png")
+        elif image is None:
+            bad.add("label without image", label, f"no matching image named {stem}.* in images/")
+        else:
+            matched.append((image, label))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # PIL decodes without the GIL
+        problems = list(pool.map(lambda pair: _check_pair(*pair), matched))
+    pairs = []
+    for pair, problem in zip(matched, problems):
+        if problem:
+            bad.add(*problem)
+        else:
+            pairs.append(pair)
+    return pairs, bad
+
+
+def _check_pair(image: Path, label: Path) -> Optional[tuple[str, str, str]]:
+    """``(reason, file, detail)`` when the pair cannot be used: both files are decoded in full."""
+    size, reason, detail = read_image_size(image)
+    if size is None:
+        return reason, str(image), detail
     try:
         with Image.open(label) as lab:
             label_size, mode = lab.size, lab.mode
-            if full:
-                lab.load()
-    except OSError as err:
-        return str(label), f"unreadable label PNG ({err})"
+            lab.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        return "unreadable label", str(label), f"unreadable label PNG ({err})"
     if mode not in ("L", "P", "I;16", "I"):
-        return str(label), f"label PNG of mode {mode}: expected one channel of class indices (mode L or P)"
-    if label_size != image_size:
-        return str(label), (f"label is {label_size[0]}x{label_size[1]} but its image {image.name} is "
-                            f"{image_size[0]}x{image_size[1]}")
+        return "label not one channel", str(label), (f"label PNG of mode {mode}: expected one channel of class "
+                                                     "indices (mode L or P)")
+    if label_size != size:
+        return "size mismatch", str(label), (f"label is {label_size[0]}x{label_size[1]} but its image {image.name} "
+                                             f"is {size[0]}x{size[1]}")
     return None
 
 

@@ -62,8 +62,10 @@ class SemanticFPN(nn.Module):
         self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Every constructor option but the weight sources, so load_segmenter rebuilds this model.
         self.repvit_config = {"name": backbone.name, "num_classes": num_classes, "taps": taps,
-                              "fpn_channels": fpn_channels, "head_channels": head_channels, "dropout": dropout}
+                              "fpn_channels": fpn_channels, "head_channels": head_channels, "dropout": dropout,
+                              "norm_eval": norm_eval, "frozen_stages": frozen_stages, "drop_path_rate": drop_path_rate}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = list(self.backbone((x - self.mean) / self.std).values())
