@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..engine.distributed import DistEnv, each_rank, shard
-from .coco_eval import coco_metrics
+from ..data.coco import coco_metrics, masks_to_rle
 from .data import DetectionData, collate
 
 MASK_THRESHOLD = 0.5
@@ -18,17 +18,12 @@ def to_coco_results(output: dict, image_id: int, category_ids: Sequence[int]) ->
     """One image's torchvision detections in COCO's results format (dataset category ids, RLE masks)."""
     boxes = output["boxes"].detach().cpu()
     results = []
-    rles = None
-    if "masks" in output:
-        from pycocotools import mask as mask_utils
-        import numpy as np
-        binary = (output["masks"].detach().cpu()[:, 0] > MASK_THRESHOLD).numpy().astype(np.uint8)
-        rles = [mask_utils.encode(np.asfortranarray(m)) for m in binary]
+    rles = masks_to_rle((output["masks"].detach().cpu()[:, 0] > MASK_THRESHOLD).numpy()) if "masks" in output else None
     for i, (box, score, label) in enumerate(zip(boxes.tolist(), output["scores"].tolist(), output["labels"].tolist())):
         det = {"image_id": int(image_id), "category_id": int(category_ids[label - 1]), "score": float(score),
                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
         if rles is not None:
-            det["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode()}
+            det["segmentation"] = rles[i]
         results.append(det)
     return results
 
