@@ -47,7 +47,7 @@ class ScaleHead(nn.Module):
 
 class SemanticFPN(nn.Module):
     def __init__(self, name: str = "repvit_m1_1", *, num_classes: int, taps: str = "segmentation",
-                 fpn_channels: int = 256, head_channels: int = 128, dropout: float = 0.1, norm_eval: bool = False,
+                 fpn_channels: int = 256, head_channels: int = 128, dropout: float = 0.1, norm_eval: bool = True,
                  frozen_stages: int = -1, checkpoint=None, pretrained=None, drop_path_rate: float = 0.0):
         super().__init__()
         if num_classes < 1:
