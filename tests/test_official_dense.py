@@ -129,3 +129,63 @@ def test_ade20k_official_file_that_does_not_fit_is_named():
     official["auxiliary_head.conv_seg.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="auxiliary_head"):
         load_official_segmenter(SemanticFPN(NAME, num_classes=ADE_CLASSES), official)
+
+
+# --------------------------------------------------------------------------- COCO Mask R-CNN
+def official_coco_state(seed: int = 0) -> dict:
+    """MaskRCNN(backbone, FPN(num_outs=5), RPNHead(3 anchors, sigmoid), Shared2FCBBoxHead(1024, 80
+    classes), FCNMaskHead(4 convs, deconv, 80 classes)) with mmdetection 2.x module names."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {**official_backbone("detection", gen), **official_neck(gen, num_outs=5)}
+    parts = {"rpn_head.rpn_conv": (FPN, FPN, 3, 3), "rpn_head.rpn_cls": (3, FPN, 1, 1),
+             "rpn_head.rpn_reg": (12, FPN, 1, 1), "roi_head.bbox_head.shared_fcs.0": (1024, FPN * 7 * 7),
+             "roi_head.bbox_head.shared_fcs.1": (1024, 1024), "roi_head.bbox_head.fc_cls": (COCO_CLASSES + 1, 1024),
+             "roi_head.bbox_head.fc_reg": (COCO_CLASSES * 4, 1024),
+             **{f"roi_head.mask_head.convs.{i}.conv": (FPN, FPN, 3, 3) for i in range(4)},
+             "roi_head.mask_head.upsample": (FPN, FPN, 2, 2), "roi_head.mask_head.conv_logits": (COCO_CLASSES, FPN, 1, 1)}
+    for name, shape in parts.items():
+        state[f"{name}.weight"] = _randn(gen, *shape)
+        state[f"{name}.bias"] = _randn(gen, shape[0] if "upsample" not in name else shape[1])
+    return state
+
+
+def test_coco_official_layout_loads_strictly_with_background_moved_first():
+    from repvit.detection.detectors import build_detector
+    from repvit.detection.official import load_official_detector
+    official = official_coco_state()
+    model = build_detector("maskrcnn", NAME, num_classes=COCO_CLASSES + 1)
+    load_official_detector(model, official)
+    heads = model.roi_heads
+    fc_cls, fc_reg = official["roi_head.bbox_head.fc_cls.weight"], official["roi_head.bbox_head.fc_reg.weight"]
+    assert torch.equal(heads.box_predictor.cls_score.weight[0], fc_cls[COCO_CLASSES])       # background
+    assert torch.equal(heads.box_predictor.cls_score.weight[1:], fc_cls[:COCO_CLASSES])     # person .. toothbrush
+    assert torch.equal(heads.box_predictor.cls_score.bias[0], official["roi_head.bbox_head.fc_cls.bias"][-1])
+    assert not heads.box_predictor.bbox_pred.weight[:4].any()
+    assert torch.equal(heads.box_predictor.bbox_pred.weight[4:], fc_reg)
+    assert torch.equal(heads.mask_predictor.mask_fcn_logits.weight[1:], official["roi_head.mask_head.conv_logits.weight"])
+    assert torch.equal(heads.mask_predictor.conv5_mask.weight, official["roi_head.mask_head.upsample.weight"])
+    assert torch.equal(heads.mask_head[2][0].weight, official["roi_head.mask_head.convs.2.conv.weight"])
+    assert torch.equal(heads.box_head.fc7.bias, official["roi_head.bbox_head.shared_fcs.1.bias"])
+    assert torch.equal(model.rpn.head.conv[0][0].weight, official["rpn_head.rpn_conv.weight"])
+    assert torch.equal(model.rpn.head.bbox_pred.weight, official["rpn_head.rpn_reg.weight"])
+    assert torch.equal(model.backbone.fpn.inner_blocks[1][0].weight, official["neck.lateral_convs.1.conv.weight"])
+    assert torch.equal(model.backbone.body.body.features[20].token_mixer[0].conv.c.weight,
+                       official["backbone.features.20.token_mixer.0.conv.c.weight"])
+    assert model.backbone.body.body.tap_indices == [2, 6, 20, 24]    # the official detection out_indices
+
+
+def test_coco_official_file_into_faster_rcnn_and_refused_by_retinanet(tmp_path, monkeypatch):
+    from repvit.detection.detectors import build_detector
+    from repvit.detection.official import COCO_CATEGORY_IDS, load_official_detector, official_detector
+    official = official_coco_state(seed=2)
+    torch.save({"meta": {}, "state_dict": official}, tmp_path / f"{NAME}_coco.pth")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    model = official_detector(f"{NAME}:coco", kind="fasterrcnn")
+    assert torch.equal(model.roi_heads.box_head.fc6.weight, official["roi_head.bbox_head.shared_fcs.0.weight"])
+    assert model.category_ids == COCO_CATEGORY_IDS and len(set(COCO_CATEGORY_IDS)) == 80
+    assert model.transform.min_size == (800,) and model.transform.max_size == 1333
+    with pytest.raises(ValueError, match="Mask R-CNN"):
+        load_official_detector(build_detector("retinanet", NAME, num_classes=81), official)
+    official["roi_head.bbox_head.fc_cls.weight"] = official["roi_head.bbox_head.fc_cls.weight"][:21]
+    with pytest.raises(CheckpointError, match="cls_score"):
+        load_official_detector(build_detector("maskrcnn", NAME, num_classes=81), official)
