@@ -304,3 +304,13 @@ class EvalResize:
         height, width = aligned_size(image.shape[1], image.shape[2], self.size, self.divisor)
         image = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         return image, label
+
+
+def transforms_from_options(cfg) -> tuple[TrainTransform, EvalResize]:
+    """The training and evaluation transforms of ``repvit segment train`` options (``--crop``,
+    ``--img-scale``, ``--ratio-range``, ``--cat-max-ratio``, ``--photometric``, ``--eval-size``,
+    ``--ignore-index``; a null size in a config file means relative to / at the image's own size)."""
+    train = TrainTransform(tuple(cfg.crop), img_scale=tuple(cfg.img_scale) if cfg.img_scale else None,
+                           ratio_range=tuple(cfg.ratio_range), cat_max_ratio=cfg.cat_max_ratio,
+                           photometric=cfg.photometric, ignore_index=cfg.ignore_index)
+    return train, EvalResize(tuple(cfg.eval_size) if cfg.eval_size else None)

@@ -107,4 +107,6 @@ def load_segmenter(path, *, use_ema: bool = False) -> SemanticFPN:
     load_recorded_weights(model, record, path=path, what="Semantic FPN", use_ema=use_ema)
     model.class_names, model.ignore_index = list(record["class_names"]), int(record["ignore_index"])
     model.reduce_zero_label = bool(record.get("reduce_zero_label", False))
+    # The (short, long) bound of the aligned resize validation ran at; None (older files): raw size.
+    model.eval_size = tuple(record["eval_size"]) if record.get("eval_size") else None
     return model.eval()
