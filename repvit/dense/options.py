@@ -1,6 +1,8 @@
 """Options of ``repvit segment train`` and ``repvit detect train``: one table per task over a shared
 table of loop options, layered as ``repvit train`` layers them (defaults < ``-c`` YAML < flags).
-Defaults are CPU-sized; the paper's recipes are the YAML files in ``configs/``."""
+Loop defaults are CPU-sized and the paper's recipes are the YAML files in ``configs/``; the
+segmentation data options default to the official ADE20K pipeline (the defaults of
+``repvit.segmentation.data``), ``--norm-eval`` to the official frozen BatchNorm statistics."""
 from __future__ import annotations
 
 import argparse
