@@ -189,3 +189,47 @@ def test_coco_official_file_into_faster_rcnn_and_refused_by_retinanet(tmp_path, 
     official["roi_head.bbox_head.fc_cls.weight"] = official["roi_head.bbox_head.fc_cls.weight"][:21]
     with pytest.raises(CheckpointError, match="cls_score"):
         load_official_detector(build_detector("maskrcnn", NAME, num_classes=81), official)
+
+
+def _official_semantic_fpn_forward(state: dict, features: list, size) -> torch.Tensor:
+    """The official neck and head written from their definitions (mmcv FPN: 1x1 laterals, nearest
+    top-down sums, 3x3 outputs; mmseg FPNHead: per level conv-BN-ReLU then x2 bilinear upsampling,
+    terms resized to level 0 and summed; conv_seg; logits resized to the input), reading the
+    official state dict by its own key names."""
+    import torch.nn.functional as F
+    laterals = [F.conv2d(x, state[f"neck.lateral_convs.{i}.conv.weight"], state[f"neck.lateral_convs.{i}.conv.bias"])
+                for i, x in enumerate(features)]
+    for i in range(len(laterals) - 1, 0, -1):
+        laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+    outs = [F.conv2d(x, state[f"neck.fpn_convs.{i}.conv.weight"], state[f"neck.fpn_convs.{i}.conv.bias"], padding=1)
+            for i, x in enumerate(laterals)]
+    total = None
+    for level, x in enumerate(outs):
+        position = 0
+        while f"decode_head.scale_heads.{level}.{position}.conv.weight" in state:
+            p = f"decode_head.scale_heads.{level}.{position}"
+            x = F.conv2d(x, state[f"{p}.conv.weight"], padding=1)
+            x = F.relu(F.batch_norm(x, state[f"{p}.bn.running_mean"], state[f"{p}.bn.running_var"],
+                                    state[f"{p}.bn.weight"], state[f"{p}.bn.bias"], training=False, eps=1e-5))
+            if level > 0:
+                x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            position += 2 if level > 0 else 1
+        total = x if total is None else total + F.interpolate(x, size=total.shape[2:], mode="bilinear",
+                                                              align_corners=False)
+    logits = F.conv2d(total, state["decode_head.conv_seg.weight"], state["decode_head.conv_seg.bias"])
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def test_ade20k_loaded_model_computes_the_official_function():
+    from repvit.segmentation.official import load_official_segmenter
+    from repvit.segmentation.semantic_fpn import SemanticFPN
+    official = official_ade20k_state(seed=3)
+    model = SemanticFPN(NAME, num_classes=ADE_CLASSES)
+    load_official_segmenter(model, official)
+    model.eval()
+    image = torch.rand(1, 3, 64, 96)          # sides multiples of 32, as the official evaluation feeds
+    with torch.no_grad():
+        features = list(model.backbone.body((image - model.mean) / model.std).values())
+        expected = _official_semantic_fpn_forward(official, features, image.shape[-2:])
+        got = model(image)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
