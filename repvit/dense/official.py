@@ -17,7 +17,8 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from ..models.checkpoint import CheckpointError, read_checkpoint
+from ..models.checkpoint import read_checkpoint
+from ..models.state_dict import load_strict
 
 _NECK = re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$")
 _NECK_TARGET = {"lateral_convs": "inner_blocks", "fpn_convs": "layer_blocks"}
@@ -44,22 +45,6 @@ def read_official_state(source) -> dict:
 
 
 def load_strictly(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """Copy ``state`` into ``model``: every key of each present, none extra, every shape equal;
-    otherwise one error naming what is missing, unexpected and mis-shaped."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-             for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        lines = [f"{source} does not fit {type(model).__name__}:"]
-        if missing:
-            lines.append(f"  missing from the file ({len(missing)}): {', '.join(missing[:6])}")
-        if unexpected:
-            lines.append(f"  not in the model ({len(unexpected)}): {', '.join(unexpected[:6])}")
-        if wrong:
-            lines.append(f"  mis-shaped ({len(wrong)}): {'; '.join(wrong[:6])}")
-        lines.append("How to fix: build the model the file was trained as (the variant of its name, its number "
-                     "of classes, the default head widths)")
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict(dict(state), strict=True)
+    """Copy the mapped ``state`` into ``model`` through the project's one strict loader."""
+    load_strict(model, state, source=source, fix="build the model the file was trained as (the variant of its "
+                                                  "name, its number of classes, the default head widths)")
