@@ -50,8 +50,6 @@ def run_export(args: argparse.Namespace) -> int:
             if not Path(item).exists():
                 raise FileNotFoundError(f"--images: {item!r} does not exist")
     sam = load_sam(args)
-    if args.unfused:
-        print("note: --unfused is ignored by export: the exported encoder is always the fused one")
     out = Path(args.output_dir)
     try:
         report = export_sam(sam, out, formats=formats, images=images, max_images=args.max_images,
@@ -100,5 +98,5 @@ def register(actions) -> None:
     p.add_argument("--coreml-precision", choices=("float16", "float32"), default="float16",
                    help="Core ML compute precision (default float16)")
     p.add_argument("--report", metavar="FILE.json", help=f"write the report here (default: OUTPUT_DIR/{REPORT_NAME})")
-    add_sam_weights(p)
+    add_sam_weights(p, unfused=False)  # the exported encoder is always the fused one
     p.set_defaults(func=run_export)

@@ -41,7 +41,8 @@ class Prompt:
 
 
 def parse_point(text: str) -> tuple:
-    """``"X,Y"`` or ``"X,Y,LABEL"`` -> ``(x, y, label)`` (label 1 when omitted)."""
+    """``"X,Y"`` or ``"X,Y,LABEL"`` -> ``(x, y, label)`` (label 1 when omitted); the label is checked by
+    ``Prompt.check``."""
     parts = [p.strip() for p in str(text).split(",")]
     try:
         if len(parts) == 2:
@@ -50,18 +51,19 @@ def parse_point(text: str) -> tuple:
             return float(parts[0]), float(parts[1]), int(parts[2])
     except ValueError:
         pass
-    raise ValueError(f"--point {text!r}: expected X,Y or X,Y,LABEL in image pixels (LABEL 1 object, 0 background), "
-                     "e.g. --point 320,240 --point 50,60,0")
+    raise ValueError(f"point {text!r}: expected X,Y or X,Y,LABEL in image pixels (LABEL 1 object, 0 background), "
+                     "e.g. 320,240 or 50,60,0")
 
 
 def parse_box(text: str) -> tuple:
-    parts = [p.strip() for p in str(text).split(",")]
+    """``"X0,Y0,X1,Y1"`` -> four floats (the command line's ``--box`` and the demo page's box field)."""
+    parts = [p.strip() for p in str(text or "").split(",")]
     try:
         if len(parts) == 4:
             return tuple(float(p) for p in parts)
     except ValueError:
         pass
-    raise ValueError(f"--box {text!r}: expected X0,Y0,X1,Y1 in image pixels (top-left and bottom-right corners)")
+    raise ValueError(f"box {text!r}: expected X0,Y0,X1,Y1 in image pixels (top-left and bottom-right corners)")
 
 
 def read_prompt_file(path: Union[str, os.PathLike]) -> list[Prompt]:
