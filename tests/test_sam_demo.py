@@ -265,7 +265,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_gradio_is_imported_only_for_the_page():
     code = """
 import contextlib, io, json, sys
-import repvit, repvit.sam, repvit.sam.demo
+import repvit, repvit.sam, repvit.sam.demo, repvit.sam.demo_page
 from repvit.cli import main
 for argv in (["sam", "--help"], ["sam", "demo", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):

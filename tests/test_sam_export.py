@@ -254,3 +254,13 @@ def test_parity_images_fall_back_to_photos_then_a_test_card(monkeypatch):
     monkeypatch.setattr(sam_parity, "find_images", lambda source, limit: [])
     (name, card), = sam_parity.parity_images(None)
     assert name == "synthetic" and card.shape == (480, 640, 3)
+
+
+def test_the_sam_package_does_not_import_the_exporters():
+    """Export sits above the capability packages: repvit.export.sam* import repvit.sam, never the reverse."""
+    from tests.test_layout import import_graph
+    graph = import_graph()
+    upward = {m: sorted(t for t in targets if t.startswith("repvit.export"))
+              for m, targets in graph.items() if m.startswith("repvit.sam")}
+    assert not {m: t for m, t in upward.items() if t}
+    assert any(t.startswith("repvit.sam") for t in graph["repvit.export.sam"])  # the check sees real edges

@@ -90,8 +90,7 @@ def register(actions) -> None:
                    help="ground-truth box, one point, or both protocols (default: both)")
     p.add_argument("--point", choices=("center", "farthest"), default="center",
                    help="where the point goes: the centre of the ground-truth box (default), or the mask pixel "
-                        "farthest from the mask boundary, as published SAM, EfficientSAM and MobileSAM point "
-                        "figures do")
+                        "farthest from the mask boundary, the click published SAM point figures simulate")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images (by id), for quick runs")
     p.add_argument("--skip-bad", action="store_true",
                    help="count and skip missing images and annotations without a usable mask instead of stopping")

@@ -9,8 +9,8 @@ Two prompt protocols, each over every non-crowd instance:
   ``center``, the centre of the ground-truth box, which can fall outside the object (rings,
   L shapes, occluded objects) and is kept there: the prompt carries no more than the box does;
   ``farthest``, the mask pixel farthest from the mask's boundary (``prompts.farthest_from_boundary``:
-  the maximum of the exact Euclidean distance transform), the click that SAM, EfficientSAM and
-  MobileSAM simulate in their published point figures, always on the object.
+  the maximum of the exact Euclidean distance transform), the simulated click of the SAM paper's
+  point evaluation (after RITM) that published comparisons reuse; always on the object.
   A single click is ambiguous (part, object, group), so the decoder returns its three candidates
   and the one with the highest predicted IoU is kept: the choice a user without the ground truth
   would make. The best candidate by true IoU is reported beside it as ``oracle_mIoU`` (an upper

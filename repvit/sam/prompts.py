@@ -5,8 +5,8 @@ its two corners with labels 2 (top-left) and 3 (bottom-right), and a prompt with
 padded with one point labelled -1 (see ``repvit.export.sam`` for the ONNX decoder's inputs).
 Coordinates here are always pixels of the original image, x right and y down.
 
-``farthest_from_boundary`` is the click that published SAM figures simulate (SAM, EfficientSAM and
-MobileSAM follow RITM's interactive protocol): the mask pixel farthest from any pixel outside the
+``farthest_from_boundary`` is the click that published SAM point figures simulate (the SAM paper
+follows RITM's interactive protocol): the mask pixel farthest from any pixel outside the
 mask, by the exact Euclidean distance, the image border counting as outside (RITM pads the mask
 with zeros before its distance transform). Unlike a box centre it always lies on the object, also
 for rings, L shapes and thin objects.
