@@ -30,7 +30,7 @@ box, append the point (0, 0) with label -1 (SamPredictor does this itself; witho
 differ). mask_input is 1x1x256x256 (a previous low_res_masks channel, or zeros with
 has_mask_input 0); orig_im_size is (height, width). Outputs: masks (logits at the original size,
 > 0 is the mask), iou_predictions, low_res_masks; 4 masks (0: single-mask output, 1-3: multimask
-outputs) unless --return-single-mask. Python helper: repvit.sam.export.onnx_prompt.
+outputs) unless --return-single-mask. Python helper: repvit.export.sam_decoder.onnx_prompt.
 
 Core ML predictions need macOS: on other systems the conversion and the files' input and output
 names are checked and the report says that no prediction was compared.
@@ -39,7 +39,7 @@ names are checked and the report says that no prediction was compared.
 
 def run_export(args: argparse.Namespace) -> int:
     from ..export.onnx import DEFAULT_OPSET
-    from ..sam.export import export_sam, parse_formats
+    from ..export.sam import export_sam, parse_formats
     formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
     if args.max_images < 1:
         raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
@@ -50,8 +50,6 @@ def run_export(args: argparse.Namespace) -> int:
             if not Path(item).exists():
                 raise FileNotFoundError(f"--images: {item!r} does not exist")
     sam = load_sam(args)
-    if args.unfused:
-        print("note: --unfused is ignored by export: the exported encoder is always the fused one")
     out = Path(args.output_dir)
     try:
         report = export_sam(sam, out, formats=formats, images=images, max_images=args.max_images,
@@ -100,5 +98,5 @@ def register(actions) -> None:
     p.add_argument("--coreml-precision", choices=("float16", "float32"), default="float16",
                    help="Core ML compute precision (default float16)")
     p.add_argument("--report", metavar="FILE.json", help=f"write the report here (default: OUTPUT_DIR/{REPORT_NAME})")
-    add_sam_weights(p)
+    add_sam_weights(p, unfused=False)  # the exported encoder is always the fused one
     p.set_defaults(func=run_export)

@@ -5,13 +5,16 @@ Two prompt protocols, each over every non-crowd instance:
 
 - ``box``: the ground-truth box (x0, y0, x1, y1). A box says which object is meant, so the
   decoder returns one mask (``multimask_output=False``).
-- ``point``: one positive point at the centre of the ground-truth box. A single click is
-  ambiguous (part, object, group), so the decoder returns its three candidates and the one with
-  the highest predicted IoU is kept: the choice a user without the ground truth would make.
-  The best candidate by true IoU is reported beside it as ``oracle_mIoU`` (an upper bound,
-  the other figure SAM comparisons quote). A box centre can fall outside the object (rings,
-  L shapes, occluded objects); the protocol keeps it there rather than moving it inside the mask,
-  because then the prompt would already carry ground truth the box does not.
+- ``point``: one positive point, placed by one of two rules (``point=``):
+  ``center``, the centre of the ground-truth box, which can fall outside the object (rings,
+  L shapes, occluded objects) and is kept there: the prompt carries no more than the box does;
+  ``farthest``, the mask pixel farthest from the mask's boundary (``prompts.farthest_from_boundary``:
+  the maximum of the exact Euclidean distance transform), the simulated click of the SAM paper's
+  point evaluation (after RITM) that published comparisons reuse; always on the object.
+  A single click is ambiguous (part, object, group), so the decoder returns its three candidates
+  and the one with the highest predicted IoU is kept: the choice a user without the ground truth
+  would make. The best candidate by true IoU is reported beside it as ``oracle_mIoU`` (an upper
+  bound, the other figure SAM comparisons quote).
 
 Figures per protocol: mask mIoU (the mean over instances of the IoU between the predicted and the
 ground-truth mask), split by COCO's object sizes (area below 32^2, 32^2 to 96^2, above 96^2
@@ -38,8 +41,11 @@ import torch
 from ..data.bad_inputs import SKIP_BAD_HINT
 from ..data.coco import (STAT_NAMES, Categories, CocoDataError, annotation_mask, coco_metrics, coco_subset,
                          find_coco_layout, load_coco, masks_to_rle, scan_coco)
+from .prompts import farthest_from_boundary
 
 PROMPTS = ("box", "point")
+POINTS = {"center": "one positive point at the box centre",
+          "farthest": "one positive point farthest from the mask boundary"}
 # COCO's object sizes by area in pixels, as COCOeval's areaRng draws them.
 SIZES = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, math.inf))
 
@@ -63,12 +69,22 @@ def _size_name(area: float) -> str:
     return SIZES[-1][0]
 
 
+def _points(boxes: torch.Tensor, truth: torch.Tensor, point: str) -> torch.Tensor:
+    """One (x, y) per instance (N x 2, image pixels) by the ``point`` rule (``POINTS``)."""
+    if point == "center":
+        return (boxes[:, :2] + boxes[:, 2:]) / 2
+    return torch.tensor([farthest_from_boundary(mask) for mask in truth], dtype=torch.float32, device=boxes.device)
+
+
 @torch.no_grad()
-def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int], batch_size: int):
-    """Masks (N x C x H x W bool) and predicted IoUs (N x C) for ``anns`` under ``prompt``."""
+def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int], batch_size: int,
+            truth: torch.Tensor, point: str = "center"):
+    """Masks (N x C x H x W bool) and predicted IoUs (N x C) for ``anns`` under ``prompt``; ``truth``
+    (N x H x W bool) places the ``farthest`` point."""
     device = predictor.device
     boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                           for a in anns], dtype=torch.float32, device=device)
+    points = _points(boxes, truth, point) if prompt == "point" else None
     masks, scores = [], []
     for start in range(0, len(anns), batch_size):
         chunk = boxes[start:start + batch_size]
@@ -76,8 +92,8 @@ def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int],
             out = predictor.predict_torch(None, None, predictor.transform.apply_boxes_torch(chunk, size),
                                           multimask_output=False)
         else:
-            centres = ((chunk[:, :2] + chunk[:, 2:]) / 2)[:, None, :]
-            coords = predictor.transform.apply_coords_torch(centres, size)
+            clicks = points[start:start + batch_size, None, :]
+            coords = predictor.transform.apply_coords_torch(clicks, size)
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
             out = predictor.predict_torch(coords, labels, None, multimask_output=True)
         masks.append(out[0].bool())
@@ -85,7 +101,7 @@ def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int],
     return torch.cat(masks), torch.cat(scores)
 
 
-def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: str = "both",
+def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: str = "both", point: str = "center",
                   limit: Optional[int] = None, skip_bad: bool = False, batch_size: int = 64,
                   results: Optional[PathLike] = None,
                   progress: Optional[Callable[[int, int, dict], None]] = None) -> dict:
@@ -93,7 +109,8 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
 
     ``model``: a segment-anything ``Sam`` (such as ``repvit.sam.build_sam(...)``) or anything
     that acts as a ``SamPredictor`` (``set_image``, ``transform``, ``predict_torch``, ``device``).
-    ``prompt``: ``"box"``, ``"point"`` or ``"both"``. ``limit``: only the first N images by id.
+    ``prompt``: ``"box"``, ``"point"`` or ``"both"``. ``point``: where the point prompt goes,
+    ``"center"`` (of the ground-truth box) or ``"farthest"`` (from the mask boundary). ``limit``: only the first N images by id.
     ``skip_bad``: count and skip a missing or unreadable image and an annotation without a usable
     mask or box instead of raising ``CocoDataError`` (which lists every problem found before the
     first image is encoded; an empty mask shows only when decoded). ``batch_size``: prompts per decoder
@@ -108,6 +125,8 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
     if prompt != "both" and prompt not in PROMPTS:
         raise ValueError(f"prompt must be 'box', 'point' or 'both', got {prompt!r}")
     protocols = PROMPTS if prompt == "both" else (prompt,)
+    if point not in POINTS:
+        raise ValueError(f"point must be {' or '.join(map(repr, POINTS))}, got {point!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of images, got {limit}")
     if batch_size < 1:
@@ -172,7 +191,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
             gt = torch.from_numpy(np.stack(truths)).to(predictor.device)
         for name in protocols if prompted else ():
             tick = time.perf_counter()
-            masks, scores = _decode(predictor, prompted, name, (height, width), batch_size)
+            masks, scores = _decode(predictor, prompted, name, (height, width), batch_size, gt, point)
             seconds["decoder"] += time.perf_counter() - tick
             tick = time.perf_counter()
             _score(per[name], masks, scores, gt, prompted, info["id"])
@@ -202,7 +221,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
         metrics = coco_metrics(truth, rec["dets"], ("segm",), image_ids=evaluated_images)["segm"] \
             if rec["dets"] else {k: 0.0 for k in STAT_NAMES}
         report["prompts"][name] = {
-            "prompt": "ground-truth box" if name == "box" else "one positive point at the box centre",
+            "prompt": "ground-truth box" if name == "box" else POINTS[point],
             "multimask": name == "point",
             "selection": "the only mask" if name == "box" else "highest predicted IoU of 3",
             "mIoU": _mean(rec["iou"]),
@@ -212,6 +231,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
         }
         if name == "point":
             report["prompts"][name]["oracle_mIoU"] = _mean(rec["oracle"])
+            report["prompts"][name]["point"] = point
     seconds["metrics"] += time.perf_counter() - tick
     report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     report["seconds"]["total"] = round(time.perf_counter() - run_start, 3)
@@ -269,6 +289,7 @@ def format_report(report: dict) -> str:
     for name, rec in report["prompts"].items():
         sizes = " ".join(pct(rec["mIoU_by_size"][s]) for s, _, _ in SIZES)
         aps = " ".join(pct(rec["segm"][k]) for k in STAT_NAMES)
-        extra = f"  (oracle mIoU {pct(rec['oracle_mIoU']).strip()})" if "oracle_mIoU" in rec else ""
+        extra = (f"  ({rec.get('point', 'center')} point; oracle mIoU {pct(rec['oracle_mIoU']).strip()})"
+                 if "oracle_mIoU" in rec else "")
         lines.append(f"{name:6} {pct(rec['mIoU'])} {sizes}  | {aps}{extra}")
     return "\n".join(lines)
