@@ -198,7 +198,7 @@ def test_decoder_from_a_sam_file(reference):
 
 
 def test_cosine_schedule():
-    from repvit.engine.loop import lr_factor
+    from repvit.engine.optim import lr_factor
     f = lambda step: lr_factor(step, total=100, warmup=0, schedule="cosine", power=0.9, milestones=[],  # noqa: E731
                                steps_per_epoch=10)
     assert f(0) == 1.0 and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)

@@ -290,7 +290,7 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(tmp_path):
 
 
 def test_distillation_is_hard_with_a_teacher_and_off_when_fine_tuning_unless_asked(trained):
-    from repvit.classification.engine import resolve_distillation
+    from repvit.classification.task import resolve_distillation
     teacher = str(trained / "best.pth")
 
     def kind(*flags):
