@@ -9,22 +9,22 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..engine.distributed import DistEnv, all_reduce
+from ..engine.distributed import DistEnv
 from ..engine.loop import train
 from ..engine.signals import NonFiniteLossError
 from ..engine.task import Optimization, Task, TrainBatches
 from ..models.checkpoint import CheckpointError, load_state_dict, read_file, save_checkpoint
 from ..models.factory import create_model
 from . import config as config_mod
-from .data import BadImageError, TrainData, build_data, preprocessing
+from .data import TrainData, build_data, preprocessing
 from .distill import DistillationLoss, build_teacher
+from .evaluation import evaluate, next_batch
 from .finetune import load_finetune_weights, read_finetune_source, read_pretrained_source
 from .optim import build_base_loss, build_mixup, build_optimizer, build_scheduler, effective_lr
 
-__all__ = ["NonFiniteLossError", "build_task", "evaluate", "main", "resolve_distillation"]
+__all__ = ["NonFiniteLossError", "build_task", "main", "resolve_distillation"]
 
 # Settings that change what "continuing" means; a resume with other values is reported.
 RESUME_SENSITIVE = ("model", "data", "batch_size", "epochs", "lr", "lr_base", "img_size", "seed", "sched",
@@ -40,40 +40,6 @@ def main(cfg) -> dict:
     if not summary["interrupted"]:
         summary["best_top1"] = summary["best"]
     return summary
-
-
-# --------------------------------------------------------------------------- evaluation
-def _next_batch(iterator):
-    try:
-        return next(iterator)
-    except BadImageError as err:
-        raise BadImageError.from_worker(err) from None
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, env: DistEnv, autocast=contextlib.nullcontext) -> dict:
-    """Loss, top-1 and top-5 (percent) over the loader; with a ``ShardSampler`` per rank the
-    sums are combined so every image counts exactly once."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=env.device)  # loss, top-1 hits, top-5 hits, images
-    iterator = iter(loader)
-    for _ in range(len(loader)):
-        images, targets = _next_batch(iterator)
-        images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
-        with autocast():
-            logits = model(images)
-        logits = logits.float()
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices.eq(targets[:, None])
-        totals += torch.stack([F.cross_entropy(logits, targets, reduction="sum").double(),
-                               hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
-                               torch.tensor(float(len(targets)), dtype=torch.float64, device=env.device)])
-    model.train(was_training)
-    all_reduce(totals, env)
-    n = max(float(totals[3]), 1.0)
-    return {"loss": float(totals[0]) / n, "top1": 100.0 * float(totals[1]) / n, "top5": 100.0 * float(totals[2]) / n,
-            "images": int(totals[3])}
 
 
 # --------------------------------------------------------------------------- the task
@@ -112,7 +78,7 @@ def _train_batches(data: TrainData, cfg) -> TrainBatches:
 
         def named_errors():
             while True:
-                yield _next_batch(iterator)
+                yield next_batch(iterator)
         return named_errors()
 
     return TrainBatches(batches, len(data.train_loader), data.num_train)
