@@ -21,7 +21,6 @@ import math
 import os
 import signal
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -264,9 +263,7 @@ class _Run:
     def _evaluate_at_start(self) -> None:
         scores = self.task.evaluate(self.model, self.env)
         if self.env.is_main:
-            with warnings.catch_warnings():   # the loss panel of curves.png has nothing to label yet
-                warnings.filterwarnings("ignore", message="No artists with labels")
-                self.metrics.add({"epoch": 0, **{f"val_{k}": v for k, v in scores.items()}})
+            self.metrics.add({"epoch": 0, **{f"val_{k}": v for k, v in scores.items()}})
             self.reporter.log(f"before training: val {self.task.label} {self._fmt(scores[self.task.primary])}")
 
     # ------------------------------------------------------------------------------- files
