@@ -83,10 +83,14 @@ def test_run_caches_the_teacher_and_saves_the_sam_it_scored(reference, photos, c
     assert mse == pytest.approx(min(r["val_mse"] for r in rows[1:]), rel=1e-5)   # epoch 0 is the start
 
 
-def test_distillation_learns(reference):
-    # 6 steps must bring the held-out embedding MSE well below that of the initial weights (epoch 0).
-    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["val_mse"] < 0.8 * rows[0]["val_mse"], [r["val_mse"] for r in rows]
+def test_distillation_learns(photos, cache, tmp_path):
+    # 6 epochs of 3 steps must bring the held-out embedding MSE well below that of the initial weights
+    # (epoch 0); it starts near 2, what two unrelated unit-variance embeddings give.
+    out = tmp_path / "learn"
+    result = run(distill_cmd(photos, out, cache, "--epochs", "6", "--lr", "3e-3", "--schedule", "none"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["epoch"] == 0 and rows[-1]["val_mse"] < 0.75 * rows[0]["val_mse"], [r["val_mse"] for r in rows]
 
 
 def test_resume_after_sigkill_is_exact_and_reuses_the_cache(reference, photos, cache, tmp_path):
