@@ -36,12 +36,15 @@ def camvid_tiny(tmp_path_factory) -> Path:
             Image.open(path).resize((160, 120), Image.BILINEAR).save(root / split / "images" / path.name)
             label = src / split / "labels" / f"{path.stem}.png"
             Image.open(label).resize((160, 120), Image.NEAREST).save(root / split / "labels" / label.name)
+    # The CamVid recipe's transforms (rescale the frame itself, no photometric distortion or crop
+    # redraws, validate at the raw size), not the ADE20K defaults made for 512 px crops.
+    (root / "tiny.yaml").write_text("img_scale: null\neval_size: null\nphotometric: false\ncat_max_ratio: 1.0\n")
     return root
 
 
 def seg_cmd(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "repvit", "segment", "train", "--data", str(data), "--output", str(out), *SEG,
-            *extra]
+    return [sys.executable, "-m", "repvit", "segment", "train", "-c", str(data / "tiny.yaml"), "--data", str(data),
+            "--output", str(out), *SEG, *extra]
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -62,6 +65,18 @@ def assert_identical(a: dict, b: dict) -> None:
     for index, entry in a["optimizer"].items():
         for key, value in entry.items():
             assert torch.equal(value, b["optimizer"][index][key]), (index, key)
+
+
+def assert_weights_moved(before: dict, after: dict, prefix: str = "") -> None:
+    """Every weight matrix (under ``prefix``) changed: an optimizer that does nothing would pass the
+    bitwise resume comparisons, but not this."""
+    matrices = [k for k, v in before.items() if k.startswith(prefix) and v.is_floating_point() and v.ndim >= 2]
+    still = [k for k in matrices if torch.equal(before[k], after[k])]
+    assert matrices and not still, f"{len(still)} of {len(matrices)} weight matrices never moved, e.g. {still[:3]}"
+
+
+def epoch_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +104,12 @@ def test_resume_after_sigkill_is_exact(reference, camvid_tiny, tmp_path):
     out = tmp_path / "killed"
     killed = run(seg_cmd(camvid_tiny, out, "--stop-after-epoch", "1"))
     assert killed.returncode == -signal.SIGKILL and torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
+    after_epoch_1 = state(out / "last.pth")["model"]
     resumed = run(seg_cmd(camvid_tiny, out, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in (out / "train.log").read_text()
     assert_identical(state(out / "last.pth"), state(reference / "last.pth"))
+    assert_weights_moved(after_epoch_1, state(out / "last.pth")["model"])
 
 
 def terminate_after_first_step(cmd, out: Path) -> None:
@@ -112,9 +129,22 @@ def terminate_after_first_step(cmd, out: Path) -> None:
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(reference, camvid_tiny, tmp_path):
     out = tmp_path / "term"
     terminate_after_first_step(seg_cmd(camvid_tiny, out), out)
+    mid_epoch = state(out / "last.pth")["model"]
     resumed = run(seg_cmd(camvid_tiny, out, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_identical(state(out / "last.pth"), state(reference / "last.pth"))
+    assert_weights_moved(mid_epoch, state(out / "last.pth")["model"])
+
+
+def test_segmentation_learns(camvid_tiny, tmp_path):
+    # 4 epochs of 3 steps on whole frames (no random crop or rescaling, so epochs are comparable):
+    # the training loss must fall far below its first epoch's. An optimizer that does nothing stays put.
+    out = tmp_path / "learn"
+    result = run(seg_cmd(camvid_tiny, out, "--epochs", "4", "--lr", "1e-3", "--crop", "120", "160", "--scale", "1",
+                         "1", "--eval-interval", "4"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = epoch_rows(out)
+    assert rows[-1]["train_loss"] < 0.4 * rows[0]["train_loss"], [r["train_loss"] for r in rows]
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(reference, camvid_tiny, capsys):
@@ -133,6 +163,18 @@ def test_detect_train_splits_one_folder_and_saves_an_evaluable_detector(tmp_path
     assert {"val_bbox_AP", "val_bbox_AP50"} <= set(row)
     from repvit.detection.detectors import load_detector
     assert load_detector(out / "best.pth").class_names == ["date", "fig", "hazelnut"]
+
+
+def test_detection_learns(tmp_path):
+    # FCOS on the fruit photos for 3 epochs of 4 steps: the training loss (focal + GIoU + centerness,
+    # whose centerness term has a floor near 0.6) must fall clearly below its first epoch's.
+    out = tmp_path / "det-learn"
+    assert main(["detect", "train", "--data", str(need("fruit")), "--detector", "fcos", "--model", "repvit_m0_6",
+                 "--min-size", "96", "--max-size", "128", "--batch-size", "4", "--epochs", "3", "--warmup-iters",
+                 "2", "--lr", "1e-3", "--workers", "0", "--threads", "1", "--output", str(out), "--val-fraction",
+                 "0.25", "--eval-interval", "3", "--seed", "1"]) == 0
+    rows = epoch_rows(out)
+    assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"], [r["train_loss"] for r in rows]
 
 
 def test_two_torchrun_ranks(camvid_tiny, tmp_path):

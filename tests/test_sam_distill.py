@@ -24,7 +24,7 @@ from repvit.sam.distill import DistillImages, build_student, embedding_mse, spli
 from repvit.sam.teacher import EmbeddingCache, build_teacher, fit_to_size, list_images
 
 from .test_dense_data import need
-from .test_dense_train import assert_identical, run, state, terminate_after_first_step
+from .test_dense_train import assert_identical, assert_weights_moved, run, state, terminate_after_first_step
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 photos, 2 held out: 3 steps of 2 per epoch; 64 px inputs give 4x4 embeddings.
@@ -83,24 +83,39 @@ def test_run_caches_the_teacher_and_saves_the_sam_it_scored(reference, photos, c
     assert mse == pytest.approx(min(r["val_mse"] for r in rows[1:]), rel=1e-5)   # epoch 0 is the start
 
 
+def test_distillation_learns(photos, cache, tmp_path):
+    # 6 epochs of 3 steps must bring the held-out embedding MSE well below that of the initial weights
+    # (epoch 0); it starts near 2, what two unrelated unit-variance embeddings give.
+    out = tmp_path / "learn"
+    result = run(distill_cmd(photos, out, cache, "--epochs", "6", "--lr", "3e-3", "--schedule", "none"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["epoch"] == 0 and rows[-1]["val_mse"] < 0.75 * rows[0]["val_mse"], [r["val_mse"] for r in rows]
+
+
 def test_resume_after_sigkill_is_exact_and_reuses_the_cache(reference, photos, cache, tmp_path):
     out = tmp_path / "killed"
     killed = run(distill_cmd(photos, out, cache, "--stop-after-epoch", "1"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert "teacher embeddings: 0 computed" in (out / "train.log").read_text() and "8 reused" in \
         (out / "train.log").read_text()
+    after_epoch_1 = state(out / "last.pth")["model"]
     resumed = run(distill_cmd(photos, out, cache, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in (out / "train.log").read_text()
     assert_identical(state(out / "last.pth"), state(reference / "last.pth"))
+    # the encoder trains; the prompt encoder and mask decoder are frozen passengers
+    assert_weights_moved(after_epoch_1, state(out / "last.pth")["model"], prefix="image_encoder.")
 
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(reference, photos, cache, tmp_path):
     out = tmp_path / "term"
     terminate_after_first_step(distill_cmd(photos, out, cache), out)
+    mid_epoch = state(out / "last.pth")["model"]
     resumed = run(distill_cmd(photos, out, cache, "--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_identical(state(out / "last.pth"), state(reference / "last.pth"))
+    assert_weights_moved(mid_epoch, state(out / "last.pth")["model"], prefix="image_encoder.")
 
 
 def test_two_torchrun_ranks_share_the_cache_fill(photos, tmp_path):
@@ -198,7 +213,7 @@ def test_decoder_from_a_sam_file(reference):
 
 
 def test_cosine_schedule():
-    from repvit.engine.loop import lr_factor
+    from repvit.engine.optim import lr_factor
     f = lambda step: lr_factor(step, total=100, warmup=0, schedule="cosine", power=0.9, milestones=[],  # noqa: E731
                                steps_per_epoch=10)
     assert f(0) == 1.0 and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .test_dense_train import assert_weights_moved
+
 REPO = Path(__file__).resolve().parents[1]
 # Two epochs of the paper's recipe at toy size; RandAugment, random erasing, Mixup/CutMix, the
 # repeated-augmentation sampler and EMA all draw random numbers, so all of them must be restored.
@@ -87,10 +89,13 @@ def test_sigkill_after_an_epoch_then_resume_is_bitwise_identical(reference, data
     first = run(train_cmd(data, out, "--stop-after-epoch", "1"))
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
+    after_epoch_1 = weights(out / "last.pth")
     second = run(train_cmd(data, out, "--resume", str(out / "last.pth")))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout and "1 epochs done" in second.stdout
     assert_identical(reference, weights(out / "last.pth"))
+    for part in ("model", "model_ema"):   # epoch 2 moved every weight matrix (and the EMA followed)
+        assert_weights_moved(after_epoch_1[part], reference[part])
     # The metrics log continues rather than starting over.
     assert [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
 
@@ -106,6 +111,7 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bitwise_identical(reference, data,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"continuing epoch 1 at step {saved['next_step'] + 1}" in resumed.stdout
     assert_identical(reference, weights(out / "last.pth"))
+    assert_weights_moved(saved["model"], reference["model"])
 
 
 def test_sigterm_to_the_process_group_with_loader_workers_saves_and_exits_cleanly(data, tmp_path):

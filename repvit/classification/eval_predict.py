@@ -14,7 +14,7 @@ from ..models.reparam import reparameterize
 from .data import (ImageDataset, ShardSampler, eval_folder, eval_transform, find_bad_images, is_image_file, load_rgb,
                    make_loader, scan_class_folders)
 from ..engine.distributed import DistEnv, pick_device
-from .engine import evaluate
+from .evaluation import evaluate
 
 
 def load_fused(checkpoint=None, *, pretrained: Optional[str] = None, use_ema: bool = False,

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..classification.config import resolve
-    from ..classification.engine import NonFiniteLossError, main
+    from ..classification.task import NonFiniteLossError, main
     explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     cfg = resolve(explicit)
     try:

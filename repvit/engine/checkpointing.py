@@ -1,10 +1,6 @@
-"""Training checkpoints that lose nothing: weights plus everything needed to continue bitwise.
-
-``last.pth`` holds model, optimizer, scheduler, scaler, EMA, the epoch/step reached, the best
-top-1 so far and every rank's RNG states (Python, NumPy, torch CPU and CUDA); the sampler
-needs only the epoch and the step, because its order is a function of (seed, epoch). Files
-are written by ``repvit.save_checkpoint`` (atomic rename) in the library's self-describing
-format, so ``create_model(checkpoint=...)``, ``repvit eval`` and ``repvit export`` read them.
+"""What exact resume needs beyond weights and optimizer: every random generator's state, and
+which file ``--resume`` names. ``last.pth`` holds each rank's states (Python, NumPy, torch CPU and
+CUDA); a data order is a function of (seed, epoch), so the epoch and step reached complete it.
 """
 from __future__ import annotations
 
@@ -15,7 +11,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..models.checkpoint import CheckpointError, read_file, save_checkpoint
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
 
 
 def capture_rng() -> dict:
@@ -42,31 +42,6 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(path, *, model, class_names, optimizer, scheduler, scaler, ema, epoch: int,
-                        next_step: int, num_updates: int, best_top1: float, rng_states: list, config: dict,
-                        metrics: Optional[dict] = None) -> Path:
-    """Write ``path`` atomically. ``epoch`` counts completed epochs; ``next_step`` > 0 marks a
-    checkpoint taken part-way through epoch ``epoch`` (Ctrl-C)."""
-    extra = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng_states,
-    }
-    if ema is not None:
-        extra["model_ema"] = {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
-    return save_checkpoint(model, path, class_names=class_names, extra_state=extra, epoch=epoch,
-                           next_step=next_step, num_updates=num_updates, best_top1=best_top1,
-                           img_size=config.get("img_size"), config=config, metrics=metrics or {})
-
-
-def save_weights(path, *, model, class_names, ema, epoch: int, config: dict, metrics: dict) -> Path:
-    """``best.pth``: the weights (and EMA weights) of one epoch, without optimizer state."""
-    extra = {"model_ema": {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}} if ema else None
-    return save_checkpoint(model, path, class_names=class_names, extra_state=extra, epoch=epoch,
-                           img_size=config.get("img_size"), config=config, metrics=metrics)
-
-
 def resolve_resume(resume: Optional[str], output) -> Optional[Path]:
     """``--resume`` as a path (``auto``: OUTPUT/last.pth when present), or None."""
     if not resume:
@@ -80,17 +55,6 @@ def resolve_resume(resume: Optional[str], output) -> Optional[Path]:
     if not path.is_file():
         raise ValueError(f"--resume {resume!r}: no such checkpoint (pass OUTPUT/last.pth of an earlier run)")
     return path
-
-
-def read_training_state(path) -> dict:
-    """The raw dict of a training checkpoint, checked to hold what resuming needs."""
-    obj, _ = read_file(path)
-    needed = ("model", "optimizer", "epoch", "rng")
-    missing = [k for k in needed if k not in obj]
-    if missing:
-        raise CheckpointError(f"{str(path)!r} is not a training checkpoint of `repvit train` (it lacks "
-                              f"{', '.join(missing)}); to start from its weights use --finetune instead of --resume")
-    return obj
 
 
 def rng_for_rank(states: list, rank: int, world_size: int) -> tuple[dict, bool]:

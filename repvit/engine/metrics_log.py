@@ -124,7 +124,7 @@ def plot_curves(history: list[dict], path: Path, steps: Optional[list[dict]] = N
         ax.grid(alpha=0.3)
         if title == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-        else:
+        elif ax.get_legend_handles_labels()[0]:   # an epoch without validation has no metric to label
             ax.legend(fontsize=8)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -11,12 +11,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step."""
 
 
-class StopRequested(Exception):
-    def __init__(self, epoch: int, next_step: int):
-        super().__init__(f"stopped in epoch {epoch + 1} before step {next_step + 1}")
-        self.epoch, self.next_step = epoch, next_step
-
-
 class StopSignal:
     """First Ctrl-C (or SIGTERM) asks the run to save and stop at the next step boundary; a
     second one stops immediately."""
@@ -44,3 +38,11 @@ class StopSignal:
         self.requested, self.signum = True, signum
         self.log(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
                  "stopping (send it again to stop at once without saving)")
+
+
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """``worker_init_fn`` of training loaders: Ctrl-C, and SIGTERM from `timeout`, `docker stop` or a
+    cluster's preemption, reach the whole process group; a worker killed by one would crash the main
+    process before it could save. The main process decides how to stop and shuts its workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

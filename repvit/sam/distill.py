@@ -4,7 +4,7 @@ The recipe of MobileSAM (Zhang et al., 2023) that RepViT-SAM follows: the prompt
 decoder are left aside and the student encoder is fitted to the teacher encoder's 256-channel
 embedding with a mean squared error; the decoder of the teacher's SAM then works on the student's
 embeddings. The official RepViT repository released the result, not the training; this is it, as a
-task of the shared dense training loop (``repvit.engine.loop``), so it has that loop's exact
+task of the training engine (``repvit.engine``), so it has the engine's exact
 resume, SIGTERM saves, torchrun DDP, progress and metrics. Teacher embeddings come from a disk cache
 (``repvit.sam.teacher``) filled once before the first step, each rank computing its share; a stop
 signal during the fill is honoured after the first training step (a second one stops at once), and
@@ -38,8 +38,8 @@ from .encoder import RepViTSamEncoder
 from .teacher import (TEACHERS, EmbeddingCache, build_teacher, check_img_size, list_images, sam_input,
                       teacher_identity)
 
-if TYPE_CHECKING:   # the loop is imported when a run starts, keeping `repvit --help` light
-    from ..engine.loop import DenseTask
+if TYPE_CHECKING:   # the engine is imported when a run starts, keeping `repvit --help` light
+    from ..engine.task import Task
 
 TASK = "sam-distill"
 
@@ -254,12 +254,15 @@ def embedding_mse(model: nn.Module, data: DistillImages, device: torch.device, b
 
 
 # --------------------------------------------------------------------------- the task
-def build_task(cfg, env) -> DenseTask:
-    from ..engine.loop import DenseTask, EpochSeeded
-    from ..models.record import save_record
+def build_task(cfg, env, log=None, resume=None) -> Task:
+    from ..engine.data import seeded_batches, stack_pairs
+    from ..engine.distributed import each_rank
+    from ..engine.optim import adamw_with_warmup, describe_schedule
     from ..engine.progress import format_seconds
+    from ..engine.task import Task, describe_data, fused_copy
+    from ..models.record import save_record
 
-    def log(message: str) -> None:
+    def progress(message: str) -> None:   # the cache fill's progress: the terminal only, not train.log
         if env.is_main:
             print(message, file=sys.stderr, flush=True)
 
@@ -275,7 +278,7 @@ def build_task(cfg, env) -> DenseTask:
                                                                             checkpoint=cfg.teacher_checkpoint,
                                                                             seed=cfg.teacher_random_seed),
                                           device=env.device, batch_size=cfg.batch_size, rank=env.rank,
-                                          world_size=env.world_size, skip_bad=cfg.skip_bad, log=log), env)
+                                          world_size=env.world_size, skip_bad=cfg.skip_bad, log=progress), env)
     # (each_rank waits for every rank, up to --dist-timeout: all shares of the cache are on disk now, or
     # every rank stops with the error of the one whose share failed)
     absent = {p for p in everything if not cache.has(p)}   # unreadable images, skipped with --skip-bad
@@ -302,23 +305,29 @@ def build_task(cfg, env) -> DenseTask:
     provenance = {"teacher": identity, "teacher_random": random_teacher, "student_init": init,
                   "decoder": cfg.decoder_from or "random"}
 
+    batches = seeded_batches(train_set, stack_pairs, seed=cfg.seed, batch_size=cfg.batch_size, workers=cfg.workers,
+                             env=env)
+
     def loss(model, batch, device):
         images, targets = batch
         return F.mse_loss(model(images.to(device)), targets.to(device))
 
-    def evaluate(model, device):
-        return {"mse": embedding_mse(model, val_set, device, cfg.batch_size)}
+    def evaluate(model, env):   # every rank scores its share; the sums of squared errors are added
+        return {"mse": embedding_mse(fused_copy(model), val_set, env.device, cfg.batch_size, env=env)}
 
     def save(model, path, extra):
         return save_record(model, path, task=TASK, config={"variant": cfg.model, "img_size": cfg.img_size},
                            extra={**provenance, **extra})
 
-    return DenseTask(TASK, student, EpochSeeded(train_set, cfg.seed),
-                     lambda batch: tuple(torch.stack(x) for x in zip(*batch)), loss, evaluate, "mse", save,
-                     describe=describe, lower_is_better=True, evaluate_at_start=True)
+    return Task(TASK, student, batches, loss, lambda m: adamw_with_warmup(m, cfg, batches.steps_per_epoch),
+                evaluate, "mse", save,
+                describe=f"{describe}; {describe_data(batches, env, cfg.batch_size)}, {describe_schedule(cfg)}",
+                lower_is_better=True, evaluate_at_start=True,
+                nonfinite_hint="Lower --lr, raise --warmup-iters or set --clip-grad")
 
 
 def distill(cfg: argparse.Namespace) -> dict:
     """Run ``repvit sam distill`` with resolved options (see ``resolve``); returns the loop's summary."""
     from ..engine.loop import train
-    return train(lambda env: build_task(cfg, env), cfg, config=dump(cfg))
+    return train(lambda env, log, resume: build_task(cfg, env, log, resume), cfg, config=dump(cfg),
+                 command="repvit sam distill")
