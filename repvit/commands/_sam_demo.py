@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._sam_common import add_sam_weights, load_sam
+from ._sam_common import add_sam_weights, describe_weights, load_sam
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -30,12 +30,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..sam.demo import SamDemo, build_app, launch
     examples = example_images(args.examples) if args.examples else []
     sam = load_sam(args)
-    if args.random_weights:
-        weights = "**random (seed 0): the masks check the pipeline and mean nothing**"
-    elif args.pretrained:
-        weights = "official repvit_sam.pt"
-    else:
-        weights = f"`{args.checkpoint}`"
+    weights = ("**random (seed 0): the masks check the pipeline and mean nothing**" if args.random_weights
+               else f"`{describe_weights(args)}`")
     app = build_app(SamDemo(sam, weights=weights), examples=examples)
     print(f"RepViT-SAM demo on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     launch(app, host=args.host, port=args.port, share=args.share, allowed_paths=[args.examples] if examples else [])

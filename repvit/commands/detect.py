@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from . import _grammar as grammar
 from ._dense import add_common, add_train, load_for_inference, real_images
 
 
@@ -20,13 +21,14 @@ def run_eval(args: argparse.Namespace) -> int:
     model, device = _load(args)
     masks = model.repvit_config["kind"] == "maskrcnn"
     if args.annotations:
-        data = DetectionData(args.images or Path(args.annotations).parent / "images", load_coco(args.annotations),
+        images = grammar.one_path(args.images, "--images")
+        data = DetectionData(images or Path(args.annotations).parent / "images", load_coco(args.annotations),
                              masks=masks, skip_bad=args.skip_bad, source=args.annotations)
     elif args.data:
         data = DetectionData.from_folder(args.data, masks=masks, skip_bad=args.skip_bad)
     else:
-        raise ValueError("pass --data DIR (images/ + annotations.json or annotations/*.xml) or --annotations FILE "
-                         "[--images DIR]")
+        raise ValueError("pass --data PATH (images/ + annotations.json or annotations/*.xml) or --annotations PATH "
+                         "[--images PATH]")
     result = evaluate_detector(model, data, batch_size=args.batch_size, device=device)
     result.update(checkpoint=str(args.checkpoint), fused=not args.unfused, data=str(args.data or args.annotations))
     for iou_type in ("bbox", "segm"):
@@ -36,9 +38,9 @@ def run_eval(args: argparse.Namespace) -> int:
                   f"APs {m['APs']:.3f}  APm {m['APm']:.3f}  APl {m['APl']:.3f}")
     print(f"{result['images']} images, {result['detections']} detections "
           f"({'unfused' if args.unfused else 'fused'} model)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -53,8 +55,8 @@ def run_predict(args: argparse.Namespace) -> int:
     for r in results:
         found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing above the threshold"
         print(f"{r['image']}: {found} -> {r['drawn']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.report:
+        Path(args.report).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -66,8 +68,8 @@ def run_export(args: argparse.Namespace) -> int:
                                          class_names=model.class_names, category_ids=model.category_ids)
     print(f"verified: {report['path']} (TorchScript, fused; max |diff| {report['max_abs_diff']:.3g} on "
           f"{len(report['detections'])} real images)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -76,24 +78,24 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
     ev = sub.add_parser("eval", help="COCO AP (bbox, and segm for Mask R-CNN) on a labelled folder")
     add_common(ev, "detector")
-    ev.add_argument("--data", help="folder with images/ and annotations.json (COCO) or annotations/*.xml (VOC)")
-    ev.add_argument("--annotations", help="a COCO JSON file (with --images DIR; default: images/ beside it)")
-    ev.add_argument("--images", help="image folder for --annotations")
-    ev.add_argument("--batch-size", type=int, default=2)
-    ev.add_argument("--skip-bad", action="store_true", help="skip (and count) bad annotations and images")
+    grammar.add(ev, "--data", help="folder with images/ and annotations.json (COCO) or annotations/*.xml (VOC)")
+    grammar.add(ev, "--annotations", help="a COCO instances JSON file (with --images; default: images/ beside it)")
+    grammar.add(ev, "--images", help="the image folder of --annotations")
+    grammar.add(ev, "--batch-size", default=2)
+    grammar.add(ev, "--skip-bad", help="skip (and count) bad annotations and images")
     ev.set_defaults(func=run_eval)
     pr = sub.add_parser("predict", help="draw boxes, labels, scores and masks over images (PNG)")
     add_common(pr, "detector")
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    pr.add_argument("--output", default="detections", help="folder for the drawn PNGs [detections]")
+    grammar.add(pr, "--output", default="detections", help="folder for the drawn PNGs")
     pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this [0.5]")
     pr.set_defaults(func=run_predict)
     ex = sub.add_parser("export", help="the fused detector to TorchScript, checked on real images")
-    ex.add_argument("--checkpoint", required=True, help="a detector saved by this library")
-    ex.add_argument("--output", default="detector-fused.pt", help="file to write, used as given [detector-fused.pt]")
-    ex.add_argument("--images", default=None, help="folder of real images to check the export on (default: two "
-                                                   "photos shipped with matplotlib)")
+    grammar.add(ex, "--checkpoint", required=True, help="a detector saved by this library")
+    grammar.add(ex, "--output", default="detector-fused.pt", help="file to write, used as given")
+    grammar.add(ex, "--images", help="folder of real images to check the export on (default: two photos shipped "
+                                     "with matplotlib)")
     ex.add_argument("--num-real", type=int, default=4, help="real images to check on [4]")
-    ex.add_argument("--json", default=None, help="write the check's report to this JSON file")
+    grammar.add_report(ex, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)
     add_train(sub, "detect", "..detection.training")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from . import _grammar as grammar
 from ._dense import add_common, add_train, load_for_inference, real_images
 
 
@@ -27,9 +28,9 @@ def run_eval(args: argparse.Namespace) -> int:
           f"({'unfused' if args.unfused else 'fused'} model)")
     for name, iou in result["IoU"].items():
         print(f"  {name:<20} {'-' if iou is None else f'{iou:.4f}'}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -42,8 +43,8 @@ def run_predict(args: argparse.Namespace) -> int:
     for r in results:
         top = sorted(r["fractions"].items(), key=lambda kv: -kv[1])[:3]
         print(f"{r['image']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top) + f" -> {r['drawn']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.report:
+        Path(args.report).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -61,8 +62,8 @@ def run_export(args: argparse.Namespace) -> int:
         neck = export_neck_onnx(model.backbone, args.neck_output, images)
         report["neck"] = neck
         print(f"verified: {neck['path']} (backbone + FPN; max |diff| {neck['max_abs_diff']:.3g})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -71,22 +72,22 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
     ev = sub.add_parser("eval", help="mIoU, aAcc and per-class IoU on a folder of images/ and labels/")
     add_common(ev, "segmentation model")
-    ev.add_argument("--data", required=True, help="folder with images/ and labels/ (index PNGs)")
+    grammar.add(ev, "--data", required=True, help="folder with images/ and labels/ (index PNGs)")
     ev.add_argument("--ignore-index", type=int, default=None, help="label value to ignore (default: the checkpoint's)")
-    ev.add_argument("--skip-bad", action="store_true", help="skip (and count) bad image/label pairs")
+    grammar.add(ev, "--skip-bad", help="skip (and count) bad image/label pairs")
     ev.set_defaults(func=run_eval)
     pr = sub.add_parser("predict", help="colour-coded class maps over images (PNG) and raw class-index PNGs")
     add_common(pr, "segmentation model")
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    pr.add_argument("--output", default="segmentations", help="folder for the PNGs [segmentations]")
+    grammar.add(pr, "--output", default="segmentations", help="folder for the PNGs")
     pr.set_defaults(func=run_predict)
     ex = sub.add_parser("export", help="the fused model to ONNX (dynamic size), checked with ONNX Runtime")
-    ex.add_argument("--checkpoint", required=True, help="a segmentation model saved by this library")
-    ex.add_argument("--output", default="segmenter-fused.onnx", help="file to write, used as given")
+    grammar.add(ex, "--checkpoint", required=True, help="a segmentation model saved by this library")
+    grammar.add(ex, "--output", default="segmenter-fused.onnx", help="file to write, used as given")
     ex.add_argument("--neck-output", default=None, help="also export backbone + FPN to this ONNX file")
-    ex.add_argument("--images", default=None, help="folder of real images to check the export on (default: two "
-                                                   "photos shipped with matplotlib)")
+    grammar.add(ex, "--images", help="folder of real images to check the export on (default: two photos shipped "
+                                     "with matplotlib)")
     ex.add_argument("--num-real", type=int, default=2, help="real images to check on [2]")
-    ex.add_argument("--json", default=None, help="write the check's report to this JSON file")
+    grammar.add_report(ex, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)
     add_train(sub, "segment", "..segmentation.training")
