@@ -238,8 +238,8 @@ def test_bad_input_is_named_or_counted_and_skipped(fruit, tmp_path):
 def test_cli_random_weights_end_to_end(fruit, tmp_path, capsys):
     annotations, images = fruit
     out_json, results = tmp_path / "report.json", tmp_path / "masks.json"
-    assert main(["sam", "eval", "--coco", str(annotations.parent), "--random-weights", "--limit", "1",
-                 "--json", str(out_json), "--results", str(results), "--quiet"]) == 0
+    assert main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--limit", "1",
+                 "--report", str(out_json), "--results", str(results), "--quiet"]) == 0
     report = json.loads(out_json.read_text())
     coco = load_coco(annotations)
     first = sorted(coco.getImgIds())[0]
@@ -262,5 +262,5 @@ def test_cli_random_weights_end_to_end(fruit, tmp_path, capsys):
 
 def test_cli_names_a_folder_without_annotations(tmp_path, capsys):
     (tmp_path / "images").mkdir()
-    assert main(["sam", "eval", "--coco", str(tmp_path), "--random-weights"]) != 0
+    assert main(["sam", "eval", "--data", str(tmp_path), "--random-weights"]) != 0
     assert "annotations" in capsys.readouterr().err

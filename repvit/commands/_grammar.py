@@ -64,11 +64,14 @@ BY_FLAG = {flag: opt for opt in SHARED for flag in opt.flags}
 
 # Old spelling -> the grammar's. Each works for one release, hidden from --help, with a message.
 DEPRECATED = {
-    "--output-dir": "--output",
-    "--coco": "--data",
-    "-w": "--checkpoint",
-    "--json FILE": "--report FILE",
-    "--pretrained (no name)": "--pretrained NAME",
+    "--output-dir DIR (sam export)": "--output DIR",
+    "--coco DIR (sam eval)": "--data DIR",
+    "-w FILE (sam actions)": "--checkpoint FILE",
+    "--json FILE (commands that wrote a JSON file)": "--report FILE",
+    "--json - (bench)": "--json",
+    "--pretrained, no name (sam actions)": "--pretrained repvit_sam",
+    "--pretrained, no name (sam distill; `pretrained: true` in YAML)": "--pretrained NAME, e.g. repvit_m2_3",
+    "--unfused (sam export)": "nothing: the exported encoder is always the fused one",
 }
 
 COMMANDS = (
@@ -200,7 +203,7 @@ def markdown_table() -> str:
             spelling += " (one or more)"
         default = ("-" if opt.metavar is None or opt.default is None
                    else opt.default if opt.default == PER_COMMAND else f"`{opt.default}`")
-        rows.append(f"| {spelling} | {opt.meaning} | {default} |")
+        rows.append(f"| {spelling} | {opt.meaning} | {default} |".replace("N|auto", "N\\|auto"))
     return "\n".join(rows)
 
 
