@@ -34,7 +34,7 @@ def check_pretrained(spec):
 
 def describe_weights(args) -> str:
     if getattr(args, "random_weights", False):
-        return "random (seed 0; pipeline check only)"
+        return "random (seed 0)"
     return "official repvit_sam.pt" if args.pretrained else str(args.checkpoint)
 
 
