@@ -1,5 +1,6 @@
-"""The ``repvit`` command line. Each sub-command lives in ``repvit/commands/<name>.py`` and
-defines ``register(subparsers)``; this module only discovers and dispatches them."""
+"""The ``repvit`` command line. Each command lives in ``repvit/commands/`` (a module, or a folder
+for a group with actions) and defines ``register(subparsers)``; this module discovers and
+dispatches them, and turns bad input and missing optional packages into one-line errors."""
 from __future__ import annotations
 
 import argparse

@@ -157,7 +157,7 @@ def test_the_grammar_spellings_parse_without_a_message(capsys):
 
 
 def test_sam_pretrained_names_the_sam_release():
-    from repvit.commands._sam_common import check_pretrained
+    from repvit.commands.sam._common import check_pretrained
     assert check_pretrained("repvit_sam") and check_pretrained("repvit_sam:sam")
     assert not check_pretrained(None)
     with pytest.raises(ValueError, match="--pretrained repvit_sam"):

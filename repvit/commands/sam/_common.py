@@ -1,7 +1,7 @@
 """Options every ``repvit sam`` action shares: where the SAM weights come from, and the device."""
 from __future__ import annotations
 
-from . import _grammar as grammar
+from .. import _grammar as grammar
 
 SAM_RELEASE = "repvit_sam"
 
@@ -24,7 +24,7 @@ def check_pretrained(spec):
     """``--pretrained`` of a SAM action names the one SAM release; anything else says what to write."""
     if spec is None:
         return False
-    from ..models.releases import parse_spec
+    from ...models.releases import parse_spec
     name, tag = parse_spec(spec)
     if name != SAM_RELEASE or tag not in (None, "sam"):
         raise ValueError(f"--pretrained {spec}: RepViT-SAM's official weights are --pretrained {SAM_RELEASE} "
@@ -41,8 +41,8 @@ def describe_weights(args) -> str:
 def load_sam(args):
     """The SAM model the options name, fused unless --unfused, on --device, in eval mode."""
     import torch
-    from ..engine.distributed import pick_device
-    from ..sam.builder import build_sam
+    from ...engine.distributed import pick_device
+    from ...sam.builder import build_sam
     pretrained = check_pretrained(args.pretrained)
     if not (args.checkpoint or pretrained or args.random_weights):
         raise ValueError(f"say which weights to use: --checkpoint PATH, --pretrained {SAM_RELEASE} (official) or "

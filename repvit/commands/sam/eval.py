@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import _grammar as grammar
-from ._sam_common import add_sam_weights, describe_weights, load_sam
+from .. import _grammar as grammar
+from ._common import add_sam_weights, describe_weights, load_sam
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..sam.evaluation import evaluate_coco, find_coco_layout, format_report
+    from ...sam.evaluation import evaluate_coco, find_coco_layout, format_report
     annotations, images = find_coco_layout(args.data, annotations=args.annotations,
                                            images=grammar.one_path(args.images, "--images"), split=args.split)
     sam = load_sam(args)

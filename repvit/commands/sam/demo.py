@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._sam_common import add_sam_weights, describe_weights, load_sam
+from ._common import add_sam_weights, describe_weights, load_sam
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -22,12 +22,12 @@ def example_images(folder) -> list:
 
 def run_demo(args: argparse.Namespace) -> int:
     try:
-        from ..sam.demo import require_gradio
+        from ...sam.demo import require_gradio
         require_gradio()
     except ImportError as err:
         print(f"repvit sam demo: error: {err}", file=sys.stderr)
         return 2
-    from ..sam.demo import SamDemo, build_app, launch
+    from ...sam.demo import SamDemo, build_app, launch
     examples = example_images(args.examples) if args.examples else []
     sam = load_sam(args)
     weights = ("**random (seed 0): the masks check the pipeline and mean nothing**" if args.random_weights

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import _grammar as grammar
-from ._sam_common import add_sam_weights, load_sam
+from .. import _grammar as grammar
+from ._common import add_sam_weights, load_sam
 
 
 def _predictor(args):
@@ -19,8 +19,8 @@ def _predictor(args):
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
-    from ..sam.images import load_rgb, overlay, save_png
-    from ..sam.prompts import Prompt, parse_box, parse_point, predict_prompts, read_prompt_file
+    from ...sam.images import load_rgb, overlay, save_png
+    from ...sam.prompts import Prompt, parse_box, parse_point, predict_prompts, read_prompt_file
     points = [parse_point(p) for p in args.point or []]
     boxes = [parse_box(b) for b in args.box or []]
     prompts = read_prompt_file(args.prompts) if args.prompts else []
@@ -74,8 +74,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_everything(args: argparse.Namespace) -> int:
-    from ..sam.everything import FastMaskGenerator
-    from ..sam.images import load_rgb, overlay, save_png
+    from ...sam.everything import FastMaskGenerator
+    from ...sam.images import load_rgb, overlay, save_png
     image = load_rgb(args.image)
     sam = load_sam(args)
     options = dict(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,

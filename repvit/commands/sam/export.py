@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import _grammar as grammar
-from ._sam_common import add_sam_weights, describe_weights, load_sam
+from .. import _grammar as grammar
+from ._common import add_sam_weights, describe_weights, load_sam
 
 REPORT_NAME = "repvit_sam_export.json"
 
@@ -39,8 +39,8 @@ names are checked and the report says that no prediction was compared.
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export.onnx import DEFAULT_OPSET
-    from ..sam.export import export_sam, parse_formats
+    from ...export.onnx import DEFAULT_OPSET
+    from ...sam.export import export_sam, parse_formats
     formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
     if args.max_images < 1:
         raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
