@@ -53,6 +53,9 @@ SHARED: tuple = (
     Shared(("--workers", "-j"), "N", "data-loading worker processes", default=PER_COMMAND, type=int),
     Shared(("--seed",), "N", "random seed", default=0, type=int),
     Shared(("--img-size",), "N", "input resolution (square side, pixels)", default=PER_COMMAND, type=int),
+    Shared(("--point",), "X,Y[,LABEL]", "a point prompt in pixels of the original image; LABEL 1 (default) is on "
+                                        "the object, 0 background; repeatable"),
+    Shared(("--box",), "X0,Y0,X1,Y1", "a box prompt in pixels of the original image; repeatable"),
     Shared(("--ema",), None, "use the EMA weights stored in the checkpoint"),
     Shared(("--unfused",), None, "run the training-form model (default: fused)"),
     Shared(("--skip-bad",), None, "skip (and count, by reason) bad inputs instead of stopping"),
