@@ -49,6 +49,17 @@ def _from_loop(flag: str, **defaults) -> tuple:
     return flags, {**kwargs, **defaults}
 
 
+class _NameOrBare(argparse.Action):
+    """``--pretrained NAME[:TAG]``; a bare ``--pretrained`` (the old on/off flag) stores True, which
+    ``resolve`` turns into --model's release and a deprecation message."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", const=True, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+
+
 OPTIONS: list = [
     (("--data",), dict(default=None, metavar="PATH", help="folder of images (searched recursively); split by --val-fraction "
                                           "unless --val is given")),
@@ -71,7 +82,7 @@ OPTIONS: list = [
     (("--model",), dict(default="repvit_m2_3", metavar="NAME", help="RepViT variant of the student (RepViT-SAM: repvit_m2_3)")),
     (("--student-init",), dict(default=None, metavar="FILE", help="start the student's backbone from this RepViT "
                                                                   "classification checkpoint")),
-    (("--pretrained",), dict(default=None, metavar="NAME[:TAG]", nargs="?", const=True,
+    (("--pretrained",), dict(default=None, metavar="NAME[:TAG]", action=_NameOrBare,
                              help="start the student's backbone from these official ImageNet weights (a release of "
                                   "--model, e.g. repvit_m2_3); a bare --pretrained (deprecated) means --model's")),
     (("--decoder-from",), dict(default=None, metavar="SAMFILE", help="copy the prompt encoder and mask decoder "
