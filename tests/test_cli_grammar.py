@@ -241,7 +241,14 @@ def test_demo_states_threads_and_warm_up(capsys):
     assert "on 1 CPU thread(s), median of 1 after 1 warm-up call(s)" in out and "OK" in out
 
 
-def test_docs_cli_md_holds_the_grammar_table():
+def test_docs_cli_md_holds_the_grammar_table_and_every_command():
     text = (REPO / "docs" / "cli.md").read_text()
+    rows = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| `repvit ")}
+    for command, _ in walk(build_parser()):
+        words = command.split()
+        if len(words) == 2:
+            assert f"repvit {words[1]}" in rows, f"docs/cli.md does not list {command}"
+        elif len(words) == 3:
+            assert f"`{words[2]}`" in rows[f"repvit {words[1]}"], f"docs/cli.md does not list {command}"
     assert grammar.markdown_table() in text, "docs/cli.md is out of date: paste `python -m repvit.commands._grammar`"
     assert grammar.deprecated_table() in text

@@ -73,24 +73,10 @@ DEPRECATED = {
     "--json FILE (commands that wrote a JSON file)": "--report FILE",
     "--json - (bench)": "--json",
     "--pretrained, no name (sam actions)": "--pretrained repvit_sam",
-    "--pretrained, no name (sam distill; `pretrained: true` in YAML)": "--pretrained NAME, e.g. repvit_m2_3",
+    "--pretrained, no name (sam distill, or pretrained: true in YAML)": "--pretrained NAME, e.g. repvit_m2_3",
     "--unfused (sam export)": "nothing: the exported encoder is always the fused one",
 }
 
-COMMANDS = (
-    ("train", "train or fine-tune a classifier on an image folder"),
-    ("eval", "top-1/top-5 of a classifier on a labelled folder"),
-    ("predict", "top classes of a classifier for images"),
-    ("export", "the fused classifier to ONNX, TorchScript, Core ML or ExecuTorch, verified"),
-    ("bench", "CPU latency or GPU throughput, with the conditions"),
-    ("info", "the variant table: parameters, MACs, paper figures"),
-    ("demo", "fuse a model and show both forms compute the same"),
-    ("weights", "list and fetch the official release files"),
-    ("roadmap", "the paper's roadmap from MobileNetV3-L to RepViT-M0.9"),
-    ("detect train|eval|predict|export", "detectors on RepViT (torchvision Faster/Mask R-CNN, RetinaNet, FCOS)"),
-    ("segment train|eval|predict|export", "Semantic FPN on RepViT"),
-    ("sam predict|everything|eval|export|distill|demo", "RepViT-SAM"),
-)
 
 
 def warn_once(action, message: str) -> None:
