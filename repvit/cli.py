@@ -43,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # CheckpointError is a ValueError
         if os.environ.get("REPVIT_DEBUG"):
             raise
-        print(f"repvit {args.command}: error: {err}{_foreign_origin(err)}", file=sys.stderr)
+        print(f"{_command_name(args)}: error: {err}{_foreign_origin(err)}", file=sys.stderr)
         return 2
 
 
