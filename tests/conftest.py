@@ -1,15 +1,41 @@
-"""Shared fixtures. Real images come from ../shared/data/imagenette-96 (never copied into the repo)."""
+"""Shared fixtures and the one policy for real test data.
+
+Real data (Imagenette-96, CamVid, raccoon, fruit, coco128-instances, videos) lives in
+``../shared/data`` beside the checkout (or ``$REPVIT_SHARED_DATA``) and is never copied into the
+repository. A test whose data is missing FAILS, naming the folder and how to provide it: it never
+skips, so a run without the data cannot pass by testing less. (Skips remain only for optional
+dependencies, such as coremltools, that an install may lack.)
+"""
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-IMAGENETTE = Path(os.environ.get("REPVIT_IMAGENETTE", REPO_ROOT.parent / "shared" / "data" / "imagenette-96"))
+SHARED_DATA = Path(os.environ.get("REPVIT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+IMAGENETTE = Path(os.environ.get("REPVIT_IMAGENETTE", SHARED_DATA / "imagenette-96"))
+
+
+def shared_data(relative: str, *, pattern: Optional[str] = None, path: Optional[Path] = None) -> Path:
+    """``SHARED_DATA / relative`` (or ``path``), failing the test when it is missing.
+
+    ``pattern``: a glob (searched recursively) that must match at least one file inside the folder.
+    """
+    path = Path(path) if path is not None else SHARED_DATA / relative
+    found = path.exists() and (pattern is None or next(path.rglob(pattern), None) is not None)
+    if not found:
+        what = f"no {pattern} files under {path}" if path.is_dir() else f"{path} does not exist"
+        pytest.fail(f"real test data missing: {what}. The tests read ../shared/data beside the checkout "
+                    f"(here {SHARED_DATA}); provide it by linking the shared data folder there "
+                    "(ln -s /path/to/shared ../shared) or by setting REPVIT_SHARED_DATA=/path/to/shared/data "
+                    "(REPVIT_IMAGENETTE for Imagenette alone). Missing data fails, it is never skipped.",
+                    pytrace=False)
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -21,9 +47,7 @@ def _deterministic():
 @pytest.fixture(scope="session")
 def imagenette_root() -> Path:
     """The real Imagenette-96 folder (train/ and val/ of class folders)."""
-    if not (IMAGENETTE / "train").is_dir():
-        pytest.fail(f"real test data not found at {IMAGENETTE}: CI expects ../shared/data/imagenette-96 beside "
-                    "the checkout (or set REPVIT_IMAGENETTE)")
+    shared_data("imagenette-96/train", path=IMAGENETTE / "train")
     return IMAGENETTE
 
 

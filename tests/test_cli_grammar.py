@@ -136,9 +136,11 @@ def parse(argv):
      "--json is deprecated: use --report"),
     (["bench", "--json", "r.json"], "report", "r.json", "--json FILE is deprecated: use --report FILE"),
     (["bench", "--json", "-"], "json", True, "--json - is deprecated: use --json"),
+    (["sam", "eval", "--point", "farthest", "--random-weights"], "point", "farthest",
+     "--point is deprecated: use --point-at"),
 ])
 def test_deprecated_spellings_still_work_and_say_so_once(argv, dest, value, message, capsys):
-    flag = next(a for a in argv if a in ("--output-dir", "--coco", "-w", "--json") or a == "--pretrained")
+    flag = next(a for a in argv if a in ("--output-dir", "--coco", "-w", "--json", "--point", "--pretrained"))
     again = argv + argv[argv.index(flag):argv.index(flag) + 2] if flag != "--pretrained" else argv + [flag]
     args = parse(again)
     assert getattr(args, dest) == value

@@ -110,10 +110,44 @@ def _targets(kind: str, size: int = 128):
     return [target]
 
 
+def assert_same_detections(want: dict, got: dict, *, min_count: int = 10, box_tol: float = 0.05,
+                           score_tol: float = 1e-3, mask_tol: float = 0.02) -> int:
+    """Each detection of ``want`` at or above its ``min_count``-th best score is in ``got`` (same label,
+    box corners within ``box_tol`` px, score within ``score_tol``, mask probabilities within
+    ``mask_tol``), and the other way round; returns how many were compared.
+
+    Detections are matched by value, not position: fusion moves scores by ~1e-6, which may swap
+    the order of near-equal scores, and the threshold keeps the comparison away from the
+    detections-per-image cap, where such a swap can drop one detection and admit another.
+    """
+    assert len(want["scores"]) >= min_count and len(got["scores"]) >= min_count, \
+        f"only {len(want['scores'])} / {len(got['scores'])} detections: the comparison would say little"
+    threshold = want["scores"].sort(descending=True).values[min_count - 1].item()
+    compared = 0
+    for a, b in ((want, got), (got, want)):
+        for i in torch.nonzero(a["scores"] >= threshold).flatten().tolist():
+            same = ((b["labels"] == a["labels"][i]) & ((b["boxes"] - a["boxes"][i]).abs().amax(dim=1) <= box_tol)
+                    & ((b["scores"] - a["scores"][i]).abs() <= score_tol))
+            assert same.any(), (f"detection {i} (label {a['labels'][i].item()}, score {a['scores'][i].item():.6f}, "
+                                f"box {a['boxes'][i].tolist()}) has no counterpart")
+            if "masks" in a:
+                j = torch.nonzero(same).flatten()[0]
+                worst = (b["masks"][j] - a["masks"][i]).abs().max().item()
+                assert worst <= mask_tol, f"detection {i}: mask probabilities differ by {worst:.3g}"
+            compared += 1
+    return compared
+
+
+# RetinaNet and FCOS start from a 0.01 class prior, below their 0.05 default threshold: keep every
+# detection so there is something to compare.
+NO_SCORE_FLOOR = {"retinanet": {"score_thresh": 0.0}, "fcos": {"score_thresh": 0.0}}
+
+
 @pytest.mark.parametrize("kind", list(DETECTORS))
 def test_each_detector_trains_a_step_and_fuses_exactly(kind, imagenette_root):
     torch.manual_seed(0)
-    model = build_detector(kind, "repvit_m0_6", num_classes=3, min_size=128, max_size=128)
+    model = build_detector(kind, "repvit_m0_6", num_classes=3, min_size=128, max_size=128,
+                           **NO_SCORE_FLOOR.get(kind, {}))
     randomize_batchnorm(model)
     model.train()
     losses = model([torch.rand(3, 128, 128)], _targets(kind))
@@ -132,6 +166,33 @@ def test_each_detector_trains_a_step_and_fuses_exactly(kind, imagenette_root):
             torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-4)
         out_a, out_b = model([image]), fused([image])
     assert set(out_a[0]) == set(out_b[0]) and {"boxes", "scores", "labels"} <= set(out_a[0])
+    assert_same_detections(out_a[0], out_b[0])
+
+
+def test_fused_mask_rcnn_finds_the_same_objects_on_real_photos():
+    """Randomized BatchNorm statistics (fresh ones make fusion trivially exact), eval mode, two
+    fruit photos in one batch: the fused detector's boxes, labels, scores and masks match."""
+    from torchvision.io import read_image
+    from .test_dense_data import need
+    photos = sorted((need("fruit") / "images").glob("*.jpg"))[:2]
+    # at 320x240 (the detector works at 256 px anyway), so pasting 100 masks per image stays cheap
+    images = [torch.nn.functional.interpolate(read_image(str(path))[None].float() / 255.0, size=(240, 320),
+                                              mode="bilinear", antialias=True, align_corners=False)[0]
+              for path in photos]
+    torch.manual_seed(0)
+    # 200 proposals per image instead of 1000 keep the box head's cost small on 2 CPU cores
+    model = randomize_batchnorm(build_detector("maskrcnn", "repvit_m0_6", num_classes=4, min_size=256, max_size=352,
+                                               rpn_pre_nms_top_n_test=400, rpn_post_nms_top_n_test=200)).eval()
+    fused = reparameterize(model)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    with torch.no_grad():
+        want, got = model(images), fused(images)
+    for a, b in zip(want, got):
+        assert a["masks"].shape[-2:] == (240, 320)
+        assert assert_same_detections(a, b, min_count=20) >= 35   # both ways, ties at the threshold aside
+    # the check can fail: another image's detections do not match
+    with pytest.raises(AssertionError, match="no counterpart"):
+        assert_same_detections(want[0], got[1], min_count=20)
 
 
 def test_semantic_fpn_trains_and_fuses_exactly(imagenette_root):

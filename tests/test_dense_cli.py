@@ -68,6 +68,60 @@ def test_detector_files_round_trip_and_refuse_other_files(fruit_subset, tmp_path
         load_detector(tmp_path / "seg.pth")
 
 
+def test_detector_files_keep_every_option_tuples_included(fruit_subset, tmp_path):
+    """A multi-scale training size is a tuple: the rebuilt detector must train and infer at the same sizes."""
+    data = DetectionData.from_folder(fruit_subset)
+    torch.manual_seed(0)
+    options = dict(min_size=(96, 112, 128), max_size=160, image_mean=[0.5, 0.4, 0.3], box_detections_per_img=7,
+                   rpn_anchor_generator=None, box_score_thresh=0.01)
+    model = randomize_batchnorm(build_detector("maskrcnn", "repvit_m0_6", num_classes=4, norm_eval=False,
+                                               frozen_stages=1, **options))
+    path = save_detector(model, tmp_path / "det.pth", class_names=data.class_names, category_ids=data.category_ids)
+    loaded = load_detector(path)
+    assert loaded.transform.min_size == (96, 112, 128) and type(loaded.transform.min_size) is tuple
+    assert loaded.transform.max_size == 160 and loaded.transform.image_mean == [0.5, 0.4, 0.3]
+    assert loaded.roi_heads.detections_per_img == 7 and loaded.roi_heads.score_thresh == 0.01
+    assert loaded.repvit_config == model.repvit_config
+    assert type(loaded.repvit_config["min_size"]) is tuple and type(loaded.repvit_config["image_mean"]) is list
+    body = loaded.backbone.body
+    assert body.norm_eval is False and body.frozen_stages == 1
+    assert [p.requires_grad for p in body.parameters()] == [p.requires_grad for p in model.backbone.body.parameters()]
+    image = data[0][0]
+    with torch.no_grad():
+        want, got = model.eval()([image])[0], loaded([image])[0]
+    assert len(want["boxes"]) > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        assert torch.equal(want[key], got[key]), key
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    custom = build_detector("fasterrcnn", "repvit_m0_6", num_classes=4,
+                            rpn_anchor_generator=AnchorGenerator(((32,), (64,), (128,), (256,), (512,)),
+                                                                 ((0.5, 1.0, 2.0),) * 5))
+    with pytest.raises(ValueError, match="cannot record rpn_anchor_generator=AnchorGenerator"):
+        save_detector(custom, tmp_path / "custom.pth", class_names=data.class_names, category_ids=data.category_ids)
+
+
+def test_records_give_back_tuples_lists_and_none_as_saved(tmp_path):
+    from repvit.models.record import read_record, save_record
+    config = {"sizes": (1, 2), "nested": [(3, (4, 5)), [6]], "deep": {"t": ((7,), [8])}, "none": None, "s": "x"}
+    save_record(torch.nn.Linear(1, 1), tmp_path / "r.pth", task="detection", config=config)
+    record = read_record(tmp_path / "r.pth", "detection")
+    assert record["config"] == config
+    assert type(record["config"]["sizes"]) is tuple and type(record["config"]["nested"]) is list
+    assert type(record["config"]["nested"][0][1]) is tuple and type(record["config"]["deep"]["t"][1]) is list
+    raw = torch.load(tmp_path / "r.pth", weights_only=True)["config"]     # on disk: plain lists, JSON-ready
+    assert raw["sizes"] == [1, 2] and raw["deep"]["t"] == [[7], [8]]
+
+
+def test_segmenter_files_keep_every_option(tmp_path):
+    model = SemanticFPN("repvit_m0_6", num_classes=11, head_channels=64, dropout=0.2, norm_eval=True,
+                        frozen_stages=2, drop_path_rate=0.05)
+    loaded = load_segmenter(save_segmenter(model, tmp_path / "seg.pth", class_names=CAMVID, ignore_index=11))
+    assert loaded.repvit_config == model.repvit_config
+    body = loaded.backbone.body
+    assert body.norm_eval is True and body.frozen_stages == 2 and loaded.dropout.p == 0.2
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
+
+
 def test_cli_detect_eval_and_predict(fruit_subset, tmp_path, capsys):
     data = DetectionData.from_folder(fruit_subset)
     torch.manual_seed(0)

@@ -3,25 +3,20 @@ iscrowd, sparse category ids), VOC XML, bad input named or skipped, COCOeval and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from repvit.detection.coco_eval import coco_metrics
+from repvit.data.coco import coco_metrics
 from repvit.detection.data import DetectionData, DetectionDataError, coco_from_dict, load_coco, voc_to_coco
 from repvit.segmentation.metrics import ConfusionMatrix
 
-DATA = Path(os.environ.get("REPVIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
+from .conftest import shared_data
 
 def need(folder: str) -> Path:
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.fail(f"real test data not found at {path}: CI expects ../shared/data beside the checkout")
-    return path
+    return shared_data(folder)
 
 
 def gt_as_detections(coco, masks: bool) -> list[dict]:
@@ -69,6 +64,36 @@ def test_coco_rle_crowd_and_sparse_category_ids():
     assert target["masks"].shape[0] == len(target["boxes"])
 
 
+def test_coco_result_conversion_scores_ground_truth_ap_one_and_an_id_shift_drops_it():
+    """The ground truth as torchvision outputs (labels 1..80, xyxy boxes, mask probabilities) through
+    the project's converter: COCO's sparse category ids, x-y-width-height boxes and RLE must come
+    out exactly, so AP is 1.0; mapping each label to its neighbour's id must collapse it."""
+    from repvit.detection.evaluation import to_coco_results
+    root = need("coco128-instances")
+    data = DetectionData(root / "images" / "val2017", load_coco(root / "annotations" / "instances_val2017.json"),
+                         masks=True)
+    assert data.category_ids != list(range(1, 81))                     # the ids are sparse: labels must map
+    data = data.subset(range(50))
+    assert max(a["category_id"] for _, anns in data.items for a in anns) > 80
+    outputs = []
+    for index in range(len(data)):
+        _, target = data[index]
+        n = len(target["boxes"])
+        outputs.append(({"boxes": target["boxes"], "labels": target["labels"], "scores": torch.linspace(1.0, 0.5, n),
+                         "masks": target["masks"][:, None].float()}, target["image_id"]))
+    image_ids = [info["id"] for info, _ in data.items]
+
+    def ap(category_ids):
+        dets = [d for output, image_id in outputs for d in to_coco_results(output, image_id, category_ids)]
+        metrics = coco_metrics(data.coco, dets, ("bbox", "segm"), image_ids=image_ids)
+        return metrics["bbox"]["AP"], metrics["segm"]["AP"]
+
+    assert ap(data.category_ids) == (pytest.approx(1.0), pytest.approx(1.0))
+    shifted = data.category_ids[1:] + data.category_ids[:1]
+    bbox, segm = ap(shifted)
+    assert bbox < 0.05 and segm < 0.05
+
+
 def test_voc_xml_reads_like_the_coco_json_of_the_same_boxes():
     root = need("raccoon")
     voc = DetectionData(root / "images", coco_from_dict(voc_to_coco(root / "annotations", root / "images")))
@@ -100,7 +125,8 @@ def tiny_coco(tmp_path):
 
 @pytest.mark.parametrize("problem, message", [
     ("outside", "lies outside the 800x600 image"),
-    ("zero", "has zero area"),
+    ("zero", "has zero width"),
+    ("negative", "has negative height -20"),
     ("category", "unknown category 99"),
     ("missing", "image file not found"),
     ("corrupt", "unreadable image"),
@@ -113,6 +139,8 @@ def test_bad_input_is_named_or_skipped_and_counted(tiny_coco, problem, message):
         ann["bbox"] = [790.0, 10.0, 50.0, 20.0]
     elif problem == "zero":
         ann["bbox"] = [10.0, 10.0, 0.0, 20.0]
+    elif problem == "negative":
+        ann["bbox"] = [10.0, 30.0, 20.0, -20.0]
     elif problem == "category":
         ann["category_id"] = 99
     elif problem == "size":
@@ -126,23 +154,26 @@ def test_bad_input_is_named_or_skipped_and_counted(tiny_coco, problem, message):
         DetectionData.from_folder(root)
     text = str(err.value)
     assert message in text and (image["file_name"] in text or str(root) in text)
-    if problem in ("outside", "zero", "category"):
+    if problem in ("outside", "zero", "negative", "category"):
         assert f"annotation {ann['id']}" in text
     data = DetectionData.from_folder(root, skip_bad=True)
-    skipped = data.skipped.annotations if problem in ("outside", "zero", "category") else data.skipped.images
+    per_annotation = problem in ("outside", "zero", "negative", "category")
+    skipped = data.skipped.annotations if per_annotation else data.skipped.images
     assert len(skipped) == 1 and message in skipped[0][-1]
-    assert len(data) == (3 if problem in ("outside", "zero", "category") else 2)
+    assert len(data) == (3 if per_annotation else 2)
     for i in range(len(data)):                               # every kept item loads
         assert data[i][1]["boxes"].shape[1] == 4
 
 
-def test_truncated_image_is_caught_before_training_with_skip(tiny_coco):
+def test_truncated_image_is_caught_before_training(tiny_coco):
     coco, write = tiny_coco
     root = write(coco)
     path = root / "images" / coco["images"][1]["file_name"]
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
+    with pytest.raises(DetectionDataError, match="truncated image"):
+        DetectionData.from_folder(root)
     data = DetectionData.from_folder(root, skip_bad=True)
-    assert len(data) == 2 and "unreadable" in data.skipped.images[0][1]
+    assert len(data) == 2 and "image file is truncated" in data.skipped.images[0][1]
 
 
 def test_confusion_matrix_metrics():

@@ -1,5 +1,7 @@
 """The package tree is the architecture: no module imports (directly or through others) a
-module that imports it back, and each subpackage sits above the ones it uses."""
+module that imports it back, each subpackage sits above the ones it uses, and the capability packages
+(classification, detection, segmentation, sam, roadmap) stand side by side on the one engine without
+importing each other. docs/architecture.md draws the same picture."""
 from __future__ import annotations
 
 import ast
@@ -81,15 +83,57 @@ def test_the_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_the_model_library_never_imports_the_layers_above_it():
-    above = ("repvit.classification", "repvit.export", "repvit.runtime", "repvit.commands", "repvit.cli")
-    for name, targets in import_graph().items():
-        if name.startswith("repvit.models"):
-            bad = sorted(t for t in targets if t.startswith(above))
-            assert not bad, f"{name} imports {bad}"
-        if not name.startswith(("repvit.commands", "repvit.cli", "repvit.__main__")):
-            assert not any(t.startswith(("repvit.commands", "repvit.cli")) for t in targets), \
-                f"{name} imports the command line"
+# The layers, bottom to top. A module may import its own layer and those below it, never above.
+#   models (the model library)  <  engine (the one training loop), data (shared datasets), dense (backbone
+#   adapter, FPN, dense option tables)  <  capabilities (each alone)  <  export, runtime  <  commands, cli
+CAPABILITIES = ("repvit.classification", "repvit.detection", "repvit.segmentation", "repvit.sam", "repvit.roadmap")
+COMMAND_LINE = ("repvit.commands", "repvit.cli", "repvit.__main__")
+# runtime.timing is a leaf (clocks, threads): the engine may use it; the rest of runtime sits above export.
+TOP = ("repvit.export", "repvit.runtime.bench", "repvit.runtime.optimize") + COMMAND_LINE
+
+
+def _package(name: str, packages) -> str | None:
+    return next((p for p in packages if name == p or name.startswith(p + ".")), None)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up a layer or sideways between capability packages."""
+    bad = []
+    for name, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            edge = f"{name} -> {target}"
+            if _package(target, COMMAND_LINE) and not _package(name, COMMAND_LINE):
+                bad.append(edge + " (the library never imports the command line)")
+            elif name.startswith("repvit.models") and _package(target, (*CAPABILITIES, *TOP, "repvit.engine",
+                                                                        "repvit.data", "repvit.dense")):
+                bad.append(edge + " (the model library imports nothing above it)")
+            elif _package(name, ("repvit.engine", "repvit.data", "repvit.dense")) and _package(target,
+                                                                                          (*CAPABILITIES, *TOP)):
+                bad.append(edge + " (engine, data and dense serve the capabilities and never import them)")
+            elif name.startswith("repvit.engine") and _package(target, ("repvit.data", "repvit.dense")):
+                bad.append(edge + " (the engine knows no task's data or models)")
+            elif _package(name, CAPABILITIES) and _package(target, TOP):
+                bad.append(edge + " (a capability never imports export, benchmarking or the command line)")
+            elif (_package(name, CAPABILITIES) and _package(target, CAPABILITIES)
+                  and _package(name, CAPABILITIES) != _package(target, CAPABILITIES)):
+                bad.append(edge + " (capability packages never import each other: move what they share down)")
+    return bad
+
+
+def test_every_import_goes_down_a_layer_or_stays_in_its_package():
+    bad = layer_violations(import_graph())
+    assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+def test_the_layering_check_catches_planted_imports():
+    planted = {"repvit.sam.evaluation": {"repvit.detection.data", "repvit.models.checkpoint"},
+               "repvit.engine.loop": {"repvit.segmentation.training", "repvit.models.reparam"},
+               "repvit.models.layers": {"repvit.export.onnx"},
+               "repvit.detection.training": {"repvit.engine.loop", "repvit.dense.backbone", "repvit.data.coco"},
+               "repvit.segmentation.data": {"repvit.commands.segment"}}
+    bad = layer_violations(planted)
+    assert len(bad) == 4 and not any("detection.training" in b for b in bad), bad
+    assert any(b.startswith("repvit.sam.evaluation -> repvit.detection.data") for b in bad)
 
 
 # Parallel task packages (classification training, detection, segmentation) hold files of the same

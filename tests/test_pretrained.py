@@ -360,3 +360,27 @@ def test_a_detection_backbone_starts_from_official_weights(server, release_bytes
         RepViTBackbone(NAME, pretrained="repvit_m1_1")
     with pytest.raises(ValueError, match="not both"):
         RepViTBackbone(NAME).load_weights(checkpoint="x.pth", pretrained=True)
+
+
+# The download links as the official READMEs publish them (github.com/THU-MIG/RepViT: README.md,
+# detection/README.md, segmentation/README.md, sam/README.md; the first release's M1/M2/M3 as the
+# README of 2023-07-19 and 2023-07-27 links them, under the authors' earlier repository and without
+# the "e" of later file names; the draft links of 2023-07-18, ".../download/untagged-.../", never
+# became public). Every file of the table must be one of them, and every .pth/.pt link in the table.
+_V1 = "https://github.com/THU-MIG/RepViT/releases/download/v1.0/"
+OFFICIAL_LINKS = {
+    *(f"{_V1}{m}_distill_{e}.pth" for m in ("repvit_m0_9", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "repvit_m2_3")
+      for e in ("300e", "450e")),
+    f"{_V1}repvit_m0_6_distill_300e.pth",
+    *(f"{_V1}{m}_{task}.pth" for m in ("repvit_m1_1", "repvit_m1_5", "repvit_m2_3") for task in ("coco", "ade20k")),
+    f"{_V1}repvit_sam.pt",
+    "https://github.com/jameslahm/RepViT/releases/download/v1.0/repvit_m1_distill_300.pth",
+    "https://github.com/jameslahm/RepViT/releases/download/v1.0/repvit_m2_distill_300.pth",
+    "https://github.com/jameslahm/RepViT/releases/download/v1.0/repvit_m3_distill_300.pth",
+}
+
+
+def test_every_release_url_is_a_link_the_official_readmes_publish():
+    assert {r.url for r in RELEASES} == OFFICIAL_LINKS
+    legacy = {r.model: r.url for r in RELEASES if r.model in ("repvit_m1", "repvit_m2", "repvit_m3")}
+    assert legacy["repvit_m2"].endswith("jameslahm/RepViT/releases/download/v1.0/repvit_m2_distill_300.pth")

@@ -17,18 +17,18 @@ from repvit.sam import build_sam  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 from repvit.sam.prompts import Prompt, parse_box, parse_point, predict_prompts  # noqa: E402
 
+from .conftest import SHARED_DATA, shared_data  # noqa: E402
 from .test_sam import official_format_file  # noqa: E402
 
-FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit"
+FRUIT = SHARED_DATA / "fruit"
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("sam-cli")
     official_format_file(root / "repvit_sam.pt", seed=1)
+    shared_data("fruit", pattern="*.jpg")
     photos = sorted(FRUIT.rglob("*.jpg"))
-    if not photos:
-        pytest.skip(f"no photos under {FRUIT} (the shared data is not beside this checkout)")
     small = root / "photo.jpg"
     with Image.open(photos[0]) as im:
         im.convert("RGB").resize((im.width // 2, im.height // 2)).save(small, quality=95)

@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,14 @@ pytest.importorskip("gradio")
 from PIL import Image  # noqa: E402
 
 from repvit.sam import build_sam  # noqa: E402
-from repvit.sam.demo import SamDemo, add_corner, add_point, build_app, launch, parse_box, parse_points  # noqa: E402
+from repvit.sam.demo import SamDemo, add_corner, add_point, parse_points  # noqa: E402
+from repvit.sam.demo_page import build_app, launch  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
+from repvit.sam.prompts import parse_box  # noqa: E402
 
-FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit"
+from .conftest import SHARED_DATA, shared_data  # noqa: E402
+
+FRUIT = SHARED_DATA / "fruit"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,9 +51,8 @@ def sam():
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> Path:
     """A real photo, 320x240 PNG (lossless, so uploaded and returned pixels compare exactly)."""
+    shared_data("fruit/images", pattern="*.jpg")
     images = sorted(FRUIT.glob("images/*.jpg"))
-    if not images:
-        pytest.skip(f"no photos under {FRUIT} (the shared data is not beside this checkout)")
     path = tmp_path_factory.mktemp("photo") / "fruit.png"
     Image.fromarray(load_rgb(images[0])).resize((320, 240), Image.BILINEAR).save(path)
     return path
@@ -184,9 +188,64 @@ def test_embedding_is_computed_once_per_image(sam):
     assert sam.encoder_calls == calls + 2 and not demo.predictor.last_hit
 
 
+def test_many_answers_keep_a_bounded_number_of_mask_files(sam, tmp_path):
+    """A long-running page writes one mask PNG per answer: only the latest ``keep_files`` stay on disk."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    given = tmp_path / "masks"
+    demo = SamDemo(sam, output_dir=given, keep_files=3)
+    sizes, paths = [], []
+    for i in range(12):
+        result = demo.segment_box(image, (5 + i, 5, 90 + i, 70))
+        paths.append(Path(result.mask_png))
+        sizes.append(paths[-1].stat().st_size)
+        on_disk = sorted(given.iterdir())
+        assert len(on_disk) == min(i + 1, 3) and sorted(paths[-3:]) == on_disk
+    result = demo.everything(image, points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
+    assert Path(result.mask_png) in given.iterdir() and len(list(given.iterdir())) == 3
+    assert sum(p.stat().st_size for p in given.iterdir()) <= 3 * max(sizes + [Path(result.mask_png).stat().st_size])
+    assert not any(p.exists() for p in paths[:-2])
+    demo.close()
+    assert given.is_dir() and not any(given.iterdir())  # a folder it was given stays, emptied of its files
+
+    temporary = SamDemo(sam, keep_files=2)
+    temporary.segment_points(image, [(64, 48, 1)])
+    folder = temporary.output_dir
+    assert len(list(folder.iterdir())) == 1
+    temporary.close()
+    assert not folder.exists()  # a temporary folder goes with the demo
+    with pytest.raises(ValueError, match="at least 1"):
+        SamDemo(sam, keep_files=0)
+
+
+def test_the_page_deletes_its_cached_outputs(sam, photo, tmp_path):
+    """Gradio copies every overlay and mask PNG into its cache; the page asks it to delete old ones."""
+    demo = SamDemo(sam, output_dir=tmp_path / "masks", keep_files=2)
+    app = build_app(demo, cache_seconds=1)
+    port = free_port()
+    launch(app, port=port, block=False)
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False,
+                                      download_files=str(tmp_path / "downloads"))
+        for box in ("60,40,250,200", "50,30,200,150", "10,10,100,100"):
+            client.predict(gradio_client.handle_file(photo), box, api_name="/segment_box")
+        cached = set().union(*app.temp_file_sets)
+        assert len(cached) >= 3 and all(Path(f).exists() for f in cached)
+        deadline = time.monotonic() + 20
+        while any(Path(f).exists() for f in cached) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [f for f in cached if Path(f).exists()], "Gradio kept the page's outputs past cache_seconds"
+        assert len(list((tmp_path / "masks").iterdir())) == 2
+    finally:
+        app.close()
+        demo.close()
+    with pytest.raises(ValueError, match="cache_seconds"):
+        build_app(demo, cache_seconds=0)
+
+
 def test_prompt_text_and_clicks():
     assert parse_points("10,20\n30.5, 40, 0; 1,2,1") == [(10, 20, 1), (30.5, 40, 0), (1, 2, 1)]
-    assert parse_box(" 1, 2,3 ,4 ") == [1, 2, 3, 4]
+    assert parse_box(" 1, 2,3 ,4 ") == (1, 2, 3, 4)
     for bad in ("10", "1,2,5", "a,b"):
         with pytest.raises(ValueError, match="X,Y"):
             parse_points(bad)
@@ -196,7 +255,7 @@ def test_prompt_text_and_clicks():
     text, whole = add_corner("", 50, 60)
     assert (text, whole) == ("50,60", False)
     text, whole = add_corner(text, 5, 6)
-    assert whole and parse_box(text) == [50, 60, 5, 6]
+    assert whole and parse_box(text) == (50, 60, 5, 6)
     assert add_corner(text, 7, 8) == ("7,8", False)  # a third click starts a new box
 
 
@@ -207,7 +266,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_gradio_is_imported_only_for_the_page():
     code = """
 import contextlib, io, json, sys
-import repvit, repvit.sam, repvit.sam.demo
+import repvit, repvit.sam, repvit.sam.demo, repvit.sam.demo_page
 from repvit.cli import main
 for argv in (["sam", "--help"], ["sam", "demo", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,14 @@ pytest.importorskip("pycocotools")
 from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
 from repvit.cli import main  # noqa: E402
-from repvit.detection.data import DetectionDataError, load_coco  # noqa: E402
-from repvit.sam.evaluation import SIZES, evaluate_coco, find_coco_layout  # noqa: E402
+from repvit.data.coco import CocoDataError, load_coco  # noqa: E402
+from repvit.sam.evaluation import SIZES, evaluate_coco, find_coco_layout, format_report  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
-DATA = Path(os.environ.get("REPVIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
+from .conftest import shared_data  # noqa: E402
 
 def need(folder: str) -> Path:
-    path = DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"shared data not found at {path}: these tests read ../shared/data beside the checkout "
-                    "(or set REPVIT_SHARED_DATA)")
-    return path
+    return shared_data(folder)
 
 
 def xyxy(ann: dict) -> list[float]:
@@ -216,13 +210,16 @@ def test_bad_input_is_named_or_counted_and_skipped(fruit, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
     fake = GroundTruthPredictor(coco, images)
-    with pytest.raises(DetectionDataError, match="missing.jpg.*not found.*--skip-bad"):
+    with pytest.raises(CocoDataError, match="(?s)missing.jpg: image file not found.*--skip-bad") as err:
         evaluate_coco(fake, bad, images)
+    # one error names every problem found before the first image is encoded
+    assert f"annotation {no_seg}: no segmentation" in str(err.value)
+    assert "2 bad inputs (1 no segmentation, 1 missing image)" in str(err.value)
     data["images"].pop()
     data["annotations"].pop()
     only_seg = tmp_path / "no-seg.json"
     only_seg.write_text(json.dumps(data))
-    with pytest.raises(DetectionDataError, match=f"annotation {no_seg}: no segmentation"):
+    with pytest.raises(CocoDataError, match=f"annotation {no_seg}: no segmentation"):
         evaluate_coco(fake, only_seg, images)
 
     report = evaluate_coco(fake, bad, images, skip_bad=True)
@@ -233,6 +230,9 @@ def test_bad_input_is_named_or_counted_and_skipped(fruit, tmp_path):
     for rec in report["prompts"].values():
         assert rec["mIoU"] == pytest.approx(1.0) and rec["segm"]["AP"] == pytest.approx(1.0)
     assert {s.get("annotation") for s in report["skipped"]} == {None, no_seg}
+    assert report["skipped_by_reason"] == {"no segmentation": 1, "missing image": 1}
+    printed = format_report(report)
+    assert "  no segmentation: 1 (" in printed and "  missing image: 1 (" in printed and "missing.jpg" in printed
 
 
 def test_cli_random_weights_end_to_end(fruit, tmp_path, capsys):
@@ -264,3 +264,141 @@ def test_cli_names_a_folder_without_annotations(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     assert main(["sam", "eval", "--data", str(tmp_path), "--random-weights"]) != 0
     assert "annotations" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the point farthest from the boundary
+def brute_squared_distance(mask: np.ndarray) -> np.ndarray:
+    """Squared distance of every pixel to the nearest outside pixel, by trying them all (border = outside)."""
+    padded = np.pad(mask, 1)
+    outside = np.argwhere(~padded)
+    out = np.zeros(mask.shape, dtype=np.int64)
+    for y, x in np.argwhere(mask):
+        out[y, x] = ((outside - (y + 1, x + 1)) ** 2).sum(1).min()
+    return out
+
+
+def disc(shape, cx, cy, radius) -> np.ndarray:
+    ys, xs = np.mgrid[:shape[0], :shape[1]]
+    return (xs - cx) ** 2 + (ys - cy) ** 2 <= radius ** 2
+
+
+def ring(shape, cx, cy, outer, inner) -> np.ndarray:
+    return disc(shape, cx, cy, outer) & ~disc(shape, cx, cy, inner)
+
+
+def l_shape(shape) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[5:55, 60:66] = True     # a bar down ...
+    mask[49:55, 60:110] = True   # ... and one across: the box centre (85, 30) is outside
+    return mask
+
+
+def test_distance_to_outside_is_exact():
+    from repvit.sam.prompts import squared_distance_to_outside
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        h, w = rng.integers(1, 24, 2)
+        mask = rng.random((h, w)) < rng.uniform(0.3, 0.95)
+        got = squared_distance_to_outside(torch.from_numpy(mask))
+        np.testing.assert_array_equal(got.numpy(), brute_squared_distance(mask))
+    shape = (64, 120)
+    for mask in (ring(shape, 30, 30, 22, 10), l_shape(shape)):
+        np.testing.assert_array_equal(squared_distance_to_outside(torch.from_numpy(mask)).numpy(),
+                                      brute_squared_distance(mask))
+    with pytest.raises(ValueError, match="2-D"):
+        squared_distance_to_outside(torch.ones(2, 2, 2, dtype=torch.bool))
+
+
+def test_farthest_point_is_the_known_farthest_pixel_and_inside_the_mask():
+    from repvit.sam.prompts import farthest_from_boundary
+    shape = (64, 120)
+    square_and_bar = np.zeros(shape, dtype=bool)
+    square_and_bar[10:31, 10:31] = True   # 21 x 21: its centre (20, 20) is the one farthest pixel
+    square_and_bar[29:32, 10:100] = True  # a long thin bar moves the box centre, not the farthest point
+    corner = np.zeros(shape, dtype=bool)
+    corner[:11, :11] = True               # touches the image border, which counts as outside: centre (5, 5)
+    line = np.zeros(shape, dtype=bool)
+    line[7, 5:31] = True                  # one pixel thick: every pixel is 1 away; the first one is taken
+    cases = {"disc": (disc(shape, 71, 22, 10), (71, 22)), "square and bar": (square_and_bar, (20, 20)),
+             "border corner": (corner, (5, 5)), "thin line": (line, (5, 7))}
+    for name, (mask, expected) in cases.items():
+        assert farthest_from_boundary(torch.from_numpy(mask)) == expected, name
+    for mask in (ring(shape, 30, 30, 22, 10), l_shape(shape)):
+        x, y = farthest_from_boundary(torch.from_numpy(mask))
+        brute = brute_squared_distance(mask)
+        assert mask[y, x] and brute[y, x] == brute.max()
+        assert (y, x) == tuple(np.argwhere(brute == brute.max())[0])  # the first in row-major order
+    assert not ring(shape, 30, 30, 22, 10)[30, 30]  # the box centre of the ring misses it
+    with pytest.raises(ValueError, match="no pixel"):
+        farthest_from_boundary(torch.zeros(4, 4, dtype=torch.bool))
+
+
+class ClickRecorder:
+    """A ``SamPredictor`` stand-in that answers a click with the ground-truth mask under it (else nothing)."""
+
+    def __init__(self, masks):
+        self.masks = masks
+        self.transform = ResizeLongestSide(1024)
+        self.device = torch.device("cpu")
+        self.clicks = []
+
+    def set_image(self, image):
+        self.original_size = image.shape[:2]
+
+    def predict_torch(self, point_coords, point_labels, boxes=None, multimask_output=True, **_):
+        assert boxes is None and point_coords.shape[1] == 1
+        height, width = self.original_size
+        new_h, new_w = ResizeLongestSide.get_preprocess_shape(height, width, 1024)
+        xy = (point_coords[:, 0] * torch.tensor([width / new_w, height / new_h])).round().long().tolist()
+        self.clicks += [tuple(p) for p in xy]
+        answers = [next((m for m in self.masks if m[y, x]), np.zeros_like(self.masks[0])) for x, y in xy]
+        masks = torch.from_numpy(np.stack(answers))[:, None].repeat(1, 3, 1, 1)
+        return masks, torch.tensor([[0.5, 0.9, 0.5]]).repeat(len(answers), 1), None
+
+
+def test_the_farthest_point_protocol_clicks_on_the_object(tmp_path):
+    """A ring and an L shape: their box centres miss them (mIoU 0), their farthest points hit (mIoU 1)."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    shape = (64, 120)
+    masks = [ring(shape, 30, 30, 22, 10), l_shape(shape)]
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((*shape, 3), 128, np.uint8)).save(tmp_path / "images" / "shapes.png")
+    anns = []
+    for i, mask in enumerate(masks, start=1):
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        anns.append({"id": i, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": float(mask.sum()),
+                     "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                     "segmentation": {"size": list(shape), "counts": rle["counts"].decode()}})
+    data = {"images": [{"id": 1, "file_name": "shapes.png", "height": shape[0], "width": shape[1]}],
+            "annotations": anns, "categories": [{"id": 1, "name": "shape"}]}
+    (tmp_path / "annotations.json").write_text(json.dumps(data))
+    reports = {}
+    for point in ("center", "farthest"):
+        recorder = ClickRecorder(masks)
+        reports[point] = evaluate_coco(recorder, tmp_path / "annotations.json", tmp_path / "images", prompt="point",
+                                       point=point)["prompts"]["point"]
+        reports[point]["clicks"] = recorder.clicks
+    centres = reports["center"]["clicks"]
+    assert [abs(x - cx) + abs(y - 30) <= 1 for (x, y), cx in zip(centres, (30.5, 85))] == [True, True]
+    assert not any(m[y, x] for m, (x, y) in zip(masks, centres)) and reports["center"]["mIoU"] == 0.0
+    expected = [tuple(np.argwhere((b := brute_squared_distance(m)) == b.max())[0][::-1]) for m in masks]
+    assert reports["farthest"]["clicks"] == expected and reports["farthest"]["mIoU"] == pytest.approx(1.0)
+    assert reports["farthest"]["point"] == "farthest" and "farthest from the mask boundary" in \
+        reports["farthest"]["prompt"]
+    with pytest.raises(ValueError, match="'center' or 'farthest'"):
+        evaluate_coco(ClickRecorder(masks), tmp_path / "annotations.json", tmp_path / "images", point="middle")
+
+
+def test_cli_farthest_point(fruit, tmp_path, capsys):
+    annotations, _ = fruit
+    out_json = tmp_path / "report.json"
+    assert main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--limit", "1",
+                 "--prompt", "point", "--point-at", "farthest", "--report", str(out_json), "--quiet"]) == 0
+    rec = json.loads(out_json.read_text())["prompts"]["point"]
+    assert rec["point"] == "farthest" and rec["prompt"] == "one positive point farthest from the mask boundary"
+    assert 0.0 <= rec["mIoU"] <= rec["oracle_mIoU"] <= 1.0
+    assert "farthest point" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--point-at", "middle"])
+    assert "invalid choice: 'middle'" in capsys.readouterr().err

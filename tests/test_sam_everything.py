@@ -15,7 +15,9 @@ from repvit.sam import build_sam  # noqa: E402
 from repvit.sam.everything import FastMaskGenerator  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
-FRUIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruit"
+from .conftest import SHARED_DATA, shared_data  # noqa: E402
+
+FRUIT = SHARED_DATA / "fruit"
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +28,8 @@ def sam():
 
 @pytest.fixture(scope="module")
 def photo():
+    shared_data("fruit", pattern="*.jpg")
     images = sorted(p for p in FRUIT.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not images:
-        pytest.skip(f"no photos under {FRUIT} (the shared data is not beside this checkout)")
     image = load_rgb(images[0])
     # a quarter-size copy keeps the RLE work small; the encoder runs at 1024 either way
     from PIL import Image

@@ -4,7 +4,6 @@ ExecuTorch, and bad input."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,20 @@ pytest.importorskip("onnxruntime", reason="ONNX export needs pip install 'repvit
 
 from repvit.cli import main  # noqa: E402
 from repvit.sam import build_sam  # noqa: E402
-from repvit.sam import export as sam_export  # noqa: E402
+from repvit.export import sam as sam_export  # noqa: E402
+from repvit.export import sam_decoder, sam_parity  # noqa: E402
 from repvit.sam.builder import sam_with_encoder  # noqa: E402
 from repvit.sam.encoder import RepViTSamEncoder  # noqa: E402
 from repvit.sam.images import load_rgb  # noqa: E402
 
-DATA = Path(os.environ.get("REPVIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from .conftest import SHARED_DATA, shared_data  # noqa: E402
+
+DATA = SHARED_DATA
 PHOTO = DATA / "coco128-instances" / "images" / "val2017" / "000000000139.jpg"  # 640x426 living room
 
 
 def need_photo() -> Path:
-    if not PHOTO.is_file():
-        pytest.skip(f"real photo {PHOTO} not found: these tests read ../shared/data beside the checkout "
-                    "(or set REPVIT_SHARED_DATA)")
-    return PHOTO
+    return shared_data(str(PHOTO.relative_to(DATA)), path=PHOTO)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def onnx_embedding(exported, sam):
     """The photo's embedding computed by the exported ONNX encoder (a real-image embedding for the decoder)."""
     out, _ = exported
     image = load_rgb(PHOTO)
-    x = sam_export.preprocess(sam, image)
+    x = sam_parity.preprocess(sam, image)
     return image, sam_export.onnx_encoder_runner(out / "repvit_sam_encoder.onnx")(x)
 
 
@@ -68,13 +67,13 @@ def test_cli_writes_both_onnx_files_that_pass_parity_on_the_photo(exported, caps
     encoder = report["formats"]["onnx"]["encoder"]
     assert encoder["inputs"] == {"image": [1, 3, 1024, 1024]} and encoder["outputs"] == ["image_embeddings"]
     assert encoder["batch_norm_nodes"] == 0
-    assert 0 <= encoder["max_abs_diff"] <= sam_export.ENCODER_TOLERANCE and encoder["largest_embedding"] > 0.1
+    assert 0 <= encoder["max_abs_diff"] <= sam_parity.ENCODER_TOLERANCE and encoder["largest_embedding"] > 0.1
     decoder = report["formats"]["onnx"]["decoder"]
-    assert list(decoder["inputs"]) == list(sam_export.DECODER_INPUTS)
-    assert decoder["outputs"] == list(sam_export.DECODER_OUTPUTS)
+    assert list(decoder["inputs"]) == list(sam_decoder.DECODER_INPUTS)
+    assert decoder["outputs"] == list(sam_decoder.DECODER_OUTPUTS)
     assert decoder["inputs"]["point_coords"] == [1, "num_points", 2]
     assert decoder["vs_pytorch_module"]["passed"] and decoder["vs_sam_predictor"]["passed"]
-    assert decoder["max_abs_diff"] <= sam_export.DECODER_TOLERANCE
+    assert decoder["max_abs_diff"] <= sam_parity.DECODER_TOLERANCE
     assert len(decoder["point_counts"]) >= 2
     prompts = {c["prompt"] for c in decoder["cases"]}
     assert {"one click", "box", "box and background click", "click with previous mask"} <= prompts
@@ -85,20 +84,20 @@ def test_cli_writes_both_onnx_files_that_pass_parity_on_the_photo(exported, caps
 def test_parity_checks_fail_loudly_and_remove_the_file(onnx_embedding, sam, tmp_path):
     """The checks can fail: an encoder off by 1e-2 and a decoder whose masks are shifted are caught."""
     image, embedding = onnx_embedding
-    predictor = sam_export.predictor_with_embedding(sam, embedding, image.shape[:2])
+    predictor = sam_parity.predictor_with_embedding(sam, embedding, image.shape[:2])
     encoded = [(str(PHOTO), image, torch.zeros(1, 3, 1024, 1024), predictor)]
-    check = sam_export.check_encoder(lambda x: embedding + 1e-2, encoded)
+    check = sam_parity.check_encoder(lambda x: embedding + 1e-2, encoded)
     assert not check["passed"] and check["max_abs_diff"] == pytest.approx(1e-2, rel=1e-3)
-    exact = sam_export.check_encoder(lambda x: embedding, encoded)
+    exact = sam_parity.check_encoder(lambda x: embedding, encoded)
     assert exact["passed"] and exact["max_abs_diff"] == 0.0
-    module = sam_export.prompt_decoder(sam)
+    module = sam_decoder.prompt_decoder(sam)
     shifted = lambda feed: [o.numpy() + (0.01 if i == 0 else 0.0)
                             for i, o in enumerate(module(*(torch.from_numpy(v) for v in feed.values())))]
-    check = sam_export.check_decoder(shifted, sam, encoded, prompts=lambda h, w: sam_export.parity_prompts(h, w)[:1])
+    check = sam_parity.check_decoder(shifted, sam, encoded, prompts=lambda h, w: sam_parity.parity_prompts(h, w)[:1])
     assert not check["passed"] and check["vs_sam_predictor"]["max_abs_diff"] == pytest.approx(0.01, abs=1e-4)
     failing = tmp_path / "failing.onnx"
     failing.write_text("x")
-    assert sam_export.discard_failed(check, failing)["removed"] == str(failing) and not failing.exists()
+    assert sam_parity.discard_failed(check, failing)["removed"] == str(failing) and not failing.exists()
 
 
 @pytest.mark.parametrize("prompt", [
@@ -109,8 +108,8 @@ def test_decoder_onnx_follows_sam_predictor_for_any_point_count(exported, onnx_e
     out, _ = exported
     image, embedding = onnx_embedding
     h, w = image.shape[:2]
-    predictor = sam_export.predictor_with_embedding(sam, embedding, (h, w))
-    coords, labels = sam_export.onnx_prompt((h, w), prompt.get("points"), prompt.get("labels"), prompt.get("box"))
+    predictor = sam_parity.predictor_with_embedding(sam, embedding, (h, w))
+    coords, labels = sam_decoder.onnx_prompt((h, w), prompt.get("points"), prompt.get("labels"), prompt.get("box"))
     assert coords.shape[1] == len(prompt.get("points", [])) + (2 if "box" in prompt else 1)
     feed = {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
             "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32),
@@ -133,9 +132,9 @@ def test_decoder_masks_follow_orig_im_size_for_other_aspect_ratios(exported, onn
     out, _ = exported
     _, embedding = onnx_embedding
     sess = sam_export.onnx_session(out / "repvit_sam_decoder.onnx")
-    module = sam_export.prompt_decoder(sam)
+    module = sam_decoder.prompt_decoder(sam)
     for h, w in [(900, 600), (480, 1000), (333, 333)]:
-        coords, labels = sam_export.onnx_prompt((h, w), [[w / 2, h / 3]], [1])
+        coords, labels = sam_decoder.onnx_prompt((h, w), [[w / 2, h / 3]], [1])
         feed = {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
                 "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32),
                 "orig_im_size": np.array([h, w], np.float32)}
@@ -146,17 +145,17 @@ def test_decoder_masks_follow_orig_im_size_for_other_aspect_ratios(exported, onn
 
 
 def test_onnx_prompt_encodes_boxes_and_padding_as_sam_predictor():
-    coords, labels = sam_export.onnx_prompt((500, 1000), [[100, 50]], [1])
+    coords, labels = sam_decoder.onnx_prompt((500, 1000), [[100, 50]], [1])
     assert labels.tolist() == [[1, -1]] and np.allclose(coords, [[[102.4, 51.2], [0, 0]]])
-    coords, labels = sam_export.onnx_prompt((500, 1000), [[100, 50]], [0], box=[10, 20, 300, 400])
+    coords, labels = sam_decoder.onnx_prompt((500, 1000), [[100, 50]], [0], box=[10, 20, 300, 400])
     assert labels.tolist() == [[0, 2, 3]]
     assert np.allclose(coords, np.array([[[102.4, 51.2], [10.24, 20.48], [307.2, 409.6]]]))
     with pytest.raises(ValueError, match="box"):
-        sam_export.onnx_prompt((500, 1000), [[1, 2]], [2])
+        sam_decoder.onnx_prompt((500, 1000), [[1, 2]], [2])
     with pytest.raises(ValueError, match="at least one point or a box"):
-        sam_export.onnx_prompt((500, 1000))
+        sam_decoder.onnx_prompt((500, 1000))
     with pytest.raises(ValueError, match="2 points but 1 labels"):
-        sam_export.onnx_prompt((500, 1000), [[1, 2], [3, 4]], [1])
+        sam_decoder.onnx_prompt((500, 1000), [[1, 2], [3, 4]], [1])
 
 
 def test_single_mask_and_stability_options_match_predictor_semantics(exported, onnx_embedding, sam, tmp_path):
@@ -166,14 +165,39 @@ def test_single_mask_and_stability_options_match_predictor_semantics(exported, o
     facts = sam_export.export_decoder_onnx(sam, path, return_single_mask=True, use_stability_score=True)
     assert facts["inputs"]["point_labels"] == [1, "num_points"]
     h, w = image.shape[:2]
-    predictor = sam_export.predictor_with_embedding(sam, embedding, (h, w))
+    predictor = sam_parity.predictor_with_embedding(sam, embedding, (h, w))
     encoded = [(str(PHOTO), image, None, predictor)]
     two_and_four_points = [{"name": "one click", "points": [[300, 200]], "labels": [1]},
                            {"name": "three clicks", "points": [[300, 200], [50, 60], [400, 100]], "labels": [1, 0, 1]}]
-    check = sam_export.check_decoder(sam_export.onnx_decoder_runner(path), sam, encoded, return_single_mask=True,
+    check = sam_parity.check_decoder(sam_export.onnx_decoder_runner(path), sam, encoded, return_single_mask=True,
                                      use_stability_score=True, prompts=lambda h, w: two_and_four_points)
     assert check["passed"], check
     assert all(c["mask_shape"] == [1, 1, h, w] for c in check["cases"])
+
+
+def test_low_res_decoder_equals_the_onnx_module_and_the_mask_decoder():
+    """The Core ML decoder runs the shared ``decode_all_masks``: same numbers as the ONNX decoder's module
+    and as segment-anything's own ``MaskDecoder`` on the same prompt embeddings."""
+    torch.manual_seed(0)
+    small = sam_with_encoder(RepViTSamEncoder("repvit_m0_6", img_size=256), img_size=256).eval()
+    example = sam_decoder.decoder_example(small, num_points=7)
+    with torch.no_grad():
+        iou, low = sam_decoder.LowResDecoder(small)(*example[:5])
+        _, ref_iou, ref_low = sam_decoder.prompt_decoder(small)(*example)
+        inner = sam_decoder.prompt_decoder(small)
+        sparse = inner._embed_points(example[1], example[2])
+        dense = inner._embed_masks(example[3], example[4])
+        single = small.mask_decoder(image_embeddings=example[0], image_pe=small.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                    multimask_output=False)
+        multi = small.mask_decoder(image_embeddings=example[0], image_pe=small.prompt_encoder.get_dense_pe(),
+                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                   multimask_output=True)
+    assert low.shape == (1, 4, 64, 64) and iou.shape == (1, 4)  # 4x the 16x16 embedding grid at img_size 256
+    assert (low - ref_low).abs().max() < 1e-5 and (iou - ref_iou).abs().max() < 1e-5
+    stock_low, stock_iou = torch.cat([single[0], multi[0]], 1), torch.cat([single[1], multi[1]], 1)
+    assert (low - stock_low).abs().max() < 1e-4 and (iou - stock_iou).abs().max() < 1e-5
+    assert low.abs().max() > 0.1  # not a trivially zero comparison
 
 
 def test_coreml_conversion_has_the_expected_inputs_and_outputs(tmp_path):
@@ -206,22 +230,35 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys):
     assert main(["sam", "export", "-o", str(tmp_path)]) == 2
     assert "--random-weights" in capsys.readouterr().err
     assert main(["sam", "export", "--random-weights", "--max-images", "0"]) == 2
+    with pytest.raises(SystemExit) as stopped:  # export always writes the fused encoder: no --unfused to offer
+        main(["sam", "export", "--random-weights", "--unfused", "-o", str(tmp_path)])
+    assert stopped.value.code == 2 and "unrecognized arguments: --unfused" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="existing file"):
         sam_export.export_sam(torch.nn.Linear(1, 1), tmp_path / "file")
     with pytest.raises(TypeError, match="Sam model"):
         sam_export.fused_cpu_copy(torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="uint8 RGB"):
-        sam_export.preprocess(build_sam(img_size=64), np.zeros((10, 10), np.float32))
+        sam_parity.preprocess(build_sam(img_size=64), np.zeros((10, 10), np.float32))
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("not an image")
     with pytest.raises(ValueError, match="not a readable image"):
-        sam_export.parity_images(not_image)
+        sam_parity.parity_images(not_image)
 
 
 def test_parity_images_fall_back_to_photos_then_a_test_card(monkeypatch):
-    images = sam_export.parity_images(None, limit=1)
+    images = sam_parity.parity_images(None, limit=1)
     assert len(images) == 1 and images[0][1].dtype == np.uint8
-    monkeypatch.setattr(sam_export, "find_images", lambda source, limit: [])
-    (name, card), = sam_export.parity_images(None)
+    monkeypatch.setattr(sam_parity, "find_images", lambda source, limit: [])
+    (name, card), = sam_parity.parity_images(None)
     assert name == "synthetic" and card.shape == (480, 640, 3)
+
+
+def test_the_sam_package_does_not_import_the_exporters():
+    """Export sits above the capability packages: repvit.export.sam* import repvit.sam, never the reverse."""
+    from tests.test_layout import import_graph
+    graph = import_graph()
+    upward = {m: sorted(t for t in targets if t.startswith("repvit.export"))
+              for m, targets in graph.items() if m.startswith("repvit.sam")}
+    assert not {m: t for m, t in upward.items() if t}
+    assert any(t.startswith("repvit.sam") for t in graph["repvit.export.sam"])  # the check sees real edges

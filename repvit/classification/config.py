@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Iterable, Optional, Sequence
 
+from ..engine.distributed import TIMEOUT_OPTION, timeout_minutes
 from ..engine.option_table import add_options as _add_options, dump, load_config_file, save  # noqa: F401
 from ..runtime.timing import threads_option
 
@@ -36,6 +37,7 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                   "downloaded once and verified), as --finetune does with a file")),
     (("--seed",), dict(type=int, default=0, metavar="N", help="random seed (rank r uses seed + r for augmentation)")),
     (("--device",), dict(default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")),
+    TIMEOUT_OPTION,
     (("--workers", "-j"), dict(type=int, default=8, metavar="N", help="data-loading worker processes per rank")),
     (("--threads",), dict(type=threads_option, default="auto", metavar="N|auto",
                           help="CPU threads for torch per process: a count, or auto (the cores idle when the run "
@@ -192,6 +194,7 @@ def validate(cfg: argparse.Namespace) -> None:
                     "log_interval"])
     if cfg.threads is not None:
         cfg.threads = threads_option(cfg.threads)
+    cfg.dist_timeout = timeout_minutes(cfg.dist_timeout)
     _positive(cfg, ["workers", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "mixup",
                     "cutmix", "reprob", "smoothing", "drop_path", "drop", "aug_repeats", "distillation_alpha"],
               allow_zero=True)

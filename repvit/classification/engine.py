@@ -333,7 +333,7 @@ def main(cfg) -> dict:
     """Train with resolved options (see ``repvit.classification.config``); returns a summary dict."""
     threads, why = resolve_threads(cfg.threads)
     with torch_threads(threads):  # --threads for this run only
-        env = setup(cfg.device)
+        env = setup(cfg.device, timeout=cfg.dist_timeout)
         reporter = Reporter(enabled=env.is_main, interval=cfg.log_interval)
         cfg._notes = [*getattr(cfg, "_notes", []), *([f"threads: {why}"] if why else [])]
         try:

@@ -75,6 +75,7 @@ DEPRECATED = {
     "--pretrained, no name (sam actions)": "--pretrained repvit_sam",
     "--pretrained, no name (sam distill, or pretrained: true in YAML)": "--pretrained NAME, e.g. repvit_m2_3",
     "--unfused (sam export)": "nothing: the exported encoder is always the fused one",
+    "--point center|farthest (sam eval; --point is a prompt X,Y elsewhere)": "--point-at center|farthest",
 }
 
 

@@ -1,6 +1,8 @@
 """Options of ``repvit segment train`` and ``repvit detect train``: one table per task over a shared
 table of loop options, layered as ``repvit train`` layers them (defaults < ``-c`` YAML < flags).
-Defaults are CPU-sized; the paper's recipes are the YAML files in ``configs/``."""
+Loop defaults are CPU-sized and the paper's recipes are the YAML files in ``configs/``; the
+segmentation data options default to the official ADE20K pipeline (the defaults of
+``repvit.segmentation.data``), ``--norm-eval`` to the official frozen BatchNorm statistics."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +10,7 @@ from typing import Optional, Sequence
 
 from ..runtime.timing import threads_option
 from ..engine import option_table as base
+from ..engine.distributed import TIMEOUT_OPTION, timeout_minutes
 
 LOOP: list = [
     (("--model",), dict(default="repvit_m0_9", metavar="NAME", help="RepViT variant of the backbone")),
@@ -26,7 +29,11 @@ LOOP: list = [
                           help="lr decay after warm-up")),
     (("--milestones",), dict(type=int, nargs="+", default=[8, 11], help="epochs at which step decays x0.1")),
     (("--power",), dict(type=float, default=0.9, help="poly decay power")),
+    (("--min-lr",), dict(type=float, default=0.0, help="floor of the poly and cosine decay: the lr falls from "
+                                                       "--lr to this (mmcv's min_lr; ADE20K recipe: 1e-6)")),
     (("--warmup-iters",), dict(type=int, default=500, help="linear warm-up iterations (capped at half the run)")),
+    (("--warmup-ratio",), dict(type=float, default=1e-3, help="the warm-up starts at this fraction of --lr "
+                                                              "(COCO recipe: 1e-6)")),
     (("--clip-grad",), dict(type=float, default=0.0, help="clip the gradient norm to this (0: off)")),
     (("--norm-eval",), dict(action=argparse.BooleanOptionalAction, default=True,
                             help="keep the backbone's BatchNorm statistics frozen (the official recipes)")),
@@ -37,6 +44,7 @@ LOOP: list = [
     (("--threads",), dict(type=threads_option, default="auto", metavar="N|auto", help="CPU threads per process, or auto")),
     (("--device",), dict(default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")),
     (("--seed",), dict(type=int, default=0, metavar="N", help="random seed (data order, augmentation, initial weights)")),
+    TIMEOUT_OPTION,
     (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) bad annotations/images "
                                                                      "instead of stopping")),
     (("--eval-interval",), dict(type=int, default=1, help="validate every N epochs (and after the last)")),
@@ -51,9 +59,21 @@ SEGMENT: list = [
     (("--ignore-index",), dict(type=int, default=255, help="label value to ignore (CamVid: 11)")),
     (("--reduce-zero-label",), dict(action="store_true", default=False,
                                     help="label 0 means 'other' (ADE20K): ignore it and shift the rest down by one")),
+    # The defaults below are the official ADE20K recipe's and those of the transforms in
+    # repvit/segmentation/data.py (tests/test_dense_recipes.py checks that they agree).
     (("--crop",), dict(type=int, nargs=2, default=[512, 512], metavar=("H", "W"), help="training crop")),
-    (("--scale",), dict(type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
-                        help="random rescaling range before cropping")),
+    (("--img-scale",), dict(type=int, nargs=2, default=[2048, 512], metavar=("LONG", "SHORT"),
+                            help="random resize target: the image is rescaled to fit LONG x SHORT times a "
+                                 "factor from --ratio-range (config null: the factor scales the image itself)")),
+    (("--ratio-range", "--scale"), dict(type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+                                        help="range of the random resize factor")),
+    (("--cat-max-ratio",), dict(type=float, default=0.75, help="redraw a crop (up to 10 times) where one class "
+                                                               "covers this share of the labelled pixels (1: off)")),
+    (("--photometric",), dict(action=argparse.BooleanOptionalAction, default=True,
+                              help="random brightness, contrast, saturation and hue (mmseg's PhotoMetricDistortion)")),
+    (("--eval-size",), dict(type=int, nargs=2, default=[512, 2048], metavar=("SHORT", "LONG"),
+                            help="validate on images rescaled to fit SHORT x LONG, sides rounded up to multiples "
+                                 "of 32, scored at the label's size (config null: the raw size)")),
 ]
 
 DETECT: list = [
@@ -97,7 +117,20 @@ def validate(cfg: argparse.Namespace, task: str) -> None:
         raise ValueError("--backbone PATH and --pretrained NAME both initialise the backbone: pass only one")
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: pass only one")
+    cfg.dist_timeout = timeout_minutes(cfg.dist_timeout)
+    if cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
+        raise ValueError(f"--min-lr must be between 0 and --lr ({cfg.lr:g}), got {cfg.min_lr:g}")
+    if not 0 < cfg.warmup_ratio <= 1:
+        raise ValueError(f"--warmup-ratio must be in (0, 1], got {cfg.warmup_ratio:g}")
     if task == "segment":
+        if not 0 < cfg.ratio_range[0] <= cfg.ratio_range[1]:
+            raise ValueError(f"--ratio-range MIN MAX needs 0 < MIN <= MAX, got {cfg.ratio_range}")
+        if not 0 < cfg.cat_max_ratio <= 1:
+            raise ValueError(f"--cat-max-ratio must be in (0, 1] (1 turns the check off), got {cfg.cat_max_ratio}")
+        for name in ("img_scale", "eval_size"):
+            value = getattr(cfg, name)
+            if value is not None and min(value) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} needs two positive sizes, got {value}")
         if not cfg.data:
             raise ValueError("--data is required: a root holding train/ and val/, each with images/ and labels/")
         names = [n.strip() for n in cfg.class_names.split(",")] if cfg.class_names else None

@@ -4,62 +4,29 @@ folders, read into one dataset that yields what torchvision's detectors take.
 Both formats become one COCO index (VOC is converted in memory), so evaluation runs
 pycocotools' COCOeval on either. Category ids, however sparse, map to contiguous labels
 1..K in id order (0 is torchvision's background); ``DetectionData.category_ids`` maps back.
+Reading and checking COCO data is ``repvit.data.coco``'s, shared with SAM's evaluation.
 
-Everything is checked when the dataset is built, so a run never dies mid-epoch on bad input:
-a missing image, an image whose size differs from the annotation's, an annotation with an
-unknown category, a box of zero area or outside the image. Each problem is an error naming the
-file (and annotation), or, with ``skip_bad=True``, a counted skip of that annotation (or image).
-``skip_bad`` also decodes every image fully, which catches truncated files.
+Everything is checked when the dataset is built, so a run never dies mid-epoch on bad input
+(see ``repvit.data.coco.scan_coco`` for the list). Every problem found is reported at once: one
+error listing them all, grouped by reason, or, with ``skip_bad=True``, a skip of that annotation
+(or image) that ``skip_report()`` counts by reason and names, for the run's log.
 """
 from __future__ import annotations
 
 import copy
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 from PIL import Image
 
-BOX_TOLERANCE = 1.0   # pixels a box may exceed the image by (rounding in annotation tools)
+from ..data.bad_inputs import SKIP_BAD_HINT, BadInputs
+from ..data.coco import Categories, CocoDataError, coco_from_dict, load_coco, scan_coco
 
-
-class DetectionDataError(ValueError):
-    """Bad detection data; the message names the file and, where there is one, the annotation."""
-
-
-def _coco_class():
-    try:
-        from pycocotools.coco import COCO
-    except ImportError as err:  # pragma: no cover - the dense extra brings it
-        raise ImportError("reading detection data needs pycocotools: pip install 'repvit-pytorch[dense]'") from err
-    return COCO
-
-
-def coco_from_dict(dataset: dict):
-    COCO = _coco_class()
-    coco = COCO()
-    coco.dataset = dataset
-    import contextlib
-    import io
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def load_coco(annotation_file: Union[str, os.PathLike]):
-    import json
-    path = Path(annotation_file)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DetectionDataError(f"{path}: not a readable COCO JSON file ({err})") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DetectionDataError(f"{path}: a COCO instances file needs an '{key}' list")
-    return coco_from_dict(data)
+# One error class for bad COCO-format data, whichever layer finds it.
+DetectionDataError = CocoDataError
 
 
 def voc_to_coco(annotations_dir: Union[str, os.PathLike], images_dir: Union[str, os.PathLike],
@@ -107,10 +74,23 @@ def voc_to_coco(annotations_dir: Union[str, os.PathLike], images_dir: Union[str,
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
 
 
-@dataclass
 class Skipped:
-    annotations: list = field(default_factory=list)   # (file, annotation id, reason)
-    images: list = field(default_factory=list)        # (file, reason)
+    """The bad inputs a ``skip_bad`` dataset left out, as ``(file, reason)`` image and
+    ``(file, annotation id, reason)`` annotation lists (``bad`` holds the full record)."""
+
+    def __init__(self, bad: BadInputs):
+        self.bad = bad
+
+    @property
+    def images(self) -> list:
+        return [(e.file, e.detail) for e in self.bad if e.annotation is None]
+
+    @property
+    def annotations(self) -> list:
+        return [(e.file, e.annotation, e.detail) for e in self.bad if e.annotation is not None]
+
+    def __len__(self) -> int:
+        return len(self.bad)
 
 
 class DetectionData(torch.utils.data.Dataset):
@@ -122,14 +102,16 @@ class DetectionData(torch.utils.data.Dataset):
         self.images_dir, self.coco, self.masks, self.transforms = Path(images_dir), coco, masks, transforms
         self.hflip_prob = 0.5
         self.source = source or str(images_dir)
-        cats = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
-        if not cats:
-            raise DetectionDataError(f"{self.source}: no categories")
-        self.category_ids = [c["id"] for c in cats]
-        self.class_names = [c["name"] for c in cats]
-        self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
-        self.skipped = Skipped()
-        self.items = self._check(skip_bad)
+        categories = Categories.of(coco, self.source)
+        self.category_ids, self.class_names = list(categories.ids), list(categories.names)
+        self.label_of = categories.label_of
+        items, bad = scan_coco(coco, self.images_dir, categories=categories, masks=masks, source=self.source)
+        if not skip_bad:
+            bad.raise_if_any(DetectionDataError, SKIP_BAD_HINT)
+        self.skipped = Skipped(bad)
+        if not items:
+            raise DetectionDataError(f"{self.source}: no usable images" + (f"\n{bad.summary()}" if bad else ""))
+        self.items = items
 
     @classmethod
     def from_folder(cls, root: Union[str, os.PathLike], **kwargs) -> "DetectionData":
@@ -146,57 +128,9 @@ class DetectionData(torch.utils.data.Dataset):
                        source=str(root / "annotations"), **kwargs)
         raise DetectionDataError(f"{root}: no annotations.json (COCO) or annotations/*.xml (VOC) found")
 
-    def reject(self, skip_bad: bool, where: str, reason: str, annotation=None) -> None:
-        """Raise a DetectionDataError naming the problem, or (``skip_bad``) count it in ``skipped``."""
-        if not skip_bad:
-            suffix = f", annotation {annotation}" if annotation is not None else ""
-            raise DetectionDataError(f"{where}{suffix}: {reason} (pass skip_bad / --skip-bad to skip and count such "
-                                     "cases)")
-        if annotation is None:
-            self.skipped.images.append((where, reason))
-        else:
-            self.skipped.annotations.append((where, annotation, reason))
-
-    def _check(self, skip_bad: bool) -> list[tuple[dict, list[dict]]]:
-        items = []
-        for image_id in sorted(self.coco.getImgIds()):
-            info = self.coco.loadImgs(image_id)[0]
-            path = self.images_dir / info["file_name"]
-            where = info.get("source", str(path))
-            try:
-                with Image.open(path) as im:
-                    size = im.size
-                    if skip_bad:
-                        im.convert("RGB")   # a full decode: truncated files fail here, not mid-epoch
-            except FileNotFoundError:
-                self.reject(skip_bad, str(path), "image file not found")
-                continue
-            except OSError as err:
-                self.reject(skip_bad, str(path), f"unreadable image ({err})")
-                continue
-            width, height = info.get("width") or size[0], info.get("height") or size[1]
-            if (width, height) != size:
-                self.reject(skip_bad, str(path), f"the annotations say {width}x{height}, the image is "
-                                                  f"{size[0]}x{size[1]}")
-                continue
-            kept = []
-            for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id])):
-                x, y, w, h = ann["bbox"]
-                if ann["category_id"] not in self.label_of:
-                    self.reject(skip_bad, where, f"unknown category {ann.get('category_name') or ann['category_id']!r} "
-                                                  f"(known: {', '.join(self.class_names)})", ann["id"])
-                elif w <= 0 or h <= 0:
-                    self.reject(skip_bad, where, f"box {ann['bbox']} has zero area", ann["id"])
-                elif (x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE
-                      or y + h > height + BOX_TOLERANCE):
-                    self.reject(skip_bad, where, f"box {ann['bbox']} (x, y, w, h) lies outside the "
-                                                  f"{width}x{height} image", ann["id"])
-                else:
-                    kept.append(ann)
-            items.append((info, kept))
-        if not items:
-            raise DetectionDataError(f"{self.source}: no usable images")
-        return items
+    def skip_report(self, files: int = 3) -> str:
+        """What ``skip_bad`` left out, counted by reason with the first ``files`` names of each ("" if nothing)."""
+        return self.skipped.bad.summary(files) if self.skipped.bad else ""
 
     def __len__(self) -> int:
         return len(self.items)

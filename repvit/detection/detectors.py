@@ -34,7 +34,8 @@ def build_detector(kind: str, name: str = "repvit_m1_1", *, num_classes: int, ta
     ``num_classes`` counts the background, torchvision's convention for all four (80 COCO
     classes -> 81; labels run 1..80, as ``DetectionData`` gives them). Backbone weights come from ``checkpoint`` or
     ``pretrained`` (see ``RepViTBackbone``); other keywords (``min_size``, ``max_size``,
-    ``box_detections_per_img``, ...) go to the torchvision class.
+    ``box_detections_per_img``, ...) go to the torchvision class. ``model.repvit_config`` records
+    them all, so ``load_detector`` rebuilds the same detector (input sizes included).
     """
     if kind not in DETECTORS:
         raise ValueError(f"unknown detector {kind!r}; choose one of {', '.join(DETECTORS)}")
@@ -49,10 +50,12 @@ def build_detector(kind: str, name: str = "repvit_m1_1", *, num_classes: int, ta
     model = cls(BackboneWithFPN(backbone, out_channels=fpn_channels, extra=extra), num_classes=num_classes,
                 **detector_kwargs)
     model.kind = kind
-    # What rebuilds this detector from a saved file (weights are loaded separately, strictly).
+    # What rebuilds this detector from a saved file: every constructor option, values as given
+    # (tuples stay tuples; save_detector refuses options that are not plain data). The weight
+    # sources (checkpoint, pretrained, backbone) are not recorded: the file's weights replace them.
     model.repvit_config = {"kind": kind, "name": backbone.name, "num_classes": num_classes, "taps": backbone.taps,
-                           "fpn_channels": fpn_channels, **{k: v for k, v in detector_kwargs.items()
-                                                            if isinstance(v, (int, float, str, bool))}}
+                           "norm_eval": backbone.norm_eval, "frozen_stages": backbone.frozen_stages,
+                           "fpn_channels": fpn_channels, "drop_path_rate": drop_path_rate, **detector_kwargs}
     return model
 
 

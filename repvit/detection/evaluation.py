@@ -7,7 +7,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .coco_eval import coco_metrics
+from ..engine.distributed import DistEnv, each_rank, shard
+from ..data.coco import coco_metrics, masks_to_rle
 from .data import DetectionData, collate
 
 MASK_THRESHOLD = 0.5
@@ -17,38 +18,48 @@ def to_coco_results(output: dict, image_id: int, category_ids: Sequence[int]) ->
     """One image's torchvision detections in COCO's results format (dataset category ids, RLE masks)."""
     boxes = output["boxes"].detach().cpu()
     results = []
-    rles = None
-    if "masks" in output:
-        from pycocotools import mask as mask_utils
-        import numpy as np
-        binary = (output["masks"].detach().cpu()[:, 0] > MASK_THRESHOLD).numpy().astype(np.uint8)
-        rles = [mask_utils.encode(np.asfortranarray(m)) for m in binary]
+    rles = masks_to_rle((output["masks"].detach().cpu()[:, 0] > MASK_THRESHOLD).numpy()) if "masks" in output else None
     for i, (box, score, label) in enumerate(zip(boxes.tolist(), output["scores"].tolist(), output["labels"].tolist())):
         det = {"image_id": int(image_id), "category_id": int(category_ids[label - 1]), "score": float(score),
                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
         if rles is not None:
-            det["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode()}
+            det["segmentation"] = rles[i]
         results.append(det)
     return results
 
 
 @torch.no_grad()
 def evaluate_detector(model: nn.Module, data: DetectionData, *, batch_size: int = 2, workers: int = 0,
-                      device: torch.device = torch.device("cpu"), log=print) -> dict:
-    """COCO box (and, for Mask R-CNN, mask) AP of ``model`` on ``data``, as fractions."""
+                      device: torch.device = torch.device("cpu"), env: Optional[DistEnv] = None) -> dict:
+    """COCO box (and, for Mask R-CNN, mask) AP of ``model`` on ``data``, as fractions.
+
+    Under torchrun (``env`` of a distributed run, called on every rank) each rank detects on its
+    share of the images, in the same batches a single process would form, the detections are
+    gathered in image order, rank 0 scores them with COCOeval once and every rank returns its
+    result: the same numbers as one process."""
     if list(getattr(model, "category_ids", data.category_ids)) != list(data.category_ids):
         raise ValueError(f"the detector was trained on categories {model.category_ids} but the data has "
                          f"{data.category_ids}; evaluate on data with the same category ids")
     model = model.eval().to(device)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    detections = []
-    for images, targets in loader:
-        outputs = model([im.to(device) for im in images])
-        for output, target in zip(outputs, targets):
-            detections.extend(to_coco_results(output, target["image_id"], data.category_ids))
+
+    def detect_share() -> list[tuple[int, list[dict]]]:
+        mine = shard(range(len(data)), env, block=batch_size)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=mine, num_workers=workers,
+                                             collate_fn=collate)
+        found, position = [], iter(mine)
+        for images, targets in loader:
+            outputs = model([im.to(device) for im in images])
+            for output, target in zip(outputs, targets):
+                found.append((next(position), to_coco_results(output, target["image_id"], data.category_ids)))
+        return found
+
+    per_image = sorted((pair for share in each_rank(detect_share, env) for pair in share), key=lambda p: p[0])
+    detections = [det for _, dets in per_image for det in dets]
     iou_types = ("bbox", "segm") if getattr(model, "roi_heads", None) is not None and \
         getattr(model.roi_heads, "has_mask", lambda: False)() else ("bbox",)
-    metrics = coco_metrics(data.coco, detections, iou_types, image_ids=[info["id"] for info, _ in data.items])
+    image_ids = [info["id"] for info, _ in data.items]
+    metrics = each_rank(lambda: coco_metrics(data.coco, detections, iou_types, image_ids=image_ids)
+                        if env is None or env.is_main else None, env)[0]   # rank 0's, on every rank
     return {**metrics, "images": len(data), "detections": len(detections),
             "skipped_images": len(data.skipped.images), "skipped_annotations": len(data.skipped.annotations)}
 

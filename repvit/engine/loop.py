@@ -86,16 +86,18 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world_size: int, batch
 
 
 def lr_factor(step: int, *, total: int, warmup: int, schedule: str, power: float, milestones: list[int],
-              steps_per_epoch: int, warmup_ratio: float = 1e-3) -> float:
-    """Multiplier of the base lr at iteration ``step``: linear warm-up, then poly decay or steps of 0.1."""
+              steps_per_epoch: int, warmup_ratio: float = 1e-3, floor: float = 0.0) -> float:
+    """Multiplier of the base lr at iteration ``step``: linear warm-up from ``warmup_ratio``, then
+    poly decay or cosine from 1 down to ``floor`` (mmcv's ``min_lr`` / base lr:
+    ``floor + (1 - floor) * decay``), or steps of 0.1 at the ``milestones`` epochs."""
     if step < warmup:
         return warmup_ratio + (1 - warmup_ratio) * step / warmup
     if schedule == "poly":
-        return max(0.0, 1 - step / total) ** power
+        return floor + (1 - floor) * max(0.0, 1 - step / total) ** power
     if schedule == "step":
         return 0.1 ** sum(step >= m * steps_per_epoch for m in milestones)
     if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
     return 1.0
 
 
@@ -118,7 +120,7 @@ def train(task_factory: Callable[[DistEnv], DenseTask], cfg, *, config: dict) ->
     resolved option dict, saved with every checkpoint."""
     threads, why = resolve_threads(cfg.threads)
     with torch_threads(threads):
-        env = setup(cfg.device)
+        env = setup(cfg.device, timeout=cfg.dist_timeout)
         reporter = Reporter(enabled=env.is_main, interval=cfg.log_interval)
         try:
             with StopSignal(reporter.log) as stop:
@@ -157,7 +159,9 @@ def _train(task_factory, cfg, config, env: DistEnv, reporter: Reporter, stop: St
     total = steps_per_epoch * cfg.epochs
     factor = lambda step: lr_factor(step, total=total, warmup=min(cfg.warmup_iters, total // 2),  # noqa: E731
                                     schedule=cfg.schedule, power=cfg.power, milestones=cfg.milestones,
-                                    steps_per_epoch=steps_per_epoch)
+                                    steps_per_epoch=steps_per_epoch,
+                                    warmup_ratio=getattr(cfg, "warmup_ratio", 1e-3),
+                                    floor=getattr(cfg, "min_lr", 0.0) / cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     start_epoch, first_step, best = 0, 0, (math.inf if task.lower_is_better else -math.inf)
     if resume_path is not None:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..progress_bar import Progress, is_terminal
+
 
 class Reporter:
     def __init__(self, enabled: bool = True, log_file: Optional[Path] = None, interval: int = 50,
@@ -20,7 +22,7 @@ class Reporter:
         self.log_file = log_file
         self.interval = max(1, interval)
         if tty is None:
-            tty = hasattr(self.bar_stream, "isatty") and self.bar_stream.isatty()
+            tty = is_terminal(self.bar_stream)
         self.tty = enabled and tty
         self._bar = None
 
@@ -30,9 +32,7 @@ class Reporter:
     def log(self, message: str) -> None:
         if not self.enabled:
             return
-        if self._bar is not None:
-            self._bar.write(message)
-        else:
+        if self._bar is None or not self._bar.write(message, self.stream):
             print(message, file=self.stream, flush=True)
         if self.log_file is not None:
             with open(self.log_file, "a") as f:
@@ -44,13 +44,12 @@ class Reporter:
         self.t0 = time.perf_counter()
         self.images = 0
         if self.tty:
-            try:
-                from tqdm import tqdm
-            except ImportError:  # no bar without tqdm: plain lines instead
-                self.tty = False
-                return
-            self._bar = tqdm(total=total_steps, initial=first_step, desc=f"epoch {epoch + 1}/{epochs}",
-                             file=self.bar_stream, dynamic_ncols=True, leave=False)
+            self._bar = Progress(total_steps, initial=first_step, desc=f"epoch {epoch + 1}/{epochs}",
+                                 stream=self.bar_stream, tty=True, leave=False)
+            if not self._bar.shown:  # no bar without tqdm: plain lines instead
+                self.tty, self._bar = False, None
+            else:
+                self._bar.update(0)  # drawn from the start of the epoch
 
     def step(self, step: int, loss: float, lr: float, batch_images: int) -> None:
         """``step`` is the 0-based index of the step just finished; ``batch_images`` counts all ranks."""
@@ -62,7 +61,7 @@ class Reporter:
         rate = self.images / elapsed if elapsed > 0 else 0.0
         eta = elapsed / done * (self.total - step - 1) if done else 0.0
         if self._bar is not None:
-            self._bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {rate:.1f} img/s", refresh=False)
+            self._bar.set_postfix(f"loss {loss:.4f} lr {lr:.2e} {rate:.1f} img/s")
             self._bar.update(1)
         elif (step + 1) % self.interval == 0 or step + 1 == self.total:
             self.log(f"epoch {self.epoch + 1}/{self.epochs} step {step + 1}/{self.total} loss {loss:.4f} "
@@ -70,8 +69,7 @@ class Reporter:
 
     def end_epoch(self) -> float:
         if self._bar is not None:
-            self._bar.refresh()  # draw the final state (updates are throttled) before clearing the bar
-            self._bar.close()
+            self._bar.close()  # draws the final state (updates are throttled), then clears the bar
             self._bar = None
         return time.perf_counter() - self.t0
 

@@ -4,7 +4,9 @@
 model, writes the artifact with its metadata, then checks it against the fused PyTorch model
 on random and real images (``verify.py``). An artifact outside its tolerance is removed (or
 kept under an ``-UNVERIFIED`` name on request) and ``ParityError`` is raised. One module per
-format holds the format's specifics; ``quantize.py`` adds INT8 for ONNX.
+format holds the format's specifics; ``quantize.py`` adds INT8 for ONNX. The downstream models
+use the same format modules: ``dense.py`` (Semantic FPN, backbone + FPN, detectors) and ``sam.py``
+with ``sam_decoder.py`` and ``sam_parity.py`` (RepViT-SAM's encoder and prompt decoder).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -105,6 +105,55 @@ def export_coreml(fused: nn.Module, path: Union[str, os.PathLike], *, preprocess
     path.parent.mkdir(parents=True, exist_ok=True)
     mlmodel.save(str(path))
     return path
+
+
+def convert_tensors(source, path: Union[str, os.PathLike], *, inputs: Optional[list], outputs: Sequence[str],
+                    precision: str, metadata: dict[str, str], descriptions: dict[str, str]) -> Path:
+    """An ML program with tensor inputs and outputs (models whose input is not an image, such as SAM's parts).
+
+    ``source``: a traced module, with ``inputs`` the ``ct.TensorType``s that name and shape its
+    tensors, or an ``ExportedProgram``, whose argument names and dynamic dimensions are the inputs
+    (``inputs=None``). ``descriptions`` holds a text per input or output name; ``metadata`` is
+    stored with the precision (its ``model`` and ``part`` become the description, ``producer`` the
+    author).
+    """
+    ct = _require()
+    if precision not in PRECISIONS:
+        raise ValueError(f"Core ML precision must be one of {PRECISIONS}, got {precision!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlmodel = ct.convert(source, inputs=inputs, outputs=[ct.TensorType(name=n) for n in outputs],
+                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+                             compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32)
+    mlmodel.short_description = " - ".join(metadata[k] for k in ("model", "part") if metadata.get(k))
+    mlmodel.author = metadata.get("producer", "repvit")
+    input_names = [i.name for i in mlmodel.get_spec().description.input]
+    for name, text in descriptions.items():
+        if name in input_names:
+            mlmodel.input_description[name] = text
+        else:
+            mlmodel.output_description[name] = text
+    for key, value in {**metadata, "compute_precision": precision}.items():
+        mlmodel.user_defined_metadata[key] = value
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mlmodel.save(str(path))
+    return path
+
+
+def tensor_spec(path: Union[str, os.PathLike]) -> dict:
+    """Model type and the names and shapes of a saved model's tensor inputs and outputs (works without
+    macOS); a flexible dimension is ``[lower, upper]``."""
+    spec = load(path).get_spec()
+
+    def shape(feature):
+        arr = feature.type.multiArrayType
+        if arr.WhichOneof("ShapeFlexibility") == "shapeRange":
+            return [[int(r.lowerBound), int(r.upperBound)] for r in arr.shapeRange.sizeRanges]
+        return [int(d) for d in arr.shape]
+    return {"type": spec.WhichOneof("Type"),
+            "inputs": {i.name: shape(i) for i in spec.description.input},
+            "outputs": {o.name: shape(o) for o in spec.description.output}}
 
 
 def load(path: Union[str, os.PathLike]):

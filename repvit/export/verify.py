@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
@@ -146,6 +147,15 @@ def compare(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Callab
             max_abs_logit=scale, tolerance=float(tol),
             top1_agreement=float((got.argmax(1) == want.argmax(1)).float().mean().item())))
     return reports
+
+
+def max_abs_diff(got, want) -> float:
+    """Largest ``|got - want|`` of two arrays or tensors of one shape (``inf`` when ``got`` is not finite)."""
+    got = torch.as_tensor(np.asarray(got)).float()
+    want = torch.as_tensor(np.asarray(want)).float()
+    if got.shape != want.shape:
+        raise ParityError(f"output shape {tuple(got.shape)} != reference {tuple(want.shape)}")
+    return float((got - want).abs().max()) if torch.isfinite(got).all() else float("inf")
 
 
 def require(reports: Sequence[ParityReport]) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .skeleton import build_skeleton
+from .state_dict import CheckpointError, load_strict
 from .variants import VARIANTS
 
 FORMAT_NAME = "repvit-checkpoint"
@@ -31,10 +32,6 @@ FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Globals that plain-data training checkpoints contain and that carry no code.
 _SAFE_GLOBALS = [argparse.Namespace]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read or does not fit the model; the message says what to do."""
 
 
 # --------------------------------------------------------------------------- reading files
@@ -207,52 +204,18 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, igno
     Features-only backbones take the blocks they have and ignore the rest. With
     ``ignore_classifier`` the head is left as it is (fine-tuning onto new classes).
     """
-    expected = model.state_dict()
     state = dict(state)
     backbone_only = not hasattr(model, "classifier")
-    if backbone_only or ignore_classifier:
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        expected_keys = {k for k in expected if not k.startswith("classifier.")}
-    else:
-        expected_keys = set(expected)
     if backbone_only:
         state = {k: v for k, v in state.items() if _feature_index(k) is None or _feature_index(k) < len(model.features)}
-    # BatchNorm counters are bookkeeping, not weights: older checkpoints lack them.
-    for key in expected_keys - set(state):
-        if key.endswith("num_batches_tracked"):
-            state[key] = expected[key]
-    missing = sorted(expected_keys - set(state), key=_natural)
-    unexpected = sorted(set(state) - expected_keys, key=_natural)
-    wrong_shape = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in sorted(expected_keys & set(state))
-                   if state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise CheckpointError(_mismatch_message(model, state, missing, unexpected, wrong_shape, source))
-    model.load_state_dict(state, strict=not (ignore_classifier or backbone_only))
+    load_strict(model, state, source=source, what=_model_label(model),
+                ignore="classifier." if backbone_only or ignore_classifier else None,
+                fix=lambda m: suggest_fix(model, state, m.missing_keys, m.unexpected_keys, m.wrong_shape))
 
 
 def _feature_index(key: str) -> Optional[int]:
     m = re.match(r"features\.(\d+)\.", key)
     return int(m.group(1)) if m else None
-
-
-def _natural(key: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
-
-
-def _mismatch_message(model, state, missing, unexpected, wrong_shape, source) -> str:
-    lines = [f"{source} does not fit {_model_label(model)}:"]
-    if missing:
-        lines.append(f"  missing from the checkpoint: {_short(missing)}")
-    if unexpected:
-        lines.append(f"  not in the model: {_short(unexpected)}")
-    for key, got, want in wrong_shape[:6]:
-        lines.append(f"  shape of {key}: checkpoint {got}, model {want}")
-    if len(wrong_shape) > 6:
-        lines.append(f"  ... {len(wrong_shape) - 6} more shape mismatches")
-    hints = suggest_fix(model, state, missing, unexpected, wrong_shape)
-    if hints:
-        lines.append("How to fix: " + "; ".join(hints))
-    return "\n".join(lines)
 
 
 def _model_label(model: nn.Module) -> str:

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..progress_bar import Progress
 from .checkpoint import CheckpointError
 from .releases import Release
 
@@ -185,20 +186,5 @@ def _download(url: str, dest: Path, release: Release, *, progress: bool, log: Ca
             os.unlink(tmp)
 
 
-def _progress_bar(total: Optional[int], name: str, *, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm comes with timm; without it, no bar
-        enabled = False
-    if not enabled:
-        class _Silent:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-            def update(self, n):
-                pass
-        return _Silent()
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr)
+def _progress_bar(total: Optional[int], name: str, *, enabled: bool) -> Progress:
+    return Progress(total, desc=name, unit="B", enabled=enabled, unit_scale=True, unit_divisor=1024)

@@ -17,7 +17,9 @@ from typing import Optional
 from .variants import VARIANTS
 
 RELEASE_BASE_URL = "https://github.com/THU-MIG/RepViT/releases/download/v1.0"
-# The first release lived in the authors' earlier repository (GitHub redirects it).
+# The first release (M1/M2/M3) lived in the authors' earlier repository (GitHub redirects it) and its
+# files lack the "e" of later names: ``repvit_m1_distill_300.pth``, as the official README of July 2023
+# links them (tests/test_pretrained.py pins every URL of this table to a link the READMEs publish).
 LEGACY_BASE_URL = "https://github.com/jameslahm/RepViT/releases/download/v1.0"
 
 CLASSIFICATION, SAM, DETECTION, SEGMENTATION = "classification", "sam", "detection", "segmentation"

@@ -2,8 +2,9 @@
 
 The prompt encoder, mask decoder, ``SamPredictor`` and ``SamAutomaticMaskGenerator`` are Meta's
 ``segment-anything`` package (``pip install 'repvit-pytorch[sam]'``); this package adds the encoder,
-the builder that reads the official ``repvit_sam.pt``, faster automatic masks, export, distillation,
-zero-shot COCO evaluation and a demo page. Nothing here imports the demo's web stack.
+the builder that reads the official ``repvit_sam.pt``, faster automatic masks, distillation,
+zero-shot COCO evaluation and a demo page. Export lives with the other exporters, in
+``repvit.export.sam``. Nothing here imports the demo's web stack.
 """
 from __future__ import annotations
 

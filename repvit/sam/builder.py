@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..models.checkpoint import CheckpointError, read_file
+from ..models.state_dict import load_strict
 from .encoder import SAM_EMBED_DIM, SAM_IMAGE_SIZE, RepViTSamEncoder
 
 SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
@@ -119,38 +120,29 @@ def load_sam_weights(sam: nn.Module, source: Union[str, os.PathLike, Mapping[str
 
 
 def _load_checked(sam: nn.Module, state: dict, label: str) -> None:
-    state = dict(state)
-    expected = sam.state_dict()
-    for key in expected:
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = expected[key]
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        encoder = sam.image_encoder
-        lines = [f"{label} does not fit RepViT-SAM ({getattr(encoder, 'variant', None) and encoder.variant.name}, "
-                 f"fused={getattr(encoder, 'fused', False)}):"]
-        if missing:
-            lines.append(f"  missing from the checkpoint ({len(missing)}): {', '.join(missing[:5])}"
-                         + (" ..." if len(missing) > 5 else ""))
-        if unexpected:
-            lines.append(f"  not in the model ({len(unexpected)}): {', '.join(unexpected[:5])}"
-                         + (" ..." if len(unexpected) > 5 else ""))
-        for k, got, want in wrong[:5]:
-            lines.append(f"  shape of {k}: checkpoint {got}, model {want}")
-        hints = []
-        file_fused = is_fused_state(state)
-        if file_fused != bool(getattr(encoder, "fused", False)):
-            hints.append(f"the file's encoder is {'fused' if file_fused else 'not fused'}: "
-                         f"build_sam(..., fused={file_fused}) reads it")
-        if any(k.startswith("image_encoder.blocks.") or k.startswith("image_encoder.patch_embed.") for k in state):
-            hints.append("this is a ViT SAM (Meta's vit_b/l/h): build it with segment_anything.sam_model_registry")
-        if hints:
-            lines.append("How to fix: " + "; ".join(hints))
-        raise CheckpointError("\n".join(lines))
-    sam.load_state_dict(state)
+    encoder = sam.image_encoder
+    variant = getattr(getattr(encoder, "variant", None), "name", type(encoder).__name__)
+    load_strict(sam, state, source=label, what=f"RepViT-SAM ({variant}, fused={getattr(encoder, 'fused', False)})",
+                fix=lambda mismatch: _sam_fix(encoder, state, mismatch))
+
+
+def _sam_fix(encoder: nn.Module, state: dict, mismatch) -> list[str]:
+    hints = []
+    file_fused = is_fused_state(state)
+    if file_fused != bool(getattr(encoder, "fused", False)):
+        hints.append(f"the file's encoder is {'fused' if file_fused else 'not fused'}: "
+                     f"build_sam(..., fused={file_fused}) reads it")
+    if any(k.startswith("image_encoder.blocks.") or k.startswith("image_encoder.patch_embed.") for k in state):
+        hints.append("this is a ViT SAM (Meta's vit_b/l/h): build it with segment_anything.sam_model_registry")
+    absent = [part for part in SAM_PARTS if not any(k.startswith(part) for k in state)]
+    if absent:
+        hints.append(f"the file holds no {', '.join(p.rstrip('.') for p in absent)}: pass the whole-SAM file "
+                     "(image_encoder + prompt_encoder + mask_decoder), not a file of one part; a RepViT "
+                     "classifier goes to build_sam(encoder_checkpoint=...)")
+    if not hints:
+        hints.append("pass a SAM file of the same encoder variant: the official repvit_sam.pt for repvit_m2_3, or "
+                     "one written by `repvit sam distill` / save_sam with build_sam(variant=...) set as it was trained")
+    return hints
 
 
 def save_sam(sam: nn.Module, path: Union[str, os.PathLike]) -> None:

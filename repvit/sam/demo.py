@@ -1,24 +1,29 @@
-"""The RepViT-SAM demo page: point, box and everything modes on an uploaded image.
+"""The RepViT-SAM demo's work on plain arrays: point, box and everything modes with cached embeddings.
 
-``SamDemo`` does the work on plain arrays (no web code, testable directly); ``build_app`` lays a
-Gradio page over it and is the only place that imports Gradio
-(``pip install 'repvit-pytorch[sam-demo]'``). ``repvit sam demo`` serves the page.
+``SamDemo`` takes H x W x 3 uint8 RGB arrays and returns ``Result``s (an overlay, the masks, their
+scores and a mask PNG); it has no web code and is tested directly. ``repvit.sam.demo_page`` lays the
+Gradio page over it.
 
 The image encoder is the slow part (RepViT-M2.3 on a 1024 px input); the prompt encoder and
 mask decoder are cheap. So each embedding is cached under a hash of the image's pixels, and
 points, boxes and the everything mode on an image the page has seen run the decoder only.
 Keying on content rather than on the upload event means the same picture uploaded again, or
 sent again with every call by an API client, still finds its embedding.
+
+Each answer writes one mask PNG (the page offers it for download). ``MaskFiles`` keeps at most
+``keep_files`` of them and deletes the oldest, and removes a temporary folder it created when the
+demo is closed, so a page serving many requests uses a bounded amount of disk.
 """
-# No ``from __future__ import annotations`` here: Gradio finds the click position by the
-# ``gr.SelectData`` annotation of the handlers in build_app, which must stay a real object.
-import functools
+from __future__ import annotations
+
 import hashlib
+import shutil
 import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
+import weakref
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -27,22 +32,13 @@ import numpy as np
 
 from .builder import require_segment_anything
 from .images import overlay
+from .prompts import parse_point
 
 require_segment_anything()
 from segment_anything import SamPredictor  # noqa: E402
 
-INSTALL_HINT = "pip install 'repvit-pytorch[sam-demo]'"
-POINT_KINDS = {"object (positive)": 1, "background (negative)": 0}
 SCORE_COLUMNS = ["mask", "predicted IoU", "area (px)", "shown"]
-VIEW_HEIGHT = 520  # pixels on the page; clicks are mapped back to image pixels
-
-
-def require_gradio():
-    try:
-        import gradio
-    except ImportError:
-        raise ImportError(f"the RepViT-SAM demo page needs Gradio: {INSTALL_HINT}") from None
-    return gradio
+KEEP_FILES = 64  # mask PNGs kept on disk; a page shows one per answer
 
 
 def image_key(image: np.ndarray) -> str:
@@ -97,6 +93,49 @@ class CachedPredictor(SamPredictor):
         self.last_seconds = cached.seconds
 
 
+class MaskFiles:
+    """A folder of mask PNGs holding at most ``keep`` of them: writing one more deletes the oldest.
+
+    Without ``folder`` a temporary one is made, and deleted with its files by ``close()`` or when
+    the object is garbage-collected or the process exits. A given folder is never removed; only the
+    files written here are ever deleted from it.
+    """
+
+    def __init__(self, folder: Union[str, Path, None] = None, *, keep: int = KEEP_FILES):
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 mask file, got {keep}")
+        self.keep = keep
+        self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="repvit-sam-demo-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._written: deque = deque()
+        self._lock = threading.Lock()
+        self._remove_folder = (weakref.finalize(self, shutil.rmtree, str(self.folder), ignore_errors=True)
+                               if folder is None else None)
+
+    def write(self, array: np.ndarray, stem: str) -> str:
+        """Save ``array`` as ``<stem>-<random>.png``; returns its path."""
+        from PIL import Image
+        path = self.folder / f"{stem}-{uuid.uuid4().hex[:12]}.png"
+        Image.fromarray(array).save(path)
+        with self._lock:
+            self._written.append(path)
+            while len(self._written) > self.keep:
+                self._written.popleft().unlink(missing_ok=True)
+        return str(path)
+
+    def files(self) -> list:
+        with self._lock:
+            return [p for p in self._written if p.exists()]
+
+    def close(self) -> None:
+        """Delete the files written here (and the folder, when it is a temporary one)."""
+        with self._lock:
+            while self._written:
+                self._written.popleft().unlink(missing_ok=True)
+        if self._remove_folder is not None:
+            self._remove_folder()
+
+
 @dataclass
 class Result:
     """What one prompt produced: the drawing, the masks, their scores, and the mask file."""
@@ -115,17 +154,23 @@ class SamDemo:
 
     Calls are serialized by a lock (one predictor holds one embedding at a time), so a page with
     several users stays correct. Mask PNGs are written under ``output_dir`` (a temporary folder
-    unless given).
+    unless given), at most ``keep_files`` at a time (``MaskFiles``); ``close()`` deletes them.
     """
 
     def __init__(self, sam, *, weights: str = "", cache_size: int = 8,
-                 output_dir: Union[str, Path, None] = None):
+                 output_dir: Union[str, Path, None] = None, keep_files: int = KEEP_FILES):
         self.sam = sam
         self.weights = weights
         self.predictor = CachedPredictor(sam, capacity=cache_size)
-        self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="repvit-sam-demo-"))
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.mask_files = MaskFiles(output_dir, keep=keep_files)
         self._lock = threading.Lock()
+
+    @property
+    def output_dir(self) -> Path:
+        return self.mask_files.folder
+
+    def close(self) -> None:
+        self.mask_files.close()
 
     @property
     def device(self):
@@ -230,10 +275,7 @@ class SamDemo:
         return Result(drawn, masks, scores, [best], path, note, table)
 
     def _write_png(self, array: np.ndarray, stem: str) -> str:
-        from PIL import Image
-        path = self.output_dir / f"{stem}-{uuid.uuid4().hex[:8]}.png"
-        Image.fromarray(array).save(path)
-        return str(path)
+        return self.mask_files.write(array, stem)
 
 
 def _check_image(image) -> None:
@@ -256,30 +298,13 @@ def parse_points(text: str) -> list:
     """``"X,Y,LABEL"`` per line (or separated by ``;``) -> ``[(x, y, label)]``; LABEL defaults to 1."""
     points = []
     for item in str(text or "").replace(";", "\n").splitlines():
-        if not item.strip():
-            continue
-        parts = [p.strip() for p in item.split(",")]
-        try:
-            if len(parts) in (2, 3):
-                label = int(parts[2]) if len(parts) == 3 else 1
-                if label in (0, 1):
-                    points.append((float(parts[0]), float(parts[1]), label))
-                    continue
-        except ValueError:
-            pass
-        raise ValueError(f"point {item.strip()!r}: write X,Y or X,Y,LABEL (LABEL 1 object, 0 background)")
+        if item.strip():
+            point = parse_point(item.strip())
+            if point[2] not in (0, 1):
+                raise ValueError(f"point {item.strip()!r}: LABEL is 1 (object) or 0 (background), "
+                                 "so write X,Y or X,Y,LABEL")
+            points.append(point)
     return points
-
-
-def parse_box(text: str) -> list:
-    """``"X0,Y0,X1,Y1"`` -> four floats."""
-    parts = [p.strip() for p in str(text or "").replace(";", ",").split(",") if p.strip()]
-    try:
-        if len(parts) == 4:
-            return [float(p) for p in parts]
-    except ValueError:
-        pass
-    raise ValueError(f"box {text!r}: write X0,Y0,X1,Y1 (two opposite corners, image pixels) or click two corners")
 
 
 def add_point(points_text: str, x: float, y: float, label: int) -> str:
@@ -299,141 +324,3 @@ def add_corner(box_text: str, x: float, y: float) -> tuple:
     return f"{x:g},{y:g}", False
 
 
-def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = ()):
-    """The page as a ``gr.Blocks``; ``.launch()`` serves it.
-
-    Endpoints for API clients (``gradio_client``): ``/embed`` (image -> status),
-    ``/segment_points`` (image, points text -> overlay, scores table, mask PNG, status),
-    ``/segment_box`` (image, box text -> the same) and ``/everything`` (image, grid points per side,
-    IoU and stability thresholds -> the same, the PNG being a label image).
-    """
-    gr = require_gradio()
-
-    def fail_clearly(fn):
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except ValueError as err:
-                raise gr.Error(str(err)) from None
-        return wrapped
-
-    def outputs(result: Result):
-        return result.overlay, result.table, result.mask_png, result.status
-
-    @fail_clearly
-    def embed(image):
-        return "" if image is None else demo.embed(image)
-
-    @fail_clearly
-    def segment_points(image, points_text):
-        return outputs(demo.segment_points(image, parse_points(points_text)))
-
-    @fail_clearly
-    def segment_box(image, box_text):
-        return outputs(demo.segment_box(image, parse_box(box_text)))
-
-    @fail_clearly
-    def everything(image, points_per_side, pred_iou_thresh, stability_score_thresh, progress=gr.Progress()):
-        def on_batch(done, total):
-            progress((done, total), desc="mask decoder", unit="batches")
-        return outputs(demo.everything(image, points_per_side=int(points_per_side),
-                                       pred_iou_thresh=pred_iou_thresh,
-                                       stability_score_thresh=stability_score_thresh, on_batch=on_batch))
-
-    def click_point(points_text, kind, evt: gr.SelectData):
-        return add_point(points_text, *evt.index[:2], POINT_KINDS[kind])
-
-    @fail_clearly
-    def click_corner(image, box_text, evt: gr.SelectData):
-        x, y = evt.index[:2]
-        text, whole = add_corner(box_text, x, y)
-        if whole:
-            return (text, *outputs(demo.segment_box(image, parse_box(text))))
-        drawn = overlay(image, [], points=np.array([[x, y]]), labels=np.array([1]))
-        return text, drawn, None, None, f"First corner at ({x}, {y}): click the opposite corner."
-
-    def show_upload(image):
-        return image, image, image, "", "", None, None, None
-
-    title = "RepViT-SAM: segment anything with a RepViT encoder"
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f"## {title}\n"
-                    f"Upload an image, then prompt with points or a box, or segment everything. The image "
-                    f"encoder runs once per image; prompts reuse its embedding. Weights: {demo.weights or 'given'}.")
-        with gr.Row():
-            with gr.Column(scale=3):  # the image and the prompt modes
-                with gr.Tabs():
-                    with gr.Tab("point"):
-                        with gr.Row():
-                            kind = gr.Radio(list(POINT_KINDS), value=next(iter(POINT_KINDS)),
-                                            label="a click adds")
-                            points_text = gr.Textbox(label="points: X,Y,LABEL per line (1 object, 0 background)",
-                                                     lines=2)
-                        with gr.Row():
-                            point_button = gr.Button("segment", variant="primary")
-                            clear_points = gr.Button("clear points")
-                        point_view = gr.Image(label="click to add points", type="numpy", format="png",
-                                              interactive=False, height=VIEW_HEIGHT, elem_id="point-view")
-                    with gr.Tab("box"):
-                        with gr.Row():
-                            box_text = gr.Textbox(label="box: X0,Y0,X1,Y1 (or click two opposite corners)")
-                            box_button = gr.Button("segment", variant="primary")
-                        box_view = gr.Image(label="click two corners", type="numpy", format="png",
-                                            interactive=False, height=VIEW_HEIGHT, elem_id="box-view")
-                    with gr.Tab("everything"):
-                        with gr.Row():
-                            grid = gr.Slider(4, 64, value=16 if demo.device.type == "cpu" else 32, step=1,
-                                             label="grid density: points per side (N x N point prompts)")
-                            everything_button = gr.Button("segment everything", variant="primary")
-                        with gr.Accordion("thresholds", open=False):
-                            iou_thresh = gr.Slider(0, 1, value=0.88, step=0.01, label="predicted IoU at least")
-                            stability_thresh = gr.Slider(0, 1, value=0.95, step=0.01,
-                                                         label="stability score at least")
-                        everything_view = gr.Image(label="automatic masks", type="numpy", format="png",
-                                                   interactive=False, height=VIEW_HEIGHT, elem_id="everything-view")
-            with gr.Column(scale=2):  # the upload and what the model said
-                image = gr.Image(label="image", type="numpy", image_mode="RGB", sources=["upload", "clipboard"],
-                                 format="png", height=220)
-                if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[image], label="examples")
-                status = gr.Markdown("Upload an image to start.", elem_id="sam-status")
-                scores = gr.Dataframe(headers=SCORE_COLUMNS, label="predicted IoU of each mask", interactive=False,
-                                      wrap=True)
-                mask_file = gr.File(label="mask PNG", interactive=False)
-
-        results = [scores, mask_file, status]
-        image.change(show_upload, [image],
-                     [point_view, box_view, everything_view, points_text, box_text, scores, mask_file, status],
-                     api_visibility="private"
-                     ).then(embed, [image], [status], api_name="embed")
-
-        point_button.click(segment_points, [image, points_text], [point_view, *results], api_name="segment_points")
-        point_view.select(click_point, [points_text, kind], [points_text], api_visibility="private"
-                          ).then(segment_points, [image, points_text], [point_view, *results],
-                                 api_visibility="private")
-        clear_points.click(lambda im: (im, "", None, None), [image], [point_view, points_text, scores, mask_file],
-                           api_visibility="private")
-
-        box_button.click(segment_box, [image, box_text], [box_view, *results], api_name="segment_box")
-        box_view.select(click_corner, [image, box_text], [box_text, box_view, *results], api_visibility="private")
-
-        everything_button.click(everything, [image, grid, iou_thresh, stability_thresh], [everything_view, *results],
-                                api_name="everything", show_progress_on=[everything_view])
-    return app
-
-
-def page_theme():
-    """Gradio's default look with local fonts (the stock theme fetches web fonts, which an offline
-    machine cannot)."""
-    gr = require_gradio()
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                             font_mono=["ui-monospace", "monospace"])
-
-
-def launch(app, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           allowed_paths: Sequence[Union[str, Path]] = (), block: bool = True):
-    """Serve the page; with ``block=False`` return at once (tests, scripts) and stop it with ``app.close()``."""
-    return app.launch(server_name=host, server_port=port, share=share, theme=page_theme(), quiet=not block,
-                      allowed_paths=[str(p) for p in allowed_paths], prevent_thread_lock=not block,
-                      show_error=True)

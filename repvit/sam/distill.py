@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..dense.options import LOOP
+from ..engine.distributed import DistEnv, each_rank, shard, timeout_minutes
 from ..runtime.timing import threads_option
 from ..engine import option_table as base
 from .encoder import RepViTSamEncoder
@@ -104,6 +105,7 @@ OPTIONS: list = [
     _from_loop("--threads"),
     _from_loop("--device"),
     _from_loop("--seed"),
+    _from_loop("--dist-timeout"),
     (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) unreadable images instead "
                                                                      "of stopping")),
     _from_loop("--eval-interval"),
@@ -171,6 +173,7 @@ def validate(cfg: argparse.Namespace) -> None:
         raise ValueError("--resume and --overwrite contradict each other: pass only one")
     if cfg.threads is not None:
         cfg.threads = threads_option(cfg.threads)
+    cfg.dist_timeout = timeout_minutes(cfg.dist_timeout)
 
 
 def dump(cfg: argparse.Namespace) -> dict:
@@ -212,15 +215,14 @@ def build_student(cfg) -> tuple[DistillStudent, str, str]:
     if not cfg.decoder_from:
         return student, init, ("prompt encoder and mask decoder are RANDOM (pass --decoder-from SAMFILE, e.g. the "
                                "teacher's SAM file, to pair the student with a trained decoder)")
+    from ..models.state_dict import load_strict
     state = read_sam_state(cfg.decoder_from)
-    for part in ("prompt_encoder", "mask_decoder"):
-        module = getattr(student, part)
-        piece = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
-        missing, unexpected = module.load_state_dict(piece, strict=False)
-        wrong = [k for k, v in module.state_dict().items() if k in piece and piece[k].shape != v.shape]
-        if missing or unexpected or wrong:
-            raise ValueError(f"--decoder-from {cfg.decoder_from!r}: its {part} does not fit SAM's ({len(missing)} "
-                             f"missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors)")
+    # only the prompt encoder and mask decoder come from the file; the student's image encoder keeps its start
+    load_strict(student, {k: v for k, v in state.items() if not k.startswith("image_encoder.")},
+                source=f"--decoder-from {cfg.decoder_from!r}", what="SAM's prompt encoder and mask decoder",
+                ignore="image_encoder.",
+                fix="pass a whole-SAM file with segment-anything's prompt encoder and mask decoder (the teacher's "
+                    "own SAM file, e.g. sam_vit_h_4b8939.pth, or repvit_sam.pt)")
     return student, init, f"prompt encoder and mask decoder from {cfg.decoder_from}"
 
 
@@ -251,24 +253,32 @@ def split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path]
     return [paths[i] for i in sorted(order[n_val:])], [paths[i] for i in sorted(order[:n_val])]
 
 
-def embedding_mse(model: nn.Module, data: DistillImages, device: torch.device, batch_size: int) -> float:
+def embedding_mse(model: nn.Module, data: DistillImages, device: torch.device, batch_size: int,
+                  env: Optional[DistEnv] = None) -> float:
     """Mean squared error between the model's and the cached teacher embeddings over ``data``.
-    Batches are gathered by hand (no DataLoader) so scoring draws nothing from the global random stream."""
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for first in range(0, len(data), batch_size):
-            images, targets = zip(*(data.get(i) for i in range(first, min(first + batch_size, len(data)))))
-            diff = model(torch.stack(images).to(device)).float() - torch.stack(targets).to(device)
-            total += diff.double().pow(2).sum().item()
-            count += diff.numel()
-    return total / count
+    Batches are gathered by hand (no DataLoader) so scoring draws nothing from the global random stream.
+    Under torchrun (``env`` of a distributed run, called on every rank) each rank scores its share of
+    the batches and the sums of squared errors and their counts are added up: every rank returns the
+    MSE over all of ``data``."""
+    def score_share() -> tuple[float, int]:
+        total, count = 0.0, 0
+        mine = shard(range(len(data)), env, block=batch_size)
+        with torch.inference_mode():
+            for first in range(0, len(mine), batch_size):
+                images, targets = zip(*(data.get(i) for i in mine[first:first + batch_size]))
+                diff = model(torch.stack(images).to(device)).float() - torch.stack(targets).to(device)
+                total += diff.double().pow(2).sum().item()
+                count += diff.numel()
+        return total, count
+
+    shares = each_rank(score_share, env)
+    return sum(t for t, _ in shares) / sum(c for _, c in shares)
 
 
 # --------------------------------------------------------------------------- the task
 def build_task(cfg, env) -> DenseTask:
     from ..engine.loop import DenseTask, EpochSeeded
     from ..models.record import save_record
-    from ..engine.distributed import gather_objects
     from ..engine.progress import format_seconds
 
     def log(message: str) -> None:
@@ -283,12 +293,13 @@ def build_task(cfg, env) -> DenseTask:
     student, init, decoder = build_student(cfg)
 
     everything = train_paths + val_paths
-    shares = gather_objects(cache.fill(everything, lambda: build_teacher(cfg.teacher, img_size=cfg.img_size,
-                                                                         checkpoint=cfg.teacher_checkpoint,
-                                                                         seed=cfg.teacher_random_seed),
-                                       device=env.device, batch_size=cfg.batch_size, rank=env.rank,
-                                       world_size=env.world_size, skip_bad=cfg.skip_bad, log=log), env)
-    # (gathering waits for every rank: all shares of the cache are on disk now)
+    shares = each_rank(lambda: cache.fill(everything, lambda: build_teacher(cfg.teacher, img_size=cfg.img_size,
+                                                                            checkpoint=cfg.teacher_checkpoint,
+                                                                            seed=cfg.teacher_random_seed),
+                                          device=env.device, batch_size=cfg.batch_size, rank=env.rank,
+                                          world_size=env.world_size, skip_bad=cfg.skip_bad, log=log), env)
+    # (each_rank waits for every rank, up to --dist-timeout: all shares of the cache are on disk now, or
+    # every rank stops with the error of the one whose share failed)
     absent = {p for p in everything if not cache.has(p)}   # unreadable images, skipped with --skip-bad
     train_paths = [p for p in train_paths if p not in absent]
     val_paths = [p for p in val_paths if p not in absent]

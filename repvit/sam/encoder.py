@@ -13,8 +13,9 @@ from typing import Mapping, Union
 import torch
 from torch import nn
 
-from ..models.checkpoint import CheckpointError, read_checkpoint
+from ..models.checkpoint import read_checkpoint
 from ..models.model import get_variant
+from ..models.state_dict import load_strict
 from ..models.variants import Variant
 
 SAM_IMAGE_SIZE = 1024
@@ -86,26 +87,9 @@ class RepViTSamEncoder(nn.Module):
         else:
             state, _ = read_checkpoint(source)
             label = f"checkpoint {str(source)!r}"
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        expected = self.features.state_dict()
-        missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
-        wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
-                 if k in state and state[k].shape != v.shape]
-        unexpected = sorted(set(state) - set(expected))
-        if missing or wrong or unexpected:
-            lines = [f"{label} does not fit the {self.variant.name} encoder of RepViT-SAM:"]
-            if missing:
-                lines.append(f"  missing: features.{', features.'.join(missing[:4])}"
-                             + (f" ... ({len(missing)} in all)" if len(missing) > 4 else ""))
-            if unexpected:
-                lines.append(f"  not in the encoder: features.{', features.'.join(unexpected[:4])}"
-                             + (f" ... ({len(unexpected)} in all)" if len(unexpected) > 4 else ""))
-            for k, got, want in wrong[:4]:
-                lines.append(f"  shape of features.{k}: checkpoint {got}, encoder {want}")
-            lines.append(f"How to fix: start from a {self.variant.name} classification checkpoint "
-                         f"(e.g. create_model('{self.variant.name}', pretrained=True)), or build the encoder with "
-                         "the variant the checkpoint was trained as")
-            raise CheckpointError("\n".join(lines))
-        for key, value in expected.items():
-            state.setdefault(key, value)
-        self.features.load_state_dict(state)
+        state = {k: v for k, v in state.items() if k.startswith("features.")}
+        # the neck is SAM's, not the classifier's: it keeps its own values (the classifier is dropped above)
+        load_strict(self, state, source=label, what=f"the {self.variant.name} encoder of RepViT-SAM", ignore="neck.",
+                    fix=f"start from a {self.variant.name} classification checkpoint (e.g. create_model("
+                        f"'{self.variant.name}', pretrained=True)), or build the encoder with the variant the "
+                        "checkpoint was trained as")

@@ -5,13 +5,16 @@ Two prompt protocols, each over every non-crowd instance:
 
 - ``box``: the ground-truth box (x0, y0, x1, y1). A box says which object is meant, so the
   decoder returns one mask (``multimask_output=False``).
-- ``point``: one positive point at the centre of the ground-truth box. A single click is
-  ambiguous (part, object, group), so the decoder returns its three candidates and the one with
-  the highest predicted IoU is kept: the choice a user without the ground truth would make.
-  The best candidate by true IoU is reported beside it as ``oracle_mIoU`` (an upper bound,
-  the other figure SAM comparisons quote). A box centre can fall outside the object (rings,
-  L shapes, occluded objects); the protocol keeps it there rather than moving it inside the mask,
-  because then the prompt would already carry ground truth the box does not.
+- ``point``: one positive point, placed by one of two rules (``point=``):
+  ``center``, the centre of the ground-truth box, which can fall outside the object (rings,
+  L shapes, occluded objects) and is kept there: the prompt carries no more than the box does;
+  ``farthest``, the mask pixel farthest from the mask's boundary (``prompts.farthest_from_boundary``:
+  the maximum of the exact Euclidean distance transform), the simulated click of the SAM paper's
+  point evaluation (after RITM) that published comparisons reuse; always on the object.
+  A single click is ambiguous (part, object, group), so the decoder returns its three candidates
+  and the one with the highest predicted IoU is kept: the choice a user without the ground truth
+  would make. The best candidate by true IoU is reported beside it as ``oracle_mIoU`` (an upper
+  bound, the other figure SAM comparisons quote).
 
 Figures per protocol: mask mIoU (the mean over instances of the IoU between the predicted and the
 ground-truth mask), split by COCO's object sizes (area below 32^2, 32^2 to 96^2, above 96^2
@@ -34,82 +37,19 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..detection.coco_eval import STAT_NAMES, coco_metrics
-from ..detection.data import DetectionData, DetectionDataError, coco_from_dict, load_coco
+# find_coco_layout is re-exported: `repvit sam eval` finds its files through this module.
+from ..data.bad_inputs import SKIP_BAD_HINT
+from ..data.coco import (STAT_NAMES, Categories, CocoDataError, annotation_mask, coco_metrics, coco_subset,
+                         find_coco_layout, load_coco, masks_to_rle, scan_coco)
+from .prompts import farthest_from_boundary
 
 PROMPTS = ("box", "point")
+POINTS = {"center": "one positive point at the box centre",
+          "farthest": "one positive point farthest from the mask boundary"}
 # COCO's object sizes by area in pixels, as COCOeval's areaRng draws them.
 SIZES = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, math.inf))
 
 PathLike = Union[str, os.PathLike]
-
-
-def find_coco_layout(root: Optional[PathLike] = None, *, annotations: Optional[PathLike] = None,
-                     images: Optional[PathLike] = None, split: Optional[str] = None) -> tuple[Path, Path]:
-    """``(annotation JSON, image folder)`` of a COCO instances folder; explicit paths win.
-
-    Recognised layouts under ``root``:
-    ``annotations.json`` + ``images/`` (a single-file export such as the fruit set);
-    ``annotations/instances_<split>.json`` + ``images/<split>/`` (COCO128-instances) or
-    ``<split>/`` (COCO 2017 as downloaded). With several splits, ``val2017`` (or the one name
-    containing ``val``) is taken unless ``split`` names another.
-    """
-    if annotations is not None and images is not None:
-        return _existing_file(annotations), _existing_dir(images)
-    if root is None:
-        raise ValueError("give the dataset folder (--data PATH) or both --annotations PATH and --images PATH")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
-    if annotations is None:
-        annotations, split = _find_annotations(root, split)
-    annotations = _existing_file(annotations)
-    if images is None:
-        candidates = ([root / "images" / split, root / split] if split else []) + [root / "images"]
-        found = [c for c in candidates if c.is_dir() and any(_image_files(c))]
-        if not found:
-            raise FileNotFoundError(f"{root}: no image folder for {annotations.name} (looked for "
-                                    f"{', '.join(str(c) for c in candidates)}); pass --images DIR")
-        images = found[0]
-    return annotations, _existing_dir(images)
-
-
-def _find_annotations(root: Path, split: Optional[str]) -> tuple[Path, Optional[str]]:
-    if split is None and (root / "annotations.json").is_file():
-        return root / "annotations.json", None
-    folder = root / "annotations"
-    splits = {p.stem[len("instances_"):]: p for p in sorted(folder.glob("instances_*.json"))} if folder.is_dir() else {}
-    if not splits:
-        raise FileNotFoundError(f"{root}: no annotations.json and no annotations/instances_<split>.json; "
-                                "pass --annotations FILE --images DIR")
-    if split is not None:
-        if split not in splits:
-            raise ValueError(f"{root}: no split {split!r} (found: {', '.join(splits)})")
-        return splits[split], split
-    if len(splits) == 1:
-        return next(iter(splits.items()))[::-1]
-    vals = [s for s in splits if s == "val2017"] or [s for s in splits if "val" in s]
-    if len(vals) != 1:
-        raise ValueError(f"{root}: several splits ({', '.join(splits)}); choose one with --split")
-    return splits[vals[0]], vals[0]
-
-
-def _image_files(folder: Path):
-    return (p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
-
-
-def _existing_file(path: PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {str(path)!r} does not exist")
-    return path
-
-
-def _existing_dir(path: PathLike) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"image folder {str(path)!r} does not exist")
-    return path
 
 
 def _predictor(model):
@@ -122,31 +62,6 @@ def _predictor(model):
     return SamPredictor(model)
 
 
-def _subset(coco, image_ids: Sequence[int], annotation_ids: Optional[set] = None):
-    """A COCO index holding only ``image_ids`` and (when given) only ``annotation_ids``."""
-    keep = set(image_ids)
-    data = coco.dataset
-    return coco_from_dict({**data, "images": [i for i in data["images"] if i["id"] in keep],
-                           "annotations": [a for a in data["annotations"] if a["image_id"] in keep and
-                                           (annotation_ids is None or a["id"] in annotation_ids)]})
-
-
-def _truth_mask(coco, ann: dict, height: int, width: int) -> tuple[Optional[np.ndarray], str]:
-    """``ann``'s mask as ``H x W`` bool, or None and why it cannot serve as ground truth."""
-    seg = ann.get("segmentation")
-    if not seg:
-        return None, "no segmentation (a COCO instances file needs a polygon or RLE mask per annotation)"
-    if isinstance(seg, dict) and list(seg.get("size", [])) != [height, width]:
-        return None, f"RLE size {seg.get('size')} differs from the image's {height}x{width}"
-    try:
-        mask = coco.annToMask(ann).astype(bool)
-    except Exception as err:  # pycocotools raises several types on malformed masks
-        return None, f"unreadable segmentation ({type(err).__name__}: {err})"
-    if not mask.any():
-        return None, "the segmentation covers no pixel"
-    return mask, ""
-
-
 def _size_name(area: float) -> str:
     for name, low, high in SIZES:
         if low <= area < high:
@@ -154,20 +69,22 @@ def _size_name(area: float) -> str:
     return SIZES[-1][0]
 
 
-def _to_rle(masks: np.ndarray) -> list[dict]:
-    from pycocotools import mask as mask_utils
-    if not len(masks):
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode()} for r in rles]
+def _points(boxes: torch.Tensor, truth: torch.Tensor, point: str) -> torch.Tensor:
+    """One (x, y) per instance (N x 2, image pixels) by the ``point`` rule (``POINTS``)."""
+    if point == "center":
+        return (boxes[:, :2] + boxes[:, 2:]) / 2
+    return torch.tensor([farthest_from_boundary(mask) for mask in truth], dtype=torch.float32, device=boxes.device)
 
 
 @torch.no_grad()
-def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int], batch_size: int):
-    """Masks (N x C x H x W bool) and predicted IoUs (N x C) for ``anns`` under ``prompt``."""
+def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int], batch_size: int,
+            truth: torch.Tensor, point: str = "center"):
+    """Masks (N x C x H x W bool) and predicted IoUs (N x C) for ``anns`` under ``prompt``; ``truth``
+    (N x H x W bool) places the ``farthest`` point."""
     device = predictor.device
     boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                           for a in anns], dtype=torch.float32, device=device)
+    points = _points(boxes, truth, point) if prompt == "point" else None
     masks, scores = [], []
     for start in range(0, len(anns), batch_size):
         chunk = boxes[start:start + batch_size]
@@ -175,8 +92,8 @@ def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int],
             out = predictor.predict_torch(None, None, predictor.transform.apply_boxes_torch(chunk, size),
                                           multimask_output=False)
         else:
-            centres = ((chunk[:, :2] + chunk[:, 2:]) / 2)[:, None, :]
-            coords = predictor.transform.apply_coords_torch(centres, size)
+            clicks = points[start:start + batch_size, None, :]
+            coords = predictor.transform.apply_coords_torch(clicks, size)
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
             out = predictor.predict_torch(coords, labels, None, multimask_output=True)
         masks.append(out[0].bool())
@@ -184,7 +101,7 @@ def _decode(predictor, anns: Sequence[dict], prompt: str, size: tuple[int, int],
     return torch.cat(masks), torch.cat(scores)
 
 
-def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: str = "both",
+def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: str = "both", point: str = "center",
                   limit: Optional[int] = None, skip_bad: bool = False, batch_size: int = 64,
                   results: Optional[PathLike] = None,
                   progress: Optional[Callable[[int, int, dict], None]] = None) -> dict:
@@ -192,9 +109,11 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
 
     ``model``: a segment-anything ``Sam`` (such as ``repvit.sam.build_sam(...)``) or anything
     that acts as a ``SamPredictor`` (``set_image``, ``transform``, ``predict_torch``, ``device``).
-    ``prompt``: ``"box"``, ``"point"`` or ``"both"``. ``limit``: only the first N images by id.
+    ``prompt``: ``"box"``, ``"point"`` or ``"both"``. ``point``: where the point prompt goes,
+    ``"center"`` (of the ground-truth box) or ``"farthest"`` (from the mask boundary). ``limit``: only the first N images by id.
     ``skip_bad``: count and skip a missing or unreadable image and an annotation without a usable
-    mask or box instead of raising ``DetectionDataError``. ``batch_size``: prompts per decoder
+    mask or box instead of raising ``CocoDataError`` (which lists every problem found before the
+    first image is encoded; an empty mask shows only when decoded). ``batch_size``: prompts per decoder
     call (64 holds every image of COCO128 in one call). ``results``: also write the predictions
     as a COCO results file (RLE masks); with both protocols, ``<stem>_box<suffix>`` and
     ``<stem>_point<suffix>``. ``progress(done, total, info)`` is called after each image.
@@ -206,6 +125,8 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
     if prompt != "both" and prompt not in PROMPTS:
         raise ValueError(f"prompt must be 'box', 'point' or 'both', got {prompt!r}")
     protocols = PROMPTS if prompt == "both" else (prompt,)
+    if point not in POINTS:
+        raise ValueError(f"point must be {' or '.join(map(repr, POINTS))}, got {point!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of images, got {limit}")
     if batch_size < 1:
@@ -215,14 +136,20 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
         raise FileNotFoundError(f"annotation file {str(coco_json)!r} does not exist")
     coco = load_coco(coco_json)
     if limit is not None:   # only the images the run uses are checked
-        coco = _subset(coco, sorted(coco.getImgIds())[:limit])
-    data = DetectionData(image_dir, coco, skip_bad=skip_bad, source=str(coco_json))
+        coco = coco_subset(coco, sorted(coco.getImgIds())[:limit])
+    items, bad = scan_coco(coco, image_dir, categories=Categories.of(coco, str(coco_json)), masks=True,
+                           source=str(coco_json))
+    if not skip_bad:
+        bad.raise_if_any(CocoDataError, SKIP_BAD_HINT)
     predictor = _predictor(model)
 
     from .images import load_rgb
 
-    def reject(where: str, reason: str, annotation=None) -> None:
-        data.reject(skip_bad, where, reason, annotation)
+    def reject(reason: str, where: str, detail: str, annotation=None) -> None:
+        """A problem only decoding shows (an empty mask, an EXIF rotation): an error, or one more skip."""
+        bad.add(reason, where, detail, annotation)
+        if not skip_bad:
+            bad.raise_if_any(CocoDataError, SKIP_BAD_HINT)
 
     kept_ids: set = set()
     evaluated_images: list[int] = []
@@ -230,24 +157,24 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
     per: dict = {p: {"iou": [], "oracle": [], "size": [], "dets": []} for p in protocols}
     seconds = {"load": 0.0, "encoder": 0.0, "decoder": 0.0, "metrics": 0.0}
     run_start = time.perf_counter()
-    for done, (info, anns) in enumerate(data.items, start=1):
+    for done, (info, anns) in enumerate(items, start=1):
         path = Path(image_dir) / info["file_name"]
         tick = time.perf_counter()
         try:
             image = load_rgb(path)
-        except (FileNotFoundError, ValueError) as err:
-            reject(str(path), str(err))
+        except (FileNotFoundError, ValueError) as err:   # changed since the check
+            reject("unreadable image", str(path), str(err))
             continue
         height, width = image.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
-            reject(str(path), f"upright (EXIF-rotated) image is {width}x{height} but the annotations say "
-                              f"{info['width']}x{info['height']}")
+            reject("size mismatch", str(path), f"upright (EXIF-rotated) image is {width}x{height} but the "
+                                               f"annotations say {info['width']}x{info['height']}")
             continue
         prompted, truths = [], []
         for ann in anns:
-            mask, reason = _truth_mask(coco, ann, height, width)
+            mask, reason, detail = annotation_mask(coco, ann, height, width)
             if mask is None:
-                reject(info.get("source", str(path)), reason, ann["id"])
+                reject(reason, info.get("source") or info["file_name"], detail, ann["id"])
                 continue
             kept_ids.add(ann["id"])
             if ann.get("iscrowd", 0):
@@ -264,7 +191,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
             gt = torch.from_numpy(np.stack(truths)).to(predictor.device)
         for name in protocols if prompted else ():
             tick = time.perf_counter()
-            masks, scores = _decode(predictor, prompted, name, (height, width), batch_size)
+            masks, scores = _decode(predictor, prompted, name, (height, width), batch_size, gt, point)
             seconds["decoder"] += time.perf_counter() - tick
             tick = time.perf_counter()
             _score(per[name], masks, scores, gt, prompted, info["id"])
@@ -272,18 +199,20 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
                                   for a, m in zip(prompted, truths)]
             seconds["metrics"] += time.perf_counter() - tick
         if progress is not None:
-            progress(done, len(data.items), {"image": info["file_name"], "instances": len(prompted)})
+            progress(done, len(items), {"image": info["file_name"], "instances": len(prompted)})
     if not evaluated_images:
-        raise DetectionDataError(f"{coco_json}: no image could be evaluated")
+        raise CocoDataError(f"{coco_json}: no image could be evaluated" + (f"\n{bad.summary()}" if bad else ""))
 
     tick = time.perf_counter()
-    truth = _subset(coco, evaluated_images, kept_ids)   # what was checked: skipped annotations are not misses
+    truth = coco_subset(coco, evaluated_images, kept_ids)   # what was checked: skipped annotations are not misses
     report: dict = {
         "annotations": str(coco_json), "images_dir": str(image_dir), "images": len(evaluated_images),
         "instances": len(per[protocols[0]]["iou"]), "crowd_excluded": crowd,
-        "skipped_images": len(data.skipped.images), "skipped_annotations": len(data.skipped.annotations),
-        "skipped": [{"file": f, "reason": r} for f, r in data.skipped.images] +
-                   [{"file": f, "annotation": a, "reason": r} for f, a, r in data.skipped.annotations],
+        "skipped_images": sum(e.annotation is None for e in bad),
+        "skipped_annotations": sum(e.annotation is not None for e in bad),
+        "skipped": [{"file": e.file, "reason": e.detail} if e.annotation is None else
+                    {"file": e.file, "annotation": e.annotation, "reason": e.detail} for e in bad],
+        "skipped_by_reason": bad.counts(), "skip_report": bad.summary() if bad else "",
         "prompts": {},
     }
     for name in protocols:
@@ -292,7 +221,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
         metrics = coco_metrics(truth, rec["dets"], ("segm",), image_ids=evaluated_images)["segm"] \
             if rec["dets"] else {k: 0.0 for k in STAT_NAMES}
         report["prompts"][name] = {
-            "prompt": "ground-truth box" if name == "box" else "one positive point at the box centre",
+            "prompt": "ground-truth box" if name == "box" else POINTS[point],
             "multimask": name == "point",
             "selection": "the only mask" if name == "box" else "highest predicted IoU of 3",
             "mIoU": _mean(rec["iou"]),
@@ -302,6 +231,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
         }
         if name == "point":
             report["prompts"][name]["oracle_mIoU"] = _mean(rec["oracle"])
+            report["prompts"][name]["point"] = point
     seconds["metrics"] += time.perf_counter() - tick
     report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     report["seconds"]["total"] = round(time.perf_counter() - run_start, 3)
@@ -325,7 +255,7 @@ def _score(record: dict, masks: torch.Tensor, scores: torch.Tensor, truth: torch
     rows = torch.arange(len(anns), device=best.device)
     record["iou"] += ious[rows, best].tolist()
     record["oracle"] += ious.max(dim=1).values.tolist()
-    for ann, rle, score in zip(anns, _to_rle(masks[rows, best].cpu().numpy()), scores[rows, best].tolist()):
+    for ann, rle, score in zip(anns, masks_to_rle(masks[rows, best].cpu().numpy()), scores[rows, best].tolist()):
         box = mask_utils.toBbox({**rle, "counts": rle["counts"].encode()})
         record["dets"].append({"image_id": image_id, "category_id": ann["category_id"], "segmentation": rle,
                                "score": float(score), "bbox": [float(v) for v in box]})
@@ -354,10 +284,12 @@ def format_report(report: dict) -> str:
     lines = [f"{report['images']} images, {report['instances']} instances prompted, {report['crowd_excluded']} crowd "
              f"regions not prompted, skipped {report['skipped_images']} images and "
              f"{report['skipped_annotations']} annotations",
+             *([report["skip_report"]] if report.get("skip_report") else []),
              "prompt  mIoU  small medium large |   AP  AP50  AP75   APs   APm   APl"]
     for name, rec in report["prompts"].items():
         sizes = " ".join(pct(rec["mIoU_by_size"][s]) for s, _, _ in SIZES)
         aps = " ".join(pct(rec["segm"][k]) for k in STAT_NAMES)
-        extra = f"  (oracle mIoU {pct(rec['oracle_mIoU']).strip()})" if "oracle_mIoU" in rec else ""
+        extra = (f"  ({rec.get('point', 'center')} point; oracle mIoU {pct(rec['oracle_mIoU']).strip()})"
+                 if "oracle_mIoU" in rec else "")
         lines.append(f"{name:6} {pct(rec['mIoU'])} {sizes}  | {aps}{extra}")
     return "\n".join(lines)

@@ -5,8 +5,6 @@ import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 # One colour per mask, cycled; chosen to stay distinct on photos.
 PALETTE = np.array([
@@ -25,19 +23,6 @@ def load_rgb(path: Union[str, os.PathLike]) -> np.ndarray:
         raise FileNotFoundError(f"image {str(path)!r} does not exist") from None
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{str(path)!r} is not a readable image: {err}") from None
-
-
-def resize_longest_side_torch(images: torch.Tensor, target: int = 1024) -> torch.Tensor:
-    """Batched ``B x C x H x W`` resize of the longest side to ``target``, keeping the aspect ratio.
-
-    segment-anything 1.0's ``ResizeLongestSide.apply_image_torch`` reads the size from
-    ``shape[0], shape[1]`` (batch and channels) instead of the height and width, so it resizes to
-    the wrong shape; this is the computation it means.
-    """
-    h, w = images.shape[-2:]
-    scale = target / max(h, w)
-    size = (int(h * scale + 0.5), int(w * scale + 0.5))
-    return F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def overlay(image: np.ndarray, masks: Sequence[np.ndarray], *, alpha: float = 0.5,

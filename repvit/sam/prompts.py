@@ -1,9 +1,15 @@
-"""Point and box prompts: parsing them, and running many of them on one image embedding.
+"""Point and box prompts: parsing them, placing a point inside a mask, and running many on one embedding.
 
 SAM's label convention: 1 = foreground point, 0 = background point; a box enters the decoder as
 its two corners with labels 2 (top-left) and 3 (bottom-right), and a prompt without a box is
-padded with one point labelled -1 (see ``repvit.sam.export`` for the ONNX decoder's inputs).
+padded with one point labelled -1 (see ``repvit.export.sam`` for the ONNX decoder's inputs).
 Coordinates here are always pixels of the original image, x right and y down.
+
+``farthest_from_boundary`` is the click that published SAM point figures simulate (the SAM paper
+follows RITM's interactive protocol): the mask pixel farthest from any pixel outside the
+mask, by the exact Euclidean distance, the image border counting as outside (RITM pads the mask
+with zeros before its distance transform). Unlike a box centre it always lies on the object, also
+for rings, L shapes and thin objects.
 """
 from __future__ import annotations
 
@@ -41,7 +47,8 @@ class Prompt:
 
 
 def parse_point(text: str) -> tuple:
-    """``"X,Y"`` or ``"X,Y,LABEL"`` -> ``(x, y, label)`` (label 1 when omitted)."""
+    """``"X,Y"`` or ``"X,Y,LABEL"`` -> ``(x, y, label)`` (label 1 when omitted); the label is checked by
+    ``Prompt.check``."""
     parts = [p.strip() for p in str(text).split(",")]
     try:
         if len(parts) == 2:
@@ -50,18 +57,66 @@ def parse_point(text: str) -> tuple:
             return float(parts[0]), float(parts[1]), int(parts[2])
     except ValueError:
         pass
-    raise ValueError(f"--point {text!r}: expected X,Y or X,Y,LABEL in image pixels (LABEL 1 object, 0 background), "
-                     "e.g. --point 320,240 --point 50,60,0")
+    raise ValueError(f"point {text!r}: expected X,Y or X,Y,LABEL in image pixels (LABEL 1 object, 0 background), "
+                     "e.g. 320,240 or 50,60,0")
 
 
 def parse_box(text: str) -> tuple:
-    parts = [p.strip() for p in str(text).split(",")]
+    """``"X0,Y0,X1,Y1"`` -> four floats (the command line's ``--box`` and the demo page's box field)."""
+    parts = [p.strip() for p in str(text or "").split(",")]
     try:
         if len(parts) == 4:
             return tuple(float(p) for p in parts)
     except ValueError:
         pass
-    raise ValueError(f"--box {text!r}: expected X0,Y0,X1,Y1 in image pixels (top-left and bottom-right corners)")
+    raise ValueError(f"box {text!r}: expected X0,Y0,X1,Y1 in image pixels (top-left and bottom-right corners)")
+
+
+def squared_distance_to_outside(mask: torch.Tensor) -> torch.Tensor:
+    """Exact squared Euclidean distance from each pixel of a 2-D boolean ``mask`` to the nearest pixel
+    outside it (0 outside; beyond the image border counts as outside). Integer tensor, ``mask``'s device.
+
+    Two passes: along the shorter axis the distance to the nearest outside pixel of the same line
+    (running maxima and minima of outside indices), then along the other axis the minimum over
+    offsets ``d`` of ``g(x + d)^2 + d^2``. The nearest outside pixel is never farther along that
+    axis than ``g(x)`` itself, so offsets up to the largest ``g`` suffice: O(H W min(H, W)) at most,
+    far less for thin shapes.
+    """
+    mask = torch.as_tensor(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {tuple(mask.shape)}")
+    inside = torch.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=torch.bool, device=mask.device)
+    inside[1:-1, 1:-1] = mask.bool()
+    swap = inside.shape[0] > inside.shape[1]  # the first pass runs along axis 0: make it the shorter one
+    if swap:
+        inside = inside.T
+    rows, cols = inside.shape
+    index = torch.arange(rows, dtype=torch.int32, device=inside.device).unsqueeze(1).expand(rows, cols)
+    above = torch.where(inside, torch.full_like(index, -rows), index).cummax(0).values
+    below = torch.where(inside, torch.full_like(index, 2 * rows), index).flip(0).cummin(0).values.flip(0)
+    line = torch.minimum(index - above, below - index)  # finite: the padding rows are outside
+    squared = line * line  # int32 is exact up to images of 30,000 pixels a side
+    best = squared.clone()
+    for d in range(1, int(line.max()) + 1):
+        torch.minimum(best[:, d:], squared[:, :-d] + d * d, out=best[:, d:])
+        torch.minimum(best[:, :-d], squared[:, d:] + d * d, out=best[:, :-d])
+    best = best[1:-1, 1:-1]
+    return best.T if swap else best
+
+
+def farthest_from_boundary(mask: torch.Tensor) -> tuple[int, int]:
+    """``(x, y)`` of the pixel of ``mask`` farthest from the nearest pixel outside it (see the module
+    docstring); among equally far pixels the first in row-major order. Always a pixel of the mask."""
+    mask = torch.as_tensor(mask).bool()
+    ys, xs = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+    if not len(ys):
+        raise ValueError("the mask covers no pixel: there is no point inside it")
+    y0, x0 = int(ys[0]), int(xs[0])
+    # Cropping to the mask's box changes no distance: the nearest outside pixel of any pixel in the box
+    # is at most as far as the box's border ring, which the padding reproduces.
+    crop = mask[y0:int(ys[-1]) + 1, x0:int(xs[-1]) + 1]
+    flat = int(squared_distance_to_outside(crop).flatten().argmax())  # the first maximum
+    return x0 + flat % crop.shape[1], y0 + flat // crop.shape[1]
 
 
 def read_prompt_file(path: Union[str, os.PathLike]) -> list[Prompt]:

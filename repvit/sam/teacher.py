@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.checkpoint import CheckpointError, atomic_write
+from ..models.state_dict import load_strict
 from .builder import read_tensors
 from .images import load_rgb
 
@@ -143,17 +144,11 @@ def build_teacher(arch: str, *, img_size: int, checkpoint: Union[str, os.PathLik
                                   global_attn_indexes=spec.global_blocks)
     if checkpoint is not None:
         state = fit_to_size(read_teacher_state(checkpoint, arch), img_size, spec)
-        wrong = [(k, tuple(v.shape), tuple(state[k].shape)) for k, v in encoder.state_dict().items()
-                 if k in state and state[k].shape != v.shape]
-        missing, unexpected = set(encoder.state_dict()) - set(state), set(state) - set(encoder.state_dict())
-        if wrong or missing or unexpected:
-            other = [a for a, s in TEACHERS.items() if s.embed_dim == _embed_dim_of(state)]
-            raise CheckpointError(
-                f"{str(checkpoint)!r} does not fit SAM's {arch} image encoder: {len(missing)} missing, "
-                f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors (e.g. {(wrong or sorted(missing))[:1]})"
-                + (f"; it looks like a {other[0]} checkpoint: pass --teacher {other[0]}" if other and other[0] != arch
-                   else ""))
-        encoder.load_state_dict(state)
+        other = [a for a, s in TEACHERS.items() if s.embed_dim == _embed_dim_of(state) and a != arch]
+        load_strict(encoder, state, source=repr(str(checkpoint)), what=f"SAM's {arch} image encoder",
+                    fix=(f"it looks like a {other[0]} checkpoint: pass --teacher {other[0]}" if other else
+                         f"pass segment-anything's {arch} weights ({CHECKPOINT_URLS.get(arch, 'the official file')}) "
+                         "or the --teacher that the file was saved from"))
     return encoder.eval().requires_grad_(False)
 
 

@@ -3,26 +3,44 @@ class maps over images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..engine.distributed import DistEnv, each_rank, shard
 from .data import SemanticFolder
 from .metrics import ConfusionMatrix
 
 
 @torch.no_grad()
 def evaluate_segmenter(model: nn.Module, data: SemanticFolder, *, device: torch.device = torch.device("cpu"),
-                       class_names: Sequence[str]) -> dict:
-    """Whole images, one at a time (any size): the metrics of ``ConfusionMatrix.compute`` plus counts."""
+                       class_names: Sequence[str], env: Optional[DistEnv] = None) -> dict:
+    """Whole images, one at a time (any size): the metrics of ``ConfusionMatrix.compute`` plus counts.
+
+    Where the dataset's ``transforms`` resized the image (``EvalResize``), the logits are resized
+    back to the label's size (bilinear) before the argmax, so scores are at the label's resolution.
+    Under torchrun (``env`` of a distributed run, called on every rank) each rank scores its share
+    of the images and the confusion matrices are summed, so every rank returns the metrics of the
+    whole set, the same as one process would."""
     model = model.eval().to(device)
-    matrix = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)
-    for index in range(len(data)):
-        image, label = data[index]
-        matrix.update(model(image[None].to(device)).argmax(dim=1).cpu(), label[None])
-    return {**matrix.compute(class_names), "images": len(data), "skipped": len(data.skipped)}
+
+    def score_share() -> torch.Tensor:
+        matrix = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)
+        for index in shard(range(len(data)), env):
+            image, label = data[index]
+            logits = model(image[None].to(device))
+            if logits.shape[-2:] != label.shape[-2:]:
+                logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+            matrix.update(logits.argmax(dim=1).cpu(), label[None])
+        return matrix.matrix
+
+    total = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)
+    for part in each_rank(score_share, env):
+        total.matrix += part
+    return {**total.compute(class_names), "images": len(data), "skipped": len(data.skipped)}
 
 
 def palette(num_classes: int) -> np.ndarray:

@@ -19,7 +19,9 @@ from ..dense.backbone import RepViTBackbone
 from ..dense.neck import BackboneWithFPN
 from ..models.record import load_recorded_weights, read_record, save_record
 from ..models.layers import ConvBN
-from ..models.model import IMAGENET_MEAN, IMAGENET_STD
+from ..models.model import IMAGENET_MEAN, IMAGENET_STD, get_variant
+from ..models.pretrained import fetch
+from .official import load_official_segmenter, segmentation_release
 
 
 class ScaleHead(nn.Module):
@@ -46,15 +48,27 @@ class ScaleHead(nn.Module):
 
 
 class SemanticFPN(nn.Module):
+    """Semantic FPN on RepViT ``name``. Backbone weights from ``checkpoint`` (a classification file)
+    or ``pretrained`` (``"NAME[:TAG]"`` official ImageNet weights); ``pretrained="repvit_m1_1:ade20k"``
+    (or the bare tag ``"ade20k"``) loads the whole official ADE20K model instead (150 classes, see
+    ``repvit.segmentation.official``). ``norm_eval=True`` (the official recipe, and the default of
+    ``repvit segment train``) keeps the backbone's BatchNorm statistics frozen during training."""
+
     def __init__(self, name: str = "repvit_m1_1", *, num_classes: int, taps: str = "segmentation",
-                 fpn_channels: int = 256, head_channels: int = 128, dropout: float = 0.1, norm_eval: bool = False,
+                 fpn_channels: int = 256, head_channels: int = 128, dropout: float = 0.1, norm_eval: bool = True,
                  frozen_stages: int = -1, checkpoint=None, pretrained=None, drop_path_rate: float = 0.0):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be 1 or more, got {num_classes}")
+        official = segmentation_release(get_variant(name).name, pretrained)
+        if official is not None and (checkpoint is not None or taps != "segmentation"
+                                     or num_classes != official.num_classes):
+            raise ValueError(f"{official.spec} is a whole Semantic FPN for {official.num_classes} ADE20K classes "
+                             f"with segmentation taps: build it with num_classes={official.num_classes}, "
+                             "taps='segmentation' and no backbone checkpoint")
         backbone = RepViTBackbone(name, taps=taps, out_stages=(0, 1, 2, 3), norm_eval=norm_eval,
-                                  frozen_stages=frozen_stages, checkpoint=checkpoint, pretrained=pretrained,
-                                  drop_path_rate=drop_path_rate)
+                                  frozen_stages=frozen_stages, checkpoint=checkpoint,
+                                  pretrained=None if official else pretrained, drop_path_rate=drop_path_rate)
         self.backbone = BackboneWithFPN(backbone, out_channels=fpn_channels, extra="none")
         self.heads = nn.ModuleList(ScaleHead(fpn_channels, head_channels, steps=level) for level in range(4))
         self.dropout = nn.Dropout2d(dropout)
@@ -62,8 +76,12 @@ class SemanticFPN(nn.Module):
         self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Every constructor option but the weight sources, so load_segmenter rebuilds this model.
         self.repvit_config = {"name": backbone.name, "num_classes": num_classes, "taps": taps,
-                              "fpn_channels": fpn_channels, "head_channels": head_channels, "dropout": dropout}
+                              "fpn_channels": fpn_channels, "head_channels": head_channels, "dropout": dropout,
+                              "norm_eval": norm_eval, "frozen_stages": frozen_stages, "drop_path_rate": drop_path_rate}
+        if official is not None:   # the whole model, after the frozen stages were set up (weights only change)
+            load_official_segmenter(self, fetch(official), label=f"official {official.spec} ({official.filename})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = list(self.backbone((x - self.mean) / self.std).values())
@@ -91,4 +109,6 @@ def load_segmenter(path, *, use_ema: bool = False) -> SemanticFPN:
     load_recorded_weights(model, record, path=path, what="Semantic FPN", use_ema=use_ema)
     model.class_names, model.ignore_index = list(record["class_names"]), int(record["ignore_index"])
     model.reduce_zero_label = bool(record.get("reduce_zero_label", False))
+    # The (short, long) bound of the aligned resize validation ran at; None (older files): raw size.
+    model.eval_size = tuple(record["eval_size"]) if record.get("eval_size") else None
     return model.eval()

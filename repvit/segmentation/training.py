@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.loop import DenseTask, EpochSeeded
-from .data import SemanticFolder, TrainTransform
+from .data import SemanticFolder, transforms_from_options
 from .evaluation import evaluate_segmenter
 from .semantic_fpn import SemanticFPN, save_segmenter
 
@@ -21,12 +21,12 @@ def class_names_of(cfg) -> list[str]:
 def build_task(cfg, env) -> DenseTask:
     names = class_names_of(cfg)
     root = Path(cfg.data)
+    train_tf, eval_tf = transforms_from_options(cfg)
     train = SemanticFolder(root / "train", num_classes=len(names), ignore_index=cfg.ignore_index,
                            skip_bad=cfg.skip_bad, reduce_zero_label=cfg.reduce_zero_label,
-                           train_transform=TrainTransform(tuple(cfg.crop), scale=tuple(cfg.scale),
-                                                          ignore_index=cfg.ignore_index))
+                           train_transform=train_tf)
     val = SemanticFolder(root / "val", num_classes=len(names), ignore_index=cfg.ignore_index, skip_bad=cfg.skip_bad,
-                         reduce_zero_label=cfg.reduce_zero_label)
+                         reduce_zero_label=cfg.reduce_zero_label, transforms=eval_tf)
     model = SemanticFPN(cfg.model, num_classes=len(names), norm_eval=cfg.norm_eval, frozen_stages=cfg.frozen_stages,
                         checkpoint=cfg.backbone, pretrained=cfg.pretrained)
 
@@ -41,7 +41,7 @@ def build_task(cfg, env) -> DenseTask:
 
     def save(model, path, extra):
         return save_segmenter(model, path, class_names=names, ignore_index=cfg.ignore_index,
-                              extra={"reduce_zero_label": cfg.reduce_zero_label, **extra})
+                              extra={"reduce_zero_label": cfg.reduce_zero_label, "eval_size": cfg.eval_size, **extra})
 
     skipped = len(train.skipped) + len(val.skipped)
     return DenseTask("segmentation", model, EpochSeeded(train, cfg.seed), lambda b: tuple(torch.stack(x) for x in

@@ -22,19 +22,25 @@ def example_images(folder) -> list:
 
 def run_demo(args: argparse.Namespace) -> int:
     try:
-        from ...sam.demo import require_gradio
+        from ...sam.demo_page import require_gradio
         require_gradio()
     except ImportError as err:
         print(f"repvit sam demo: error: {err}", file=sys.stderr)
         return 2
-    from ...sam.demo import SamDemo, build_app, launch
+    from ...sam.demo import SamDemo
+    from ...sam.demo_page import build_app, launch
     examples = example_images(args.examples) if args.examples else []
     sam = load_sam(args)
     weights = ("**random (seed 0): the masks check the pipeline and mean nothing**" if args.random_weights
                else f"`{describe_weights(args)}`")
-    app = build_app(SamDemo(sam, weights=weights), examples=examples)
+    demo = SamDemo(sam, weights=weights)
+    app = build_app(demo, examples=examples)
     print(f"RepViT-SAM demo on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
-    launch(app, host=args.host, port=args.port, share=args.share, allowed_paths=[args.examples] if examples else [])
+    try:
+        launch(app, host=args.host, port=args.port, share=args.share,
+               allowed_paths=[args.examples] if examples else [])
+    finally:
+        demo.close()  # the mask PNGs and their temporary folder
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ...progress_bar import Progress
 from .. import _grammar as grammar
 from ._common import add_sam_weights, describe_weights, load_sam
 
@@ -16,13 +17,19 @@ def run_eval(args: argparse.Namespace) -> int:
     annotations, images = find_coco_layout(args.data, annotations=args.annotations,
                                            images=grammar.one_path(args.images, "--images"), split=args.split)
     sam = load_sam(args)
-    print(f"annotations {annotations}, images {images}, prompt {args.prompt}, "
+    point = f" (point: {args.point})" if args.prompt != "box" else ""
+    print(f"annotations {annotations}, images {images}, prompt {args.prompt}{point}, "
           f"{'unfused' if args.unfused else 'fused'} encoder on {args.device}", file=sys.stderr)
-    bar = _Progress(enabled=not args.quiet)
+    bar = Progress(desc="images", unit="img", enabled=not args.quiet)
+
+    def progress(done: int, total: int, info: dict) -> None:
+        bar.set_postfix(f"{info['image']}: {info['instances']} prompts")
+        bar.update_to(done, total)
     start = time.perf_counter()
     try:
-        report = evaluate_coco(sam, annotations, images, prompt=args.prompt, limit=args.limit, skip_bad=args.skip_bad,
-                               batch_size=args.batch_size, results=args.results, progress=bar)
+        report = evaluate_coco(sam, annotations, images, prompt=args.prompt, point=args.point, limit=args.limit,
+                               skip_bad=args.skip_bad, batch_size=args.batch_size, results=args.results,
+                               progress=progress)
     finally:
         bar.close()
     report["wall_seconds"] = round(time.perf_counter() - start, 2)
@@ -46,36 +53,13 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Progress:
-    """A tqdm bar over images on stderr; nothing with --quiet or without tqdm."""
-
-    def __init__(self, *, enabled: bool):
-        self.enabled, self._bar = enabled, None
-
-    def __call__(self, done: int, total: int, info: dict) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                self.enabled = False
-                return
-            self._bar = tqdm(total=total, desc="images", unit="img", file=sys.stderr)
-        self._bar.set_postfix_str(f"{info['image']}: {info['instances']} prompts", refresh=False)
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 def register(actions) -> None:
     p = actions.add_parser(
         "eval", help="zero-shot COCO instance segmentation: mIoU and mask AP with ground-truth prompts",
         description="Prompts the model with each non-crowd ground-truth object of a COCO instances file: its box "
-                    "(one mask) and/or one positive point at the box centre (three candidates, the one with the "
-                    "highest predicted IoU kept; the best by true IoU is reported as the oracle). Reports mask "
+                    "(one mask) and/or one positive point (--point-at: at the box centre, or farthest from the mask "
+                    "boundary as published SAM figures do; three candidates, the one with the highest predicted "
+                    "IoU kept; the best by true IoU is reported as the oracle). Reports mask "
                     "mIoU (also by COCO size) and COCOeval mask AP with masks scored by their predicted IoU. "
                     "Each image is encoded once and all its prompts are decoded together.")
     grammar.add(p, "--data", help="dataset folder: annotations.json + images/, or annotations/instances_<split>.json "
@@ -85,7 +69,12 @@ def register(actions) -> None:
     grammar.add(p, "--images", help="the image folder (overrides what --data finds)")
     p.add_argument("--split", help="which annotations/instances_<split>.json (default: the val split)")
     p.add_argument("--prompt", choices=("box", "point", "both"), default="both",
-                   help="ground-truth box, box centre as one point, or both protocols (default: both)")
+                   help="ground-truth box, one point, or both protocols (default: both)")
+    p.add_argument("--point-at", dest="point", choices=("center", "farthest"), default="center",
+                   help="where the point goes: the centre of the ground-truth box (default), or the mask pixel "
+                        "farthest from the mask boundary, the click published SAM point figures simulate")
+    p.add_argument("--point", dest="point", action=grammar.Deprecated, replacement="--point-at",
+                   choices=("center", "farthest"))
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images (by id), for quick runs")
     p.add_argument("--skip-bad", action="store_true",
                    help="count and skip missing images and annotations without a usable mask instead of stopping")

@@ -31,7 +31,7 @@ box, append the point (0, 0) with label -1 (SamPredictor does this itself; witho
 differ). mask_input is 1x1x256x256 (a previous low_res_masks channel, or zeros with
 has_mask_input 0); orig_im_size is (height, width). Outputs: masks (logits at the original size,
 > 0 is the mask), iou_predictions, low_res_masks; 4 masks (0: single-mask output, 1-3: multimask
-outputs) unless --return-single-mask. Python helper: repvit.sam.export.onnx_prompt.
+outputs) unless --return-single-mask. Python helper: repvit.export.sam_decoder.onnx_prompt.
 
 Core ML predictions need macOS: on other systems the conversion and the files' input and output
 names are checked and the report says that no prediction was compared.
@@ -40,7 +40,7 @@ names are checked and the report says that no prediction was compared.
 
 def run_export(args: argparse.Namespace) -> int:
     from ...export.onnx import DEFAULT_OPSET
-    from ...sam.export import export_sam, parse_formats
+    from ...export.sam import export_sam, parse_formats
     formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
     if args.max_images < 1:
         raise ValueError(f"--max-images must be at least 1, got {args.max_images}")

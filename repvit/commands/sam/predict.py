@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from ...progress_bar import Progress
 from .. import _grammar as grammar
 from ._common import add_sam_weights, load_sam
 
@@ -86,8 +86,8 @@ def run_everything(args: argparse.Namespace) -> int:
         from segment_anything import SamAutomaticMaskGenerator
         generator = SamAutomaticMaskGenerator(sam, points_per_batch=args.points_per_batch or 64, **options)
     else:
-        bar = _Bar(enabled=not args.quiet)
-        generator = FastMaskGenerator(sam, points_per_batch=args.points_per_batch, on_batch=bar.update, **options)
+        bar = Progress(desc="decoder batches", enabled=not args.quiet)
+        generator = FastMaskGenerator(sam, points_per_batch=args.points_per_batch, on_batch=bar.update_to, **options)
     start = time.perf_counter()
     records = generator.generate(image)
     seconds = time.perf_counter() - start
@@ -107,27 +107,6 @@ def run_everything(args: argparse.Namespace) -> int:
     print(f"{args.image}: {len(records)} masks in {seconds:.1f} s ({args.points_per_side}x{args.points_per_side} "
           f"grid) -> {out / (stem + '_everything.png')}, {json_path} (COCO RLE)")
     return 0
-
-
-class _Bar:
-    def __init__(self, *, enabled: bool):
-        self.enabled, self._bar = enabled, None
-
-    def update(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            try:
-                from tqdm import tqdm
-                self._bar = tqdm(total=total, desc="decoder batches", file=sys.stderr)
-            except ImportError:
-                self.enabled = False
-                return
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def register(actions) -> None:

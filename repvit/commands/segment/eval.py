@@ -11,12 +11,12 @@ from .._dense import add_common, load_for_inference
 
 def run_eval(args: argparse.Namespace) -> int:
     from ...segmentation.semantic_fpn import load_segmenter
-    from ...segmentation.data import SemanticFolder
+    from ...segmentation.data import EvalResize, SemanticFolder
     from ...segmentation.evaluation import evaluate_segmenter
     model, device = load_for_inference(load_segmenter, args)
     ignore = model.ignore_index if args.ignore_index is None else args.ignore_index
     data = SemanticFolder(args.data, num_classes=model.num_classes, ignore_index=ignore, skip_bad=args.skip_bad,
-                          reduce_zero_label=model.reduce_zero_label)
+                          reduce_zero_label=model.reduce_zero_label, transforms=EvalResize(model.eval_size))
     result = evaluate_segmenter(model, data, device=device, class_names=model.class_names)
     result.update(checkpoint=str(args.checkpoint), fused=not args.unfused, data=str(args.data), ignore_index=ignore)
     print(f"{result['images']} images: mIoU {result['mIoU']:.4f}  aAcc {result['aAcc']:.4f}  mAcc {result['mAcc']:.4f} "
