@@ -1,5 +1,6 @@
-"""The ``repvit`` command line. Each sub-command lives in ``repvit/commands/<name>.py`` and
-defines ``register(subparsers)``; this module only discovers and dispatches them."""
+"""The ``repvit`` command line. Each command lives in ``repvit/commands/`` (a module, or a folder
+for a group with actions) and defines ``register(subparsers)``; this module discovers and
+dispatches them, and turns bad input and missing optional packages into one-line errors."""
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ImportError as err:
+        hint = missing_extra(err, args.command)
+        if hint is None or os.environ.get("REPVIT_DEBUG"):
+            raise
+        print(f"{_command_name(args)}: error: {hint}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as err:  # CheckpointError is a ValueError
         if os.environ.get("REPVIT_DEBUG"):
             raise
-        print(f"repvit {args.command}: error: {err}{_foreign_origin(err)}", file=sys.stderr)
+        print(f"{_command_name(args)}: error: {err}{_foreign_origin(err)}", file=sys.stderr)
         return 2
+
+
+# Optional packages -> the extra of pyproject.toml that installs them (pycocotools is in both
+# `dense` and `sam`: the command decides which one to name).
+EXTRAS = {
+    "segment_anything": "sam", "pycocotools": "dense", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
+    "coremltools": "coreml", "executorch": "executorch", "gradio": "sam-demo", "gradio_client": "sam-demo",
+    "tensorboard": "tensorboard",
+}
+COMMAND_EXTRA = {"sam": {"pycocotools": "sam"}}
+
+
+def missing_extra(err: ImportError, command: Optional[str]) -> Optional[str]:
+    """One line naming the pip extra that installs the missing package, or None for an import error
+    that no extra fixes (a bug, which keeps its traceback). Our own ``require_*`` helpers already
+    word such a line (it names ``pip install``); it is passed on as it is."""
+    name = (getattr(err, "name", None) or "").split(".")[0]
+    if name in EXTRAS:
+        extra = COMMAND_EXTRA.get(command or "", {}).get(name, EXTRAS[name])
+        return f"this needs the optional package {name}, which is not installed: pip install 'repvit-pytorch[{extra}]'"
+    message = str(err).strip()
+    if "pip install" in message and "\n" not in message:
+        return message
+    return None
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    action = next((v for k, v in vars(args).items() if k.endswith("_command") or k == "sam_action"), None)
+    return " ".join(["repvit"] + [str(p) for p in (args.command, action) if p])
 
 
 def _foreign_origin(err: BaseException) -> str:

@@ -128,7 +128,7 @@ def test_cli_detect_eval_and_predict(fruit_subset, tmp_path, capsys):
     model = randomize_batchnorm(build_detector("maskrcnn", "repvit_m0_6", num_classes=4, min_size=256, max_size=320))
     path = save_detector(model, tmp_path / "det.pth", class_names=data.class_names, category_ids=data.category_ids)
     report = tmp_path / "eval.json"
-    assert main(["detect", "eval", "--checkpoint", str(path), "--data", str(fruit_subset), "--json", str(report),
+    assert main(["detect", "eval", "--checkpoint", str(path), "--data", str(fruit_subset), "--report", str(report),
                  "--device", "cpu"]) == 0
     result = json.loads(report.read_text())
     assert result["images"] == 3 and result["fused"] is True
@@ -138,7 +138,7 @@ def test_cli_detect_eval_and_predict(fruit_subset, tmp_path, capsys):
     out = tmp_path / "drawn"
     image = sorted((fruit_subset / "images").iterdir())[0]
     assert main(["detect", "predict", "--checkpoint", str(path), str(image), "--output", str(out),
-                 "--score-threshold", "0", "--device", "cpu", "--json", str(tmp_path / "p.json")]) == 0
+                 "--score-threshold", "0", "--device", "cpu", "--report", str(tmp_path / "p.json")]) == 0
     drawn = out / f"{image.stem}.png"
     assert drawn.is_file() and Image.open(drawn).size == Image.open(image).size
     predictions = json.loads((tmp_path / "p.json").read_text())[0]["detections"]
@@ -155,7 +155,7 @@ def test_cli_segment_eval_fused_equals_unfused_and_predict_draws(camvid_subset, 
     results = {}
     for flag in ([], ["--unfused"]):
         report = tmp_path / f"eval{len(flag)}.json"
-        assert main(["segment", "eval", "--checkpoint", str(path), "--data", str(camvid_subset), "--json",
+        assert main(["segment", "eval", "--checkpoint", str(path), "--data", str(camvid_subset), "--report",
                      str(report), "--device", "cpu", *flag]) == 0
         results[bool(flag)] = json.loads(report.read_text())
     fused, unfused = results[False], results[True]

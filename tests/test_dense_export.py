@@ -27,7 +27,7 @@ def test_cli_segment_export_onnx_dynamic_sizes_and_neck(tmp_path):
     report = tmp_path / "r.json"
     assert main(["segment", "export", "--checkpoint", str(path), "--output", str(tmp_path / "m.onnx"),
                  "--neck-output", str(tmp_path / "neck.onnx"), "--images", str(need("camvid") / "val" / "images"),
-                 "--json", str(report)]) == 0
+                 "--report", str(report)]) == 0
     result = json.loads(report.read_text())
     assert result["passed"] and result["max_abs_diff"] <= 1e-3 and result["neck"]["passed"]
     assert [360, 480] in result["image_sizes"] and [240, 360] in result["image_sizes"]   # two sizes, one not /32

@@ -94,7 +94,7 @@ def test_segment_run_writes_what_eval_reads(reference, camvid_tiny, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2] and all(0 <= r["val_mIoU"] <= 1 for r in rows)
     report = tmp_path / "eval.json"
     assert main(["segment", "eval", "--checkpoint", str(reference / "best.pth"), "--data",
-                 str(camvid_tiny / "val"), "--json", str(report), "--device", "cpu"]) == 0
+                 str(camvid_tiny / "val"), "--report", str(report), "--device", "cpu"]) == 0
     result = json.loads(report.read_text())
     best = max(r["val_mIoU"] for r in rows)
     assert result["mIoU"] == pytest.approx(best, abs=1e-6)          # the same fused evaluation as in training

@@ -25,7 +25,7 @@ def run_dir(tiny_imagenette, tmp_path_factory):
 
 def test_eval_json_matches_the_training_validation(run_dir, tiny_imagenette, tmp_path, capsys):
     report = tmp_path / "eval.json"
-    assert cli(["eval", "--checkpoint", str(run_dir / "best.pth"), "--data", str(tiny_imagenette), "--json",
+    assert cli(["eval", "--checkpoint", str(run_dir / "best.pth"), "--data", str(tiny_imagenette), "--report",
                 str(report), "--workers", "0"]) == 0
     result = json.loads(report.read_text())
     assert result["images"] == 40 and result["classes"] == 10 and result["fused"] is True

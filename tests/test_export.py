@@ -139,7 +139,7 @@ def test_cli_export_from_checkpoint(model, tmp_path, val_images, capsys):
     ckpt = save_checkpoint(model, tmp_path / "trained.pth", class_names=CLASSES)
     code = main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "out") + "/",
                  "--img-size", str(IMG), "--images", str(val_images), "--num-real", "3",
-                 "--json", str(tmp_path / "report.json")])
+                 "--report", str(tmp_path / "report.json")])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "max |diff|" in out and "-> OK" in out

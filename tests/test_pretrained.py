@@ -281,7 +281,7 @@ def test_cli_eval_matches_imagenet_folders_by_wordnet_id(server, tiny_imagenette
     from repvit.cli import main
     report = tmp_path / "eval.json"
     assert main(["eval", "--pretrained", f"{NAME}:dist_300e", "--data", str(tiny_imagenette), "--workers", "0",
-                 "--device", "cpu", "--json", str(report)]) == 0
+                 "--device", "cpu", "--report", str(report)]) == 0
     import json
     result = json.loads(report.read_text())
     # Every image is called "parachute": right for exactly the parachute folder, one class in ten.

@@ -217,6 +217,8 @@ def test_roadmap_command_prints_table_json_and_plot(tmp_path, capsys):
 
 
 def test_roadmap_command_rejects_bad_options(tmp_path, capsys):
-    assert cli_main(["roadmap", "--threads", "0"]) == 2
+    with pytest.raises(SystemExit) as stop:   # --threads is checked by the parser (a count or auto)
+        cli_main(["roadmap", "--threads", "0"])
+    assert stop.value.code == 2
     assert cli_main(["roadmap", "--accuracy", str(tmp_path / "missing.json")]) == 2
     assert "error" in capsys.readouterr().err

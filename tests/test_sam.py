@@ -203,7 +203,7 @@ def test_pretrained_downloads_the_official_file_once(sam_file, tmp_path, monkeyp
         image = tmp_path / "img.png"
         from PIL import Image
         Image.fromarray((np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)).save(image)
-        assert main(["sam", "predict", str(image), "--point", "40,30", "--pretrained", "-o", str(tmp_path / "o")]) == 0
+        assert main(["sam", "predict", str(image), "--point", "40,30", "--pretrained", "repvit_sam", "-o", str(tmp_path / "o")]) == 0
         assert server.requests == ["repvit_sam.pt"]
         from pathlib import Path
         hub = torch.hub.load(str(Path(__file__).resolve().parents[1]), "repvit_sam", source="local", pretrained=True,

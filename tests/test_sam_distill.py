@@ -250,6 +250,6 @@ def test_config_files_and_a_teacher_flag_replacing_the_files(tmp_path):
     assert real.teacher_random_seed is None and real.teacher_checkpoint == str(weights)
     vit_h = resolve({"config": str(REPO / "configs" / "sam-distill-vit-h.yaml"), "teacher_checkpoint": str(weights),
                      "decoder_from": str(weights)})
-    assert (vit_h.teacher, vit_h.img_size, vit_h.pretrained, vit_h.cache_dtype) == ("vit_h", 1024, True, "float16")
+    assert (vit_h.teacher, vit_h.img_size, vit_h.pretrained, vit_h.cache_dtype) == ("vit_h", 1024, "repvit_m2_3", "float16")
     with pytest.raises(FileNotFoundError, match="sam_vit_h_4b8939.pth"):
         resolve({"config": str(REPO / "configs" / "sam-distill-vit-h.yaml")})   # the weights are not here

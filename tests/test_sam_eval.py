@@ -238,8 +238,8 @@ def test_bad_input_is_named_or_counted_and_skipped(fruit, tmp_path):
 def test_cli_random_weights_end_to_end(fruit, tmp_path, capsys):
     annotations, images = fruit
     out_json, results = tmp_path / "report.json", tmp_path / "masks.json"
-    assert main(["sam", "eval", "--coco", str(annotations.parent), "--random-weights", "--limit", "1",
-                 "--json", str(out_json), "--results", str(results), "--quiet"]) == 0
+    assert main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--limit", "1",
+                 "--report", str(out_json), "--results", str(results), "--quiet"]) == 0
     report = json.loads(out_json.read_text())
     coco = load_coco(annotations)
     first = sorted(coco.getImgIds())[0]
@@ -262,7 +262,7 @@ def test_cli_random_weights_end_to_end(fruit, tmp_path, capsys):
 
 def test_cli_names_a_folder_without_annotations(tmp_path, capsys):
     (tmp_path / "images").mkdir()
-    assert main(["sam", "eval", "--coco", str(tmp_path), "--random-weights"]) != 0
+    assert main(["sam", "eval", "--data", str(tmp_path), "--random-weights"]) != 0
     assert "annotations" in capsys.readouterr().err
 
 
@@ -393,12 +393,12 @@ def test_the_farthest_point_protocol_clicks_on_the_object(tmp_path):
 def test_cli_farthest_point(fruit, tmp_path, capsys):
     annotations, _ = fruit
     out_json = tmp_path / "report.json"
-    assert main(["sam", "eval", "--coco", str(annotations.parent), "--random-weights", "--limit", "1",
-                 "--prompt", "point", "--point", "farthest", "--json", str(out_json), "--quiet"]) == 0
+    assert main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--limit", "1",
+                 "--prompt", "point", "--point-at", "farthest", "--report", str(out_json), "--quiet"]) == 0
     rec = json.loads(out_json.read_text())["prompts"]["point"]
     assert rec["point"] == "farthest" and rec["prompt"] == "one positive point farthest from the mask boundary"
     assert 0.0 <= rec["mIoU"] <= rec["oracle_mIoU"] <= 1.0
     assert "farthest point" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["sam", "eval", "--coco", str(annotations.parent), "--random-weights", "--point", "middle"])
+        main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--point-at", "middle"])
     assert "invalid choice: 'middle'" in capsys.readouterr().err

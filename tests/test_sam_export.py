@@ -36,7 +36,7 @@ def exported(tmp_path_factory):
     """One end-to-end CLI run at 1024 on a real photo: ONNX encoder and decoder with their parity report."""
     photo = need_photo()
     out = tmp_path_factory.mktemp("sam-export")
-    code = main(["sam", "export", "--random-weights", "--output-dir", str(out), "--formats", "onnx",
+    code = main(["sam", "export", "--random-weights", "--output", str(out), "--formats", "onnx",
                  "--images", str(photo)])
     assert code == 0
     return out, json.loads((out / "repvit_sam_export.json").read_text())

@@ -20,12 +20,12 @@ from ..runtime.timing import threads_option
 # (flags, argparse keyword arguments). ``default`` is the paper's value unless noted.
 OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     # -- what to train, where ------------------------------------------------------------------
-    (("--model",), dict(default=None, help="variant name, e.g. repvit_m0_9 (default: the one recorded in "
+    (("--model",), dict(default=None, metavar="NAME", help="variant name, e.g. repvit_m0_9 (default: the one recorded in "
                                            "--finetune/--resume, else repvit_m0_9)")),
-    (("--data",), dict(default=None, help="dataset root holding train/ and val/ folders of class folders")),
+    (("--data",), dict(default=None, metavar="PATH", help="dataset root holding train/ and val/ folders of class folders")),
     (("--train-split",), dict(default="train", help="train folder name under --data")),
     (("--val-split",), dict(default="val", help="validation folder name under --data")),
-    (("--output",), dict(default="runs/train", help="folder for checkpoints, logs and curves")),
+    (("--output", "-o"), dict(default="runs/train", metavar="PATH", help="folder for checkpoints, logs and curves")),
     (("--overwrite",), dict(action="store_true", default=False,
                             help="start a new run even if --output already holds last.pth")),
     (("--resume",), dict(default=None, help="continue from a training checkpoint (PATH, or 'auto' for "
@@ -35,17 +35,17 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--pretrained",), dict(default=None, metavar="NAME[:TAG]",
                              help="start from official ImageNet weights (e.g. repvit_m1_1 or repvit_m1_1:dist_300e; "
                                   "downloaded once and verified), as --finetune does with a file")),
-    (("--seed",), dict(type=int, default=0, help="random seed (rank r uses seed + r for augmentation)")),
-    (("--device",), dict(default="auto", help="auto, cpu, cuda or cuda:N")),
+    (("--seed",), dict(type=int, default=0, metavar="N", help="random seed (rank r uses seed + r for augmentation)")),
+    (("--device",), dict(default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")),
     TIMEOUT_OPTION,
-    (("--workers", "-j"), dict(type=int, default=8, help="data-loading worker processes per rank")),
-    (("--threads",), dict(type=threads_option, default="auto",
+    (("--workers", "-j"), dict(type=int, default=8, metavar="N", help="data-loading worker processes per rank")),
+    (("--threads",), dict(type=threads_option, default="auto", metavar="N|auto",
                           help="CPU threads for torch per process: a count, or auto (the cores idle when the run "
                                "starts, shared by this node's processes: all cores on an idle machine, fewer on a "
                                "busy one, where spinning threads would slow every step)")),
     # -- schedule and optimizer ------------------------------------------------------------------
     (("--epochs",), dict(type=int, default=300, help="number of epochs (the paper: 300, 450 for long runs)")),
-    (("--batch-size", "-b"), dict(type=int, default=256, help="images per process and step")),
+    (("--batch-size", "-b"), dict(type=int, default=256, metavar="N", help="images per process and step")),
     (("--eval-batch-size",), dict(type=int, default=None, help="validation batch (default: --batch-size)")),
     (("--lr",), dict(type=float, default=None, help="absolute learning rate; default: --lr-base scaled by "
                                                     "global batch / --lr-base-size")),
@@ -68,7 +68,7 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--clip-mode",), dict(default="agc", choices=["agc", "norm", "value"],
                             help="agc: adaptive gradient clipping (the paper)")),
     # -- augmentation ------------------------------------------------------------------------------
-    (("--img-size",), dict(type=int, default=224, help="training and evaluation image size")),
+    (("--img-size",), dict(type=int, default=224, metavar="N", help="training and evaluation image size")),
     (("--crop-pct",), dict(type=float, default=0.875, help="evaluation: resize to img-size / crop-pct, "
                                                            "then centre-crop img-size")),
     (("--scale",), dict(type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),

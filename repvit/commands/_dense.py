@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from . import _grammar as grammar
+
 
 def real_images(folder, count: int) -> list:
-    """``count`` real images from ``folder`` as float 0..1 CHW tensors, at their own sizes."""
+    """``count`` real images from ``folder`` (the one path of ``--images``, or None for the bundled
+    photos) as float 0..1 CHW tensors, at their own sizes."""
+    folder = grammar.image_source(folder)
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
     from ..export.verify import find_images
@@ -29,11 +33,11 @@ def load_for_inference(load, args):
 
 
 def add_common(p, what: str) -> None:
-    p.add_argument("--checkpoint", required=True, help=f"a {what} saved by this library (self-describing)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
-    p.add_argument("--unfused", action="store_true", help="run the training-form model (default: fused)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    grammar.add(p, "--checkpoint", required=True, help=f"a {what} saved by this library (self-describing)")
+    grammar.add(p, "--device")
+    grammar.add(p, "--unfused")
+    grammar.add(p, "--ema")
+    grammar.add_report(p, help="also write the results to this JSON file")
 
 
 def add_train(sub, task: str, build_task_module: str) -> None:

@@ -1,5 +1,7 @@
-"""``--checkpoint PATH`` / ``--pretrained NAME[:TAG]``: the two ways every command names its weights."""
+"""``--checkpoint PATH`` / ``--pretrained NAME[:TAG]``: the two ways a classifier command names its weights."""
 from __future__ import annotations
+
+from . import _grammar as grammar
 
 PRETRAINED_HELP = ("official ImageNet-1k weights: NAME (the best file, e.g. repvit_m1_1) or NAME:TAG "
                    "(dist_300e, dist_450e); downloaded once into the torch hub cache and verified, or read "
@@ -8,5 +10,5 @@ PRETRAINED_HELP = ("official ImageNet-1k weights: NAME (the best file, e.g. repv
 
 def add_weights_options(parser, *, required: bool, checkpoint_help: str) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--checkpoint", help=checkpoint_help)
-    group.add_argument("--pretrained", metavar="NAME[:TAG]", help=PRETRAINED_HELP)
+    grammar.add(group, "--checkpoint", help=checkpoint_help)
+    grammar.add(group, "--pretrained", help=PRETRAINED_HELP)

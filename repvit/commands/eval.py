@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from . import _grammar as grammar
 from ._weights import add_weights_options
 
 
@@ -16,32 +17,30 @@ def register(subparsers) -> None:
                     "so an ImageNet subset such as Imagenette is evaluated over all 1000 outputs.")
     add_weights_options(parser, required=True, checkpoint_help="a checkpoint of `repvit train` (or any the "
                                                                "library reads)")
-    parser.add_argument("--data", required=True, help="folder of class folders, or a dataset root holding val/")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file (top1 in percent)")
-    parser.add_argument("--batch-size", "-b", type=int, default=64, help="images per batch [64]")
-    parser.add_argument("--workers", "-j", type=int, default=2, help="data-loading worker processes [2]")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
+    grammar.add(parser, "--data", required=True, help="folder of class folders, or a dataset root holding val/")
+    grammar.add_report(parser, help="also write the results to this JSON file (top1 in percent)")
+    grammar.add(parser, "--batch-size", default=64, help="images per batch")
+    grammar.add(parser, "--workers", default=2)
+    grammar.add(parser, "--device")
+    grammar.add(parser, "--threads")
+    grammar.add(parser, "--ema", help="evaluate the EMA weights stored in the checkpoint")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="check every image first and skip unreadable ones (default: stop naming the file)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.timing import torch_threads
+    from ..runtime.timing import resolve_threads, torch_threads
     from ..classification.eval_predict import evaluate_checkpoint
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be 1 or more, got {args.threads}")
-    with torch_threads(args.threads):
+    with torch_threads(resolve_threads(args.threads)[0]):
         result = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
                                      device=args.device, use_ema=args.ema, skip_bad_images=args.skip_bad_images,
                                      pretrained=args.pretrained)
     print(f"{result['images']} images in {result['classes']} classes ({result['data']}), fused model at "
           f"{result['img_size']} px: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
           f"loss {result['loss']:.4f}")
-    if args.json:
-        path = Path(args.json)
+    if args.report:
+        path = Path(args.report)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
     return 0

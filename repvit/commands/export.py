@@ -6,6 +6,7 @@ import sys
 
 from ..export import FORMATS, ParityError, export_model
 from ..models.factory import create_model, create_model_from
+from . import _grammar as grammar
 from ._weights import add_weights_options
 
 
@@ -25,7 +26,8 @@ def run(args) -> int:
     model = load_model(args)
     try:
         result = export_model(
-            model, args.format, args.output, img_size=args.img_size, images=args.images, num_random=args.num_random,
+            model, args.format, args.output, img_size=args.img_size, images=grammar.image_source(args.images),
+            num_random=args.num_random,
             num_real=args.num_real, tolerance=args.tol, keep_failed=args.keep_failed, opset=args.opset, fp16=args.fp16,
             int8=args.int8, calib_images=args.calib_images, calib_count=args.calib_count, calib_method=args.calib_method,
             coreml_input=args.coreml_input, coreml_precision=args.coreml_precision, batch_size=args.batch_size,
@@ -33,8 +35,8 @@ def run(args) -> int:
     except ParityError as err:
         print(f"\nEXPORT FAILED VERIFICATION: {err}", file=sys.stderr)
         return 1
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.report:
+        with open(args.report, "w") as f:
             json.dump(result.as_dict(), f, indent=2)
     print(f"verified: {result.path}" + (f" and {result.int8_path}" if result.int8_path else ""))
     return 0
@@ -46,20 +48,20 @@ def register(subparsers) -> None:
     src = p.add_argument_group("model")
     add_weights_options(src, required=False,
                         checkpoint_help="trained checkpoint (any accepted format); the variant is read from it")
-    src.add_argument("--model", help="variant name, e.g. repvit_m0_9 (random weights without --checkpoint)")
+    grammar.add(src, "--model", help="variant name, e.g. repvit_m0_9 (random weights without --checkpoint)")
     src.add_argument("--num-classes", type=int, default=1000, help="classes when building without a checkpoint")
     src.add_argument("--distillation", action="store_true", help="with a distillation head (no checkpoint)")
     p.add_argument("--format", required=True, choices=list(FORMATS))
-    p.add_argument("--output", help="file name (used as given) or directory (default: ./<variant>-fused.<ext>)")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the model's preprocessing input size)")
+    grammar.add(p, "--output", help="file name (used as given) or directory (default: ./<variant>-fused.<ext>)")
+    grammar.add(p, "--img-size", help="input resolution (default: the model's preprocessing input size)")
     ver = p.add_argument_group("verification")
-    ver.add_argument("--images", help="folder of real images to verify on (default: two photos shipped with matplotlib)")
+    grammar.add(ver, "--images", help="real images to verify on (default: two photos shipped with matplotlib)")
     ver.add_argument("--num-real", type=int, default=8, help="real images to verify on (0 to skip)")
     ver.add_argument("--num-random", type=int, default=4, help="random inputs to verify on")
     ver.add_argument("--tol", type=float, help="override the format's tolerance on the max logit difference")
     ver.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails verification, "
                                                                 "renamed -UNVERIFIED")
-    ver.add_argument("--json", help="write the verification report to this JSON file")
+    grammar.add_report(ver, help="write the verification report to this JSON file")
     onnx = p.add_argument_group("ONNX")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     onnx.add_argument("--fp16", action="store_true", help="half-precision weights and compute, float32 input/output")
@@ -74,5 +76,5 @@ def register(subparsers) -> None:
                     help="image: RGB image input, normalization inside the model; tensor: normalized float input")
     cm.add_argument("--coreml-precision", default="float16", choices=["float16", "float32"])
     et = p.add_argument_group("ExecuTorch")
-    et.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the ExecuTorch program")
+    grammar.add(et, "--batch-size", default=1, help="fixed batch size of the ExecuTorch program")
     p.set_defaults(func=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from ..models.skeleton import build_skeleton
+from . import _grammar as grammar
 from ..models.profile import count_macs, count_params
 from ..models.reparam import reparameterize
 from ..models.variants import VARIANTS
@@ -50,6 +51,6 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="table of all variants: params, MACs, paper accuracy and latency")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--img-size", type=int, default=224, help="input resolution for the MAC count")
+    grammar.add(p, "--json", help="print JSON instead of a table")
+    grammar.add(p, "--img-size", default=224, help="input resolution for the MAC count")
     p.set_defaults(func=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import _grammar as grammar
 from ._weights import add_weights_options
 
 
@@ -15,9 +16,9 @@ def register(subparsers) -> None:
                                                                "library reads)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image [5]")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
-    parser.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    grammar.add(parser, "--device")
+    grammar.add(parser, "--ema")
+    grammar.add(parser, "--json")
     parser.set_defaults(func=run)
 
 

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import json
 
+from . import _grammar as grammar
+
 
 def run(args) -> int:
     import torch
 
     from ..roadmap.report import format_table, load_accuracy, roadmap_rows
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    from ..runtime.timing import resolve_threads
+    threads = resolve_threads(args.threads)[0]
+    if threads is not None:
+        torch.set_num_threads(threads)
     accuracy = {}
     for path in args.accuracy or []:  # later files win for models they share
         accuracy.update(load_accuracy(path))
@@ -34,13 +36,14 @@ def register(subparsers) -> None:
                     "report parameters, MACs and measured batch-1 CPU latency beside the paper's ImageNet top-1 "
                     "and iPhone 12 latency.")
     p.add_argument("--ablations", action="store_true", help="also the side ablations (MobileNetV3 block, SE, re-param)")
-    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    grammar.add(p, "--json", help="print JSON rows instead of a table")
     p.add_argument("--plot", metavar="FILE.png", help="draw a Figure-2-style chart of the steps into FILE.png")
     p.add_argument("--accuracy", metavar="FILE.json", nargs="+",
                    help="merge top-1 measured by benchmarks/roadmap_imagenette.py (one or more results.json) "
                         "into the table and plot")
-    p.add_argument("--img-size", type=int, default=224, help="input resolution for MACs and latency (default 224)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the latency runs (default: torch's)")
+    grammar.add(p, "--img-size", default=224, help="input resolution for MACs and latency")
+    grammar.add(p, "--threads", help="torch CPU threads for the latency runs: a count, or auto (the cores idle when "
+                                     "the command starts) [auto]")
     p.add_argument("--runs", type=int, default=50, help="timed forward passes per model (median reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed forward passes before timing")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")

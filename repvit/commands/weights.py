@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from . import _grammar as grammar
+
 
 def run(args) -> int:
     from ..models.pretrained import fetch, locate, read_recorded_sha256
@@ -38,5 +40,5 @@ def register(subparsers) -> None:
                               description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--download", nargs="+", metavar="NAME[:TAG]",
                    help="fetch these into the torch hub cache (verified); 'all' fetches every release file")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    grammar.add(p, "--json")
     p.set_defaults(func=run)

@@ -108,7 +108,7 @@ def find_coco_layout(root: Optional[PathLike] = None, *, annotations: Optional[P
     if annotations is not None and images is not None:
         return _existing_file(annotations), _existing_dir(images)
     if root is None:
-        raise ValueError("give the dataset folder (--coco DIR) or both --annotations FILE and --images DIR")
+        raise ValueError("give the dataset folder (--data PATH) or both --annotations PATH and --images PATH")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")

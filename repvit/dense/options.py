@@ -13,16 +13,16 @@ from ..engine import option_table as base
 from ..engine.distributed import TIMEOUT_OPTION, timeout_minutes
 
 LOOP: list = [
-    (("--model",), dict(default="repvit_m0_9", help="RepViT variant of the backbone")),
-    (("--backbone",), dict(default=None, help="initialise the backbone from this classification checkpoint (ours, "
+    (("--model",), dict(default="repvit_m0_9", metavar="NAME", help="RepViT variant of the backbone")),
+    (("--backbone",), dict(default=None, metavar="PATH", help="initialise the backbone from this classification checkpoint (ours, "
                                               "official, timm), e.g. the best.pth of `repvit train`")),
     (("--pretrained",), dict(default=None, metavar="NAME[:TAG]", help="initialise the backbone from official "
                                                                       "ImageNet weights instead")),
-    (("--output",), dict(default="runs/dense", help="folder for checkpoints, logs and curves")),
+    (("--output", "-o"), dict(default="runs/dense", metavar="PATH", help="folder for checkpoints, logs and curves")),
     (("--overwrite",), dict(action="store_true", default=False, help="start over even if --output holds a run")),
     (("--resume",), dict(default=None, help="continue a run: PATH of its last.pth, or auto")),
     (("--epochs",), dict(type=int, default=12, help="epochs")),
-    (("--batch-size", "-b"), dict(type=int, default=4, help="images per process and step")),
+    (("--batch-size", "-b"), dict(type=int, default=4, metavar="N", help="images per process and step")),
     (("--lr",), dict(type=float, default=2e-4, help="AdamW learning rate")),
     (("--weight-decay",), dict(type=float, default=0.05, help="weight decay (not on norms and biases)")),
     (("--schedule",), dict(default="step", choices=["step", "poly", "cosine", "none"],
@@ -40,10 +40,10 @@ LOOP: list = [
     (("--frozen-stages",), dict(type=int, default=-1, help="-1 none, 0 the stem, N the stem and N stages")),
     (("--sync-bn",), dict(action=argparse.BooleanOptionalAction, default=True,
                           help="SyncBatchNorm under torchrun where statistics are trained")),
-    (("--workers", "-j"), dict(type=int, default=2, help="data-loading processes per rank")),
-    (("--threads",), dict(type=threads_option, default="auto", help="CPU threads per process, or auto")),
-    (("--device",), dict(default="auto", help="auto, cpu, cuda or cuda:N")),
-    (("--seed",), dict(type=int, default=0, help="random seed (data order, augmentation, initial weights)")),
+    (("--workers", "-j"), dict(type=int, default=2, metavar="N", help="data-loading processes per rank")),
+    (("--threads",), dict(type=threads_option, default="auto", metavar="N|auto", help="CPU threads per process, or auto")),
+    (("--device",), dict(default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")),
+    (("--seed",), dict(type=int, default=0, metavar="N", help="random seed (data order, augmentation, initial weights)")),
     TIMEOUT_OPTION,
     (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) bad annotations/images "
                                                                      "instead of stopping")),
@@ -53,7 +53,7 @@ LOOP: list = [
 ]
 
 SEGMENT: list = [
-    (("--data",), dict(default=None, help="root with train/ and val/, each images/ + labels/ (index PNGs)")),
+    (("--data",), dict(default=None, metavar="PATH", help="root with train/ and val/, each images/ + labels/ (index PNGs)")),
     (("--num-classes",), dict(type=int, default=None, help="classes (default: the length of --class-names)")),
     (("--class-names",), dict(default=None, help="comma-separated class names, in label order")),
     (("--ignore-index",), dict(type=int, default=255, help="label value to ignore (CamVid: 11)")),
@@ -79,7 +79,7 @@ SEGMENT: list = [
 DETECT: list = [
     (("--detector",), dict(default="fasterrcnn", choices=["maskrcnn", "fasterrcnn", "retinanet", "fcos"],
                            help="torchvision detector")),
-    (("--data",), dict(default=None, help="annotated folder (images/ + annotations.json or annotations/*.xml), "
+    (("--data",), dict(default=None, metavar="PATH", help="annotated folder (images/ + annotations.json or annotations/*.xml), "
                                           "split into train and val by --val-fraction")),
     (("--train",), dict(default=None, help="annotated training folder (instead of --data)")),
     (("--val",), dict(default=None, help="annotated validation folder (with --train)")),

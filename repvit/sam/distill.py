@@ -50,14 +50,25 @@ def _from_loop(flag: str, **defaults) -> tuple:
     return flags, {**kwargs, **defaults}
 
 
+class _NameOrBare(argparse.Action):
+    """``--pretrained NAME[:TAG]``; a bare ``--pretrained`` (the old on/off flag) stores True, which
+    ``resolve`` turns into --model's release and a deprecation message."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", const=True, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+
+
 OPTIONS: list = [
-    (("--data",), dict(default=None, help="folder of images (searched recursively); split by --val-fraction "
+    (("--data",), dict(default=None, metavar="PATH", help="folder of images (searched recursively); split by --val-fraction "
                                           "unless --val is given")),
     (("--val",), dict(default=None, help="folder of held-out images (instead of splitting --data)")),
     (("--val-fraction",), dict(type=float, default=0.1, help="share of --data held out for the validation MSE")),
     (("--max-images",), dict(type=int, default=None, help="use at most N images of --data, spread over its "
                                                           "sub-folders (e.g. a slice of SA-1B)")),
-    (("--img-size",), dict(type=int, default=1024, help="input size of teacher and student, a multiple of 16; "
+    (("--img-size",), dict(type=int, default=1024, metavar="N", help="input size of teacher and student, a multiple of 16; "
                                                         "the embedding grid is img_size/16")),
     (("--teacher",), dict(default="vit_h", choices=sorted(TEACHERS), help="segment-anything image encoder")),
     (("--teacher-checkpoint",), dict(default=None, metavar="FILE", help="SAM weights of --teacher (e.g. "
@@ -69,11 +80,12 @@ OPTIONS: list = [
                                                                   "between runs")),
     (("--cache-dtype",), dict(default="float32", choices=["float32", "float16"],
                               help="precision of cached embeddings (float16 halves the disk)")),
-    (("--model",), dict(default="repvit_m2_3", help="RepViT variant of the student (RepViT-SAM: repvit_m2_3)")),
+    (("--model",), dict(default="repvit_m2_3", metavar="NAME", help="RepViT variant of the student (RepViT-SAM: repvit_m2_3)")),
     (("--student-init",), dict(default=None, metavar="FILE", help="start the student's backbone from this RepViT "
                                                                   "classification checkpoint")),
-    (("--pretrained",), dict(action="store_true", default=False, help="start the student's backbone from the "
-                                                                       "official ImageNet weights of --model")),
+    (("--pretrained",), dict(default=None, metavar="NAME[:TAG]", action=_NameOrBare,
+                             help="start the student's backbone from these official ImageNet weights (a release of "
+                                  "--model, e.g. repvit_m2_3); a bare --pretrained (deprecated) means --model's")),
     (("--decoder-from",), dict(default=None, metavar="SAMFILE", help="copy the prompt encoder and mask decoder "
                                                                      "from this SAM file (e.g. the teacher's)")),
     _from_loop("--output", default="runs/sam-distill"),
@@ -122,6 +134,11 @@ def resolve(explicit: dict) -> argparse.Namespace:
     values.update(explicit)
     values["config"] = str(config_file) if config_file else None
     cfg = argparse.Namespace(**values)
+    if cfg.pretrained is True or str(cfg.pretrained).lower() in ("true", "false"):  # the old on/off form
+        on = str(cfg.pretrained).lower() == "true"
+        print(f"--pretrained without a name (pretrained: {str(on).lower()}) is deprecated: use --pretrained "
+              f"{cfg.model}" + ("" if on else " or leave it out"), file=sys.stderr)
+        cfg.pretrained = cfg.model if on else None
     validate(cfg)
     return cfg
 
@@ -143,6 +160,11 @@ def validate(cfg: argparse.Namespace) -> None:
         teacher_identity(cfg.teacher, checkpoint=cfg.teacher_checkpoint)   # raises, naming the file to fetch
     if cfg.student_init and cfg.pretrained:
         raise ValueError("--student-init FILE and --pretrained both initialise the student: pass only one")
+    if cfg.pretrained:
+        from ..models.releases import parse_spec
+        if parse_spec(cfg.pretrained)[0] != cfg.model:
+            raise ValueError(f"--pretrained {cfg.pretrained} does not fit the student --model {cfg.model}: name a "
+                             f"release of {cfg.model} (e.g. --pretrained {cfg.model}) or change --model")
     for name in ("student_init", "decoder_from"):
         path = getattr(cfg, name)
         if path and not Path(path).is_file():
@@ -183,8 +205,8 @@ def build_student(cfg) -> tuple[DistillStudent, str, str]:
         init = f"backbone from {cfg.student_init}"
     elif cfg.pretrained:
         from ..models.pretrained import fetch
-        from ..models.releases import find_release
-        release = find_release(cfg.model)
+        from ..models.releases import find_release, parse_spec
+        release = find_release(*parse_spec(cfg.pretrained))
         encoder.load_backbone(fetch(release))
         init = f"backbone from the official {release.spec} ImageNet weights"
     else:

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(actions) -> None:
-    from ..sam.distill import add_options
+    from ...sam.distill import add_options
     p = actions.add_parser(
         "distill", help="distil a SAM ViT image encoder into RepViT-SAM's (-c FILE.yaml sets defaults)",
         description="Fit the RepViT-SAM image encoder to a segment-anything ViT's 256-channel embeddings (MSE), "
@@ -18,8 +18,8 @@ def register(actions) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import signal
-    from ..sam.builder import require_segment_anything
-    from ..sam.distill import distill, resolve
+    from ...sam.builder import require_segment_anything
+    from ...sam.distill import distill, resolve
     require_segment_anything()
     explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", "sam_action")}
     result = distill(resolve(explicit))

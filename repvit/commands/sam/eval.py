@@ -7,14 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..progress_bar import Progress
-from ._sam_common import add_sam_weights, load_sam
+from ...progress_bar import Progress
+from .. import _grammar as grammar
+from ._common import add_sam_weights, describe_weights, load_sam
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..sam.evaluation import evaluate_coco, find_coco_layout, format_report
-    annotations, images = find_coco_layout(args.coco, annotations=args.annotations, images=args.images,
-                                           split=args.split)
+    from ...sam.evaluation import evaluate_coco, find_coco_layout, format_report
+    annotations, images = find_coco_layout(args.data, annotations=args.annotations,
+                                           images=grammar.one_path(args.images, "--images"), split=args.split)
     sam = load_sam(args)
     point = f" (point: {args.point})" if args.prompt != "box" else ""
     print(f"annotations {annotations}, images {images}, prompt {args.prompt}{point}, "
@@ -32,8 +33,7 @@ def run_eval(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     report["wall_seconds"] = round(time.perf_counter() - start, 2)
-    report["weights"] = ("random (seed 0)" if args.random_weights else "official repvit_sam.pt" if args.pretrained
-                         else str(args.checkpoint))
+    report["weights"] = describe_weights(args)
     report["fused"] = not args.unfused
     report["device"] = str(args.device)
     print(format_report(report))
@@ -41,13 +41,13 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"  skipped {item['file']}{', annotation ' + str(item['annotation']) if 'annotation' in item else ''}: "
               f"{item['reason']}")
     if len(report["skipped"]) > 10:
-        print(f"  ... and {len(report['skipped']) - 10} more (all listed in the --json report)")
+        print(f"  ... and {len(report['skipped']) - 10} more (all listed in the --report file)")
     print(f"{report['wall_seconds']:.1f} s ({report['seconds']['encoder']:.1f} s encoder, "
           f"{report['seconds']['decoder']:.1f} s decoder)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.report}")
     for name, path in report.get("results_files", {}).items():
         print(f"wrote {path} (COCO results, {name} prompts)")
     return 0
@@ -57,28 +57,31 @@ def register(actions) -> None:
     p = actions.add_parser(
         "eval", help="zero-shot COCO instance segmentation: mIoU and mask AP with ground-truth prompts",
         description="Prompts the model with each non-crowd ground-truth object of a COCO instances file: its box "
-                    "(one mask) and/or one positive point (--point: at the box centre, or farthest from the mask "
+                    "(one mask) and/or one positive point (--point-at: at the box centre, or farthest from the mask "
                     "boundary as published SAM figures do; three candidates, the one with the highest predicted "
                     "IoU kept; the best by true IoU is reported as the oracle). Reports mask "
                     "mIoU (also by COCO size) and COCOeval mask AP with masks scored by their predicted IoU. "
                     "Each image is encoded once and all its prompts are decoded together.")
-    p.add_argument("--coco", metavar="DIR", help="dataset folder: annotations.json + images/, or "
-                                                 "annotations/instances_<split>.json + images/<split>/ or <split>/")
-    p.add_argument("--annotations", metavar="FILE", help="the COCO instances JSON (overrides what --coco finds)")
-    p.add_argument("--images", metavar="DIR", help="the image folder (overrides what --coco finds)")
+    grammar.add(p, "--data", help="dataset folder: annotations.json + images/, or annotations/instances_<split>.json "
+                                  "+ images/<split>/ or <split>/")
+    grammar.add_deprecated(p, "--coco", "--data", dest="data")
+    grammar.add(p, "--annotations")
+    grammar.add(p, "--images", help="the image folder (overrides what --data finds)")
     p.add_argument("--split", help="which annotations/instances_<split>.json (default: the val split)")
     p.add_argument("--prompt", choices=("box", "point", "both"), default="both",
                    help="ground-truth box, one point, or both protocols (default: both)")
-    p.add_argument("--point", choices=("center", "farthest"), default="center",
+    p.add_argument("--point-at", dest="point", choices=("center", "farthest"), default="center",
                    help="where the point goes: the centre of the ground-truth box (default), or the mask pixel "
                         "farthest from the mask boundary, the click published SAM point figures simulate")
+    p.add_argument("--point", dest="point", action=grammar.Deprecated, replacement="--point-at",
+                   choices=("center", "farthest"))
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images (by id), for quick runs")
     p.add_argument("--skip-bad", action="store_true",
                    help="count and skip missing images and annotations without a usable mask instead of stopping")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts per decoder call (default 64)")
-    p.add_argument("--json", metavar="FILE", help="write the report (all figures, counts, timings) here")
+    grammar.add(p, "--batch-size", default=64, help="prompts per decoder call")
+    grammar.add_report(p, help="write the report (all figures, counts, timings) here")
     p.add_argument("--results", metavar="FILE", help="write the predicted masks as a COCO results file (RLE); "
                                                      "with --prompt both, FILE_box.json and FILE_point.json")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    grammar.add(p, "--quiet")
     add_sam_weights(p)
     p.set_defaults(func=run_eval)

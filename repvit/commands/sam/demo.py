@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._sam_common import add_sam_weights, load_sam
+from ._common import add_sam_weights, describe_weights, load_sam
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -22,21 +22,17 @@ def example_images(folder) -> list:
 
 def run_demo(args: argparse.Namespace) -> int:
     try:
-        from ..sam.demo_page import require_gradio
+        from ...sam.demo_page import require_gradio
         require_gradio()
     except ImportError as err:
         print(f"repvit sam demo: error: {err}", file=sys.stderr)
         return 2
-    from ..sam.demo import SamDemo
-    from ..sam.demo_page import build_app, launch
+    from ...sam.demo import SamDemo
+    from ...sam.demo_page import build_app, launch
     examples = example_images(args.examples) if args.examples else []
     sam = load_sam(args)
-    if args.random_weights:
-        weights = "**random (seed 0): the masks check the pipeline and mean nothing**"
-    elif args.pretrained:
-        weights = "official repvit_sam.pt"
-    else:
-        weights = f"`{args.checkpoint}`"
+    weights = ("**random (seed 0): the masks check the pipeline and mean nothing**" if args.random_weights
+               else f"`{describe_weights(args)}`")
     demo = SamDemo(sam, weights=weights)
     app = build_app(demo, examples=examples)
     print(f"RepViT-SAM demo on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)

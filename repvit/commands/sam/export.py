@@ -6,12 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-from ._sam_common import add_sam_weights, load_sam
+from .. import _grammar as grammar
+from ._common import add_sam_weights, describe_weights, load_sam
 
 REPORT_NAME = "repvit_sam_export.json"
 
 DESCRIPTION = """\
-Writes the fused image encoder and the prompt decoder into --output-dir and checks each file against
+Writes the fused image encoder and the prompt decoder into the --output folder and checks each file against
 PyTorch on photographs: repvit_sam_encoder.onnx (input 'image' 1x3x1024x1024, output
 'image_embeddings' 1x256x64x64), repvit_sam_decoder.onnx (segment-anything's SamOnnxModel layout),
 repvit_sam_encoder.mlpackage / repvit_sam_decoder.mlpackage (Core ML) and repvit_sam_encoder.pte
@@ -38,8 +39,8 @@ names are checked and the report says that no prediction was compared.
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export.onnx import DEFAULT_OPSET
-    from ..export.sam import export_sam, parse_formats
+    from ...export.onnx import DEFAULT_OPSET
+    from ...export.sam import export_sam, parse_formats
     formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
     if args.max_images < 1:
         raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
@@ -50,7 +51,7 @@ def run_export(args: argparse.Namespace) -> int:
             if not Path(item).exists():
                 raise FileNotFoundError(f"--images: {item!r} does not exist")
     sam = load_sam(args)
-    out = Path(args.output_dir)
+    out = Path(args.output)
     try:
         report = export_sam(sam, out, formats=formats, images=images, max_images=args.max_images,
                             opset=args.opset or DEFAULT_OPSET,
@@ -60,8 +61,7 @@ def run_export(args: argparse.Namespace) -> int:
                             log=print)
     except ImportError as err:
         raise ValueError(str(err)) from None
-    report["weights"] = ("random (seed 0; pipeline check only)" if args.random_weights else
-                         "official repvit_sam.pt" if args.pretrained else str(args.checkpoint))
+    report["weights"] = describe_weights(args)
     report_path = Path(args.report) if args.report else out / REPORT_NAME
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -79,13 +79,13 @@ def register(actions) -> None:
     p = actions.add_parser("export", help="export the encoder and prompt decoder (ONNX, Core ML, ExecuTorch) with "
                                           "parity checks", description=DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", "-o", default="repvit_sam_export",
-                   help="folder for the files and the report (default: repvit_sam_export)")
+    grammar.add(p, "--output", default="repvit_sam_export", help="folder for the files and the report")
+    grammar.add_deprecated(p, "--output-dir", "--output", dest="output")
     p.add_argument("--formats", metavar="LIST",
                    help="comma-separated: onnx, coreml, executorch (default: all whose package is installed; "
                         "the others are listed as skipped)")
-    p.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
-                   help="photos to check parity on (files or folders). Default: the photographs shipped with "
+    grammar.add(p, "--images",
+                help="photos to check parity on (files or folders). Default: the photographs shipped with "
                         "matplotlib, or a generated test card if those are missing (the report says which)")
     p.add_argument("--max-images", type=int, default=2, help="check on at most this many images (default 2; each "
                                                              "costs one 1024x1024 encoder run per format)")
@@ -97,6 +97,8 @@ def register(actions) -> None:
                    help="decoder returns stability scores instead of predicted IoU")
     p.add_argument("--coreml-precision", choices=("float16", "float32"), default="float16",
                    help="Core ML compute precision (default float16)")
-    p.add_argument("--report", metavar="FILE.json", help=f"write the report here (default: OUTPUT_DIR/{REPORT_NAME})")
+    grammar.add(p, "--report", help=f"write the report here (default: OUTPUT/{REPORT_NAME})")
     add_sam_weights(p, unfused=False)  # the exported encoder is always the fused one
+    p.add_argument("--unfused", action=grammar.Deprecated, nargs=0, dest="unfused", replacement="",
+                   message="sam export always writes the fused encoder; drop it (it has no effect)")
     p.set_defaults(func=run_export)

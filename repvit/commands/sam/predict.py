@@ -6,8 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from ..progress_bar import Progress
-from ._sam_common import add_sam_weights, load_sam
+from ...progress_bar import Progress
+from .. import _grammar as grammar
+from ._common import add_sam_weights, load_sam
 
 
 def _predictor(args):
@@ -18,8 +19,8 @@ def _predictor(args):
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
-    from ..sam.images import load_rgb, overlay, save_png
-    from ..sam.prompts import Prompt, parse_box, parse_point, predict_prompts, read_prompt_file
+    from ...sam.images import load_rgb, overlay, save_png
+    from ...sam.prompts import Prompt, parse_box, parse_point, predict_prompts, read_prompt_file
     points = [parse_point(p) for p in args.point or []]
     boxes = [parse_box(b) for b in args.box or []]
     prompts = read_prompt_file(args.prompts) if args.prompts else []
@@ -61,7 +62,7 @@ def run_predict(args: argparse.Namespace) -> int:
                     boxes=np.array([pr.box for pr in prompts if pr.box is not None]) if any(
                         pr.box is not None for pr in prompts) else None)
     save_png(drawn, out / f"{stem}_overlay.png")
-    json_path = Path(args.json) if args.json else out / f"{stem}_scores.json"
+    json_path = Path(args.report) if args.report else out / f"{stem}_scores.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"{args.image}: encoder {encode_s * 1e3:.0f} ms (once), decoder {decode_s * 1e3:.0f} ms for "
@@ -73,8 +74,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_everything(args: argparse.Namespace) -> int:
-    from ..sam.everything import FastMaskGenerator
-    from ..sam.images import load_rgb, overlay, save_png
+    from ...sam.everything import FastMaskGenerator
+    from ...sam.images import load_rgb, overlay, save_png
     image = load_rgb(args.image)
     sam = load_sam(args)
     options = dict(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
@@ -98,7 +99,7 @@ def run_everything(args: argparse.Namespace) -> int:
     out = Path(args.output)
     stem = Path(args.image).stem
     save_png(overlay(image, [masks[i] for i in order], alpha=0.45), out / f"{stem}_everything.png")
-    json_path = Path(args.json) if args.json else out / f"{stem}_masks.json"
+    json_path = Path(args.report) if args.report else out / f"{stem}_masks.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"image": str(args.image), "size": [image.shape[1], image.shape[0]],
                                      "generator": "segment_anything" if args.stock else "repvit FastMaskGenerator",
@@ -122,9 +123,8 @@ def register(actions) -> None:
     p.add_argument("--prompts", metavar="FILE.json", help="many objects at once (see above)")
     p.add_argument("--multimask", choices=("auto", "on", "off"), default="auto",
                    help="auto: three candidates for a lone point (keeps the best), one otherwise")
-    p.add_argument("--output", "-o", default="sam-out", help="folder for <image>_mask.png, _overlay.png and "
-                                                             "_scores.json (default: sam-out)")
-    p.add_argument("--json", help="write the scores JSON here instead")
+    grammar.add(p, "--output", default="sam-out", help="folder for <image>_mask.png, _overlay.png and _scores.json")
+    grammar.add_report(p, help="write the scores JSON here instead of OUTPUT/<image>_scores.json")
     add_sam_weights(p)
     p.set_defaults(func=run_predict)
 
@@ -143,8 +143,8 @@ def register(actions) -> None:
     e.add_argument("--min-mask-region-area", type=int, default=0,
                    help="remove islands and holes smaller than this (needs opencv-python)")
     e.add_argument("--stock", action="store_true", help="use segment-anything's own generator (to compare)")
-    e.add_argument("--output", "-o", default="sam-out")
-    e.add_argument("--json", help="write the masks JSON here instead")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    grammar.add(e, "--output", default="sam-out", help="folder for <image>_everything.png and _masks.json")
+    grammar.add_report(e, help="write the masks JSON here instead of OUTPUT/<image>_masks.json")
+    grammar.add(e, "--quiet")
     add_sam_weights(e)
     e.set_defaults(func=run_everything)
