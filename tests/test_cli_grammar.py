@@ -136,16 +136,29 @@ def parse(argv):
      "--json is deprecated: use --report"),
     (["bench", "--json", "r.json"], "report", "r.json", "--json FILE is deprecated: use --report FILE"),
     (["bench", "--json", "-"], "json", True, "--json - is deprecated: use --json"),
+    (["train", "--data", "d", "--skip-bad-images"], "skip_bad", True, "--skip-bad-images is deprecated: use --skip-bad"),
+    (["eval", "--data", "d", "--checkpoint", "c", "--skip-bad-images"], "skip_bad", True,
+     "--skip-bad-images is deprecated: use --skip-bad"),
     (["sam", "eval", "--point", "farthest", "--random-weights"], "point", "farthest",
      "--point is deprecated: use --point-at"),
 ])
 def test_deprecated_spellings_still_work_and_say_so_once(argv, dest, value, message, capsys):
-    flag = next(a for a in argv if a in ("--output-dir", "--coco", "-w", "--json", "--point", "--pretrained"))
+    flag = next(a for a in argv if a in ("--output-dir", "--coco", "-w", "--json", "--point", "--pretrained",
+                                         "--skip-bad-images"))
     again = argv + argv[argv.index(flag):argv.index(flag) + 2] if flag != "--pretrained" else argv + [flag]
     args = parse(again)
     assert getattr(args, dest) == value
     err = capsys.readouterr().err
     assert err.count(message) == 1, err
+
+
+def test_a_renamed_option_in_an_old_config_file_still_loads(tmp_path, capsys):
+    from repvit.classification.config import resolve
+    old = tmp_path / "config.yaml"
+    old.write_text("data: somewhere\nskip_bad_images: true\n")
+    cfg = resolve({"config": str(old)})
+    assert cfg.skip_bad is True and not hasattr(cfg, "skip_bad_images")
+    assert "skip_bad_images is deprecated, read as skip_bad" in capsys.readouterr().err
 
 
 def test_the_grammar_spellings_parse_without_a_message(capsys):

@@ -110,7 +110,7 @@ def test_one_default_per_option_in_the_api_and_the_cli():
 
 
 def test_poly_schedule_falls_to_the_min_lr_floor():
-    from repvit.engine.loop import lr_factor
+    from repvit.engine.optim import lr_factor
     f = lambda step: lr_factor(step, total=100, warmup=0, schedule="poly", power=0.9, milestones=[],  # noqa: E731
                                steps_per_epoch=10, floor=1e-6 / 2e-4)
     assert f(0) == pytest.approx(1.0)

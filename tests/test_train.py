@@ -189,8 +189,8 @@ def test_corrupt_image_names_the_file_or_is_skipped(tiny_imagenette, tmp_path, c
     args = ["train", "--data", str(data), *TINY, "--workers", str(workers), "--aug-repeats", "0"]
     assert cli([*args, "--output", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
-    assert str(victim) in err and "--skip-bad-images" in err and "Traceback" not in err
-    assert cli([*args, "--output", str(tmp_path / "b"), "--skip-bad-images", "--batch-size", "8"]) == 0
+    assert str(victim) in err and "--skip-bad" in err and "Traceback" not in err
+    assert cli([*args, "--output", str(tmp_path / "b"), "--skip-bad", "--batch-size", "8"]) == 0
     assert "skipped 1 unreadable images" in (tmp_path / "b" / "train.log").read_text()
 
 

@@ -112,9 +112,9 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--distillation-alpha",), dict(type=float, default=0.5, help="weight of the distillation loss")),
     (("--distillation-tau",), dict(type=float, default=1.0, help="temperature of soft distillation")),
     # -- data problems, feedback ---------------------------------------------------------------------
-    (("--skip-bad-images",), dict(action="store_true", default=False,
-                                  help="check every image before training and skip unreadable ones "
-                                       "(default: stop with an error naming the file)")),
+    (("--skip-bad",), dict(action="store_true", default=False,
+                           help="check every image before training and skip (and count) unreadable ones "
+                                "(default: stop with an error naming the file)")),
     (("--log-interval",), dict(type=int, default=50, help="steps between log lines when not on a terminal")),
     (("--tensorboard",), dict(action=argparse.BooleanOptionalAction, default=True,
                               help="write TensorBoard logs when tensorboard is installed")),

@@ -3,7 +3,7 @@ transforms, samplers (repeated augmentation, resumable, pad-free evaluation shar
 
 Layout: ``DATA/train/<class>/<image>`` and ``DATA/val/<class>/<image>``; class names and their
 order come from the train folders. Problems are found in the main process where possible
-(layout, empty classes, and with ``--skip-bad-images`` every image); an image that still fails
+(layout, empty classes, and with ``--skip-bad`` every image); an image that still fails
 to decode inside a worker is reported with its path, not as a worker crash.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ class BadImageError(ValueError):
 
     @classmethod
     def for_file(cls, path, reason: str) -> "BadImageError":
-        return cls(f"{_BAD_IMAGE_MARK}{str(path)!r}: {reason}. Fix or delete the file, or pass --skip-bad-images "
+        return cls(f"{_BAD_IMAGE_MARK}{str(path)!r}: {reason}. Fix or delete the file, or pass --skip-bad "
                    "to check all images first and skip the unreadable ones")
 
     @classmethod
@@ -252,14 +252,14 @@ class TrainData:
     class_names: list
     num_train: int
     num_val: int
-    skipped: list  # [(path, reason)] of images left out with --skip-bad-images
+    skipped: list  # [(path, reason)] of images left out with --skip-bad
 
 
 def build_data(cfg, env: DistEnv, log=print) -> TrainData:
     train_samples, class_names = scan_class_folders(split_folder(cfg.data, cfg.train_split))
     val_samples, _ = scan_class_folders(split_folder(cfg.data, cfg.val_split), class_names)
     skipped = []
-    if cfg.skip_bad_images:
+    if cfg.skip_bad:
         skipped = find_bad_images(train_samples + val_samples, env, workers=cfg.workers)
         if skipped:
             bad = {p for p, _ in skipped}

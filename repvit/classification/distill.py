@@ -17,6 +17,7 @@ from torch import nn
 from ..models.checkpoint import CheckpointError, read_file
 from ..models.factory import create_model
 from ..models.model import list_models
+from ..models.state_dict import load_strict
 
 
 class DistillationLoss(nn.Module):
@@ -99,16 +100,9 @@ def _load_foreign(model: nn.Module, path: str, name: str) -> None:
             obj = obj[key]
             break
     state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in state if k in expected and expected[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"--teacher-checkpoint {path!r} does not fit the {name} architecture with "
-                         f"{_num_outputs(model)} classes: {len(missing)} missing keys {missing[:2]}, "
-                         f"{len(unexpected)} unexpected {unexpected[:2]}, {len(wrong)} of another shape {wrong[:2]}; "
-                         "check that --teacher names the architecture the weights were trained with")
-    model.load_state_dict(state)
+    load_strict(model, state, source=f"--teacher-checkpoint {path!r}",
+                what=f"the {name} architecture with {_num_outputs(model)} classes",
+                fix="check that --teacher names the architecture the weights were trained with")
 
 
 def _num_outputs(model: nn.Module) -> Optional[int]:

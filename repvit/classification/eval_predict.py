@@ -30,7 +30,7 @@ def load_fused(checkpoint=None, *, pretrained: Optional[str] = None, use_ema: bo
 
 
 def evaluate_checkpoint(checkpoint, data, *, batch_size: int = 64, workers: int = 2, device: str = "auto",
-                        use_ema: bool = False, skip_bad_images: bool = False, pretrained: Optional[str] = None,
+                        use_ema: bool = False, skip_bad: bool = False, pretrained: Optional[str] = None,
                         log=print) -> dict:
     """Top-1/top-5 (percent) and loss of a checkpoint on a folder of class folders (or DATA/val)."""
     if batch_size < 1 or workers < 0:
@@ -49,7 +49,7 @@ def evaluate_checkpoint(checkpoint, data, *, batch_size: int = 64, workers: int 
                              f"folders, the model {model.num_classes} outputs")
         log(f"note: the checkpoint has no class names; folder i (sorted) is taken as class i")
     env = DistEnv(device=dev)
-    skipped = find_bad_images(samples, env, workers) if skip_bad_images else []
+    skipped = find_bad_images(samples, env, workers) if skip_bad else []
     if skipped:
         bad = {p for p, _ in skipped}
         samples = [s for s in samples if s[0] not in bad]

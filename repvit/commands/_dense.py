@@ -50,18 +50,12 @@ def add_train(sub, task: str, build_task_module: str) -> None:
 
 def run_train(args: argparse.Namespace, task: str, build_task_module: str) -> int:
     import importlib
-    import signal
-    import sys
     from ..dense import options
     from ..engine.loop import train
-    from ..engine.signals import NonFiniteLossError
+    from ._training import run_training
     build_task = importlib.import_module(build_task_module, __package__).build_task
     explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", f"{task}_command")}
     cfg = options.resolve(explicit, task)
-    try:
-        result = train(lambda env, log, resume: build_task(cfg, env, log, resume), cfg, config=options.dump(cfg),
-                       command=f"repvit {task} train")
-    except NonFiniteLossError as err:
-        print(f"repvit {task} train: {err}", file=sys.stderr)
-        return 3
-    return 128 + int(result.get("signal") or signal.SIGINT) if result.get("interrupted") else 0
+    return run_training(f"repvit {task} train", lambda: train(lambda env, log, resume: build_task(cfg, env, log, resume),
+                                                               cfg, config=options.dump(cfg),
+                                                               command=f"repvit {task} train"))

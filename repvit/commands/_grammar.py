@@ -76,6 +76,7 @@ DEPRECATED = {
     "--pretrained, no name (sam distill, or pretrained: true in YAML)": "--pretrained NAME, e.g. repvit_m2_3",
     "--unfused (sam export)": "nothing: the exported encoder is always the fused one",
     "--point center|farthest (sam eval; --point is a prompt X,Y elsewhere)": "--point-at center|farthest",
+    "--skip-bad-images (train, eval; skip_bad_images: in YAML)": "--skip-bad",
 }
 
 
@@ -97,7 +98,7 @@ class Deprecated(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         warn_once(self, f"{option_string} is deprecated: " + (self.message or f"use {self.replacement}"))
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
 
 
 class NameOrBare(argparse.Action):

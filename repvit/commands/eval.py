@@ -24,8 +24,9 @@ def register(subparsers) -> None:
     grammar.add(parser, "--device")
     grammar.add(parser, "--threads")
     grammar.add(parser, "--ema", help="evaluate the EMA weights stored in the checkpoint")
-    parser.add_argument("--skip-bad-images", action="store_true",
-                        help="check every image first and skip unreadable ones (default: stop naming the file)")
+    grammar.add(parser, "--skip-bad", help="check every image first and skip unreadable ones (default: stop naming "
+                                           "the file)")
+    grammar.add_deprecated(parser, "--skip-bad-images", "--skip-bad", dest="skip_bad", nargs=0)
     parser.set_defaults(func=run)
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..classification.eval_predict import evaluate_checkpoint
     with torch_threads(resolve_threads(args.threads)[0]):
         result = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,
-                                     device=args.device, use_ema=args.ema, skip_bad_images=args.skip_bad_images,
+                                     device=args.device, use_ema=args.ema, skip_bad=args.skip_bad,
                                      pretrained=args.pretrained)
     print(f"{result['images']} images in {result['classes']} classes ({result['data']}), fused model at "
           f"{result['img_size']} px: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "

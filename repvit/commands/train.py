@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
+
+from . import _grammar as grammar
 
 
 def register(subparsers) -> None:
@@ -13,19 +13,14 @@ def register(subparsers) -> None:
         description="Train RepViT. Defaults are the paper's ImageNet recipe; -c FILE.yaml sets other defaults "
                     "and flags override both. Run many processes with torchrun --nproc_per_node N -m repvit train.")
     add_options(parser)
+    grammar.add_deprecated(parser, "--skip-bad-images", "--skip-bad", dest="skip_bad", nargs=0)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..classification.config import resolve
-    from ..classification.task import NonFiniteLossError, main
+    from ..classification.task import main
+    from ._training import run_training
     explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     cfg = resolve(explicit)
-    try:
-        summary = main(cfg)
-    except NonFiniteLossError as err:
-        print(f"repvit train: {err}", file=sys.stderr)
-        return 3
-    if summary.get("interrupted"):  # the shell's convention: 128 + the signal (130 Ctrl-C, 143 SIGTERM)
-        return 128 + (summary.get("signal") or signal.SIGINT)
-    return 0
+    return run_training("repvit train", lambda: main(cfg))

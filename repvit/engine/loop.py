@@ -28,6 +28,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..models.state_dict import load_strict
 from ..runtime.timing import resolve_threads, torch_threads
 from .checkpointing import capture_rng, resolve_resume, restore_rng, rng_for_rank, seed_everything
 from .distributed import DistEnv, all_reduce, any_rank, barrier, gather_objects, setup, teardown
@@ -35,6 +36,9 @@ from .metrics_log import MetricsLog
 from .progress import Reporter, format_seconds
 from .signals import NonFiniteLossError, StopSignal
 from .task import Optimization, Task
+
+RESUME_FIX = ("resume with the model options the run was started with (its config.yaml holds them), or start a "
+              "new run with --overwrite")
 
 TaskBuilder = Callable[[DistEnv, Callable[[str], None], Optional[Path]], Task]
 
@@ -135,7 +139,7 @@ class _Run:
         if task.load_weights is not None:
             task.load_weights(self.model, state["model"], f"--resume {path}")
         else:
-            self.model.load_state_dict(state["model"])
+            load_strict(self.model, state["model"], source=f"--resume {path}", fix=RESUME_FIX)
         opt.optimizer.load_state_dict(state["optimizer"])
         if opt.scheduler is not None and state.get("scheduler"):
             opt.scheduler.load_state_dict(state["scheduler"])
@@ -143,7 +147,8 @@ class _Run:
             opt.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state.get("model_ema"):
-                self.ema.module.load_state_dict(state["model_ema"])
+                load_strict(self.ema.module, state["model_ema"], source=f"--resume {path} (EMA weights)",
+                            fix=RESUME_FIX)
             else:
                 self.ema.set(self.model)
                 self.reporter.log("the checkpoint has no EMA weights: the EMA starts from the resumed model")

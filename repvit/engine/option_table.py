@@ -5,6 +5,7 @@ defaults, the ``-c/--config`` file, then flags on the command line."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ def add_options(parser: argparse.ArgumentParser, *, options, suppress_defaults: 
         parser.add_argument(*flags, dest=flags[0].lstrip("-").replace("-", "_"), **kwargs)
 
 
+# Option names that changed, old -> new: a config file (a saved config.yaml of an older run, say) that
+# uses the old name still loads, with a note on stderr.
+RENAMED = {"skip_bad_images": "skip_bad"}
+
+
 def load_config_file(path, options) -> dict:
     """Read a YAML mapping of option names to values, checking names, types and choices."""
     path = Path(path)
@@ -42,6 +48,9 @@ def load_config_file(path, options) -> dict:
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        if name in RENAMED and RENAMED[name] in specs:
+            print(f"config file {str(path)!r}: {key} is deprecated, read as {RENAMED[name]}", file=sys.stderr)
+            name = RENAMED[name]
         if name == "config":
             continue  # a saved resolved config names the file it came from; nothing to apply
         if name not in specs:

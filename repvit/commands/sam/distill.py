@@ -17,10 +17,10 @@ def register(actions) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
     from ...sam.builder import require_segment_anything
     from ...sam.distill import distill, resolve
+    from .._training import run_training
     require_segment_anything()
     explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command", "sam_action")}
-    result = distill(resolve(explicit))
-    return 128 + int(result.get("signal") or signal.SIGINT) if result.get("interrupted") else 0
+    cfg = resolve(explicit)
+    return run_training("repvit sam distill", lambda: distill(cfg))
