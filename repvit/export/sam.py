@@ -60,6 +60,10 @@ click with a previous mask, compared both with the PyTorch module it was exporte
 ``SamPredictor.predict``: ``repvit.export.sam_parity``); a file beyond its tolerance is removed and
 ``ParityError`` raised. The ONNX graph, Core ML and ExecuTorch writing is the classifier exporters'
 (``onnx.save_with_metadata``, ``coreml.convert_tensors``, ``executorch.export_executorch``).
+
+(Just over 400 lines: the specification of the two files above is part of this module on purpose,
+beside the code that writes them; the decoder modules and the parity checks live in
+``sam_decoder.py`` and ``sam_parity.py``.)
 """
 from __future__ import annotations
 
