@@ -194,6 +194,22 @@ def test_corrupt_image_names_the_file_or_is_skipped(tiny_imagenette, tmp_path, c
     assert "skipped 1 unreadable images" in (tmp_path / "b" / "train.log").read_text()
 
 
+def test_a_failing_loader_worker_does_not_keep_the_process_alive(tiny_imagenette, tmp_path):
+    # A step that raises (here: a truncated image read in a loader worker) must end the workers with
+    # it; a leftover worker keeps the interpreter waiting at exit, so the command would never return.
+    import os
+    import subprocess
+    import sys
+    data = copy_subset(tiny_imagenette, tmp_path / "data", classes=2, train=16, val=2)
+    victim = sorted((data / "train").rglob("*.JPEG"))[3]
+    victim.write_bytes(victim.read_bytes()[:300])
+    cmd = [sys.executable, "-m", "repvit", "train", "--data", str(data), *TINY, "--workers", "1", "--aug-repeats",
+           "0", "--output", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(REPO_CONFIGS.parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and str(victim) in done.stderr, done.stderr[-2000:]
+
+
 def test_non_finite_loss_stops_naming_the_step(tiny_imagenette, tmp_path, capsys):
     # A learning rate this large overflows the weights on the first update: a real divergence.
     rc = cli(["train", "--data", str(tiny_imagenette), "--output", str(tmp_path / "o"), *TINY, "--lr", "1e38",

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..engine.distributed import DistEnv
+from ..engine.data import release
 from ..engine.loop import train
 from ..engine.signals import NonFiniteLossError
 from ..engine.task import Optimization, Task, TrainBatches
@@ -77,8 +78,14 @@ def _train_batches(data: TrainData, cfg) -> TrainBatches:
         iterator = iter(data.train_loader)   # the loader draws its worker seed here
 
         def named_errors():
-            while True:
-                yield next_batch(iterator)
+            try:
+                while True:
+                    yield next_batch(iterator)
+            except GeneratorExit:   # the epoch is over: persistent workers stay for the next one
+                raise
+            except BaseException:   # a failed read ends the loader's workers with the run
+                release(iterator)
+                raise
         return named_errors()
 
     return TrainBatches(batches, len(data.train_loader), data.num_train)

@@ -66,3 +66,16 @@ def seeded_batches(dataset, collate: Callable, *, seed: int, batch_size: int, wo
 def stack_pairs(batch: list) -> tuple:
     """Collate ``(tensor, tensor)`` samples into two stacked tensors."""
     return tuple(torch.stack(items) for items in zip(*batch))
+
+
+def release(batches) -> None:
+    """End what an epoch's batch iterator holds after a step raised: close a generator and shut a
+    multi-process DataLoader iterator's workers down. Without this, the workers of a run that failed
+    can outlive it, waiting for indices, and the interpreter waits for them at exit."""
+    close = getattr(batches, "close", None)
+    if callable(close):
+        close()
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
+

@@ -35,6 +35,7 @@ from .distributed import DistEnv, all_reduce, any_rank, barrier, gather_objects,
 from .metrics_log import MetricsLog
 from .progress import Reporter, format_seconds
 from .signals import NonFiniteLossError, StopSignal
+from .data import release
 from .task import Optimization, Task
 
 RESUME_FIX = ("resume with the model options the run was started with (its config.yaml holds them), or start a "
@@ -186,37 +187,41 @@ class _Run:
         loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
         steps = 0
         lr = opt.optimizer.param_groups[0]["lr"]
-        for step in range(first_step, steps_per_epoch):
-            batch = next(batches)
-            lr = opt.optimizer.param_groups[0]["lr"]
-            loss = task.loss(self.train_model, batch, env.device)
-            finite = bool(torch.isfinite(loss).item())
-            if any_rank([not finite], env)[0]:
-                what = f"{loss.item()}" if not finite else "non-finite on another process"
-                last = self.output / "last.pth"
-                raise NonFiniteLossError(
-                    f"loss is {what} at epoch {epoch + 1} step {step + 1}/{steps_per_epoch} (update "
-                    f"{self.num_updates + 1}, lr {lr:.3e}); stopped before applying it. {task.nonfinite_hint}"
-                    + (f"; {last} holds the last finished epoch" if last.is_file() else ""))
-            opt.optimizer.zero_grad(set_to_none=True)
-            self._backward_and_step(loss)
-            self.num_updates += 1
-            if opt.advance is not None:
-                opt.advance(self.num_updates)
-            if self.ema is not None:
-                self.ema.update(self.model, step=self.num_updates)
-            loss_sum += loss.detach().double()
-            steps += 1
-            loss_value = float(loss.item())
-            reporter.step(step, loss_value, lr, cfg.batch_size * env.world_size)
-            if self.metrics is not None and (step + 1) % cfg.log_interval == 0:
-                self.metrics.add_step(self.num_updates, loss_value, lr, epoch + (step + 1) / steps_per_epoch)
-            if any_rank([self.stop.requested], env)[0] and step + 1 < steps_per_epoch:
-                reporter.end_epoch()
-                self._save_last(epoch=epoch, next_step=step + 1)
-                reporter.log(f"interrupted: stopped in epoch {epoch + 1} before step {step + 2}; saved "
-                             f"{self.output / 'last.pth'}. Continue with the same command plus --resume auto")
-                return {"interrupted": True, "signal": self.stop.signum, "epoch": epoch, "next_step": step + 1}
+        try:
+            for step in range(first_step, steps_per_epoch):
+                batch = next(batches)
+                lr = opt.optimizer.param_groups[0]["lr"]
+                loss = task.loss(self.train_model, batch, env.device)
+                finite = bool(torch.isfinite(loss).item())
+                if any_rank([not finite], env)[0]:
+                    what = f"{loss.item()}" if not finite else "non-finite on another process"
+                    last = self.output / "last.pth"
+                    raise NonFiniteLossError(
+                        f"loss is {what} at epoch {epoch + 1} step {step + 1}/{steps_per_epoch} (update "
+                        f"{self.num_updates + 1}, lr {lr:.3e}); stopped before applying it. {task.nonfinite_hint}"
+                        + (f"; {last} holds the last finished epoch" if last.is_file() else ""))
+                opt.optimizer.zero_grad(set_to_none=True)
+                self._backward_and_step(loss)
+                self.num_updates += 1
+                if opt.advance is not None:
+                    opt.advance(self.num_updates)
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.num_updates)
+                loss_sum += loss.detach().double()
+                steps += 1
+                loss_value = float(loss.item())
+                reporter.step(step, loss_value, lr, cfg.batch_size * env.world_size)
+                if self.metrics is not None and (step + 1) % cfg.log_interval == 0:
+                    self.metrics.add_step(self.num_updates, loss_value, lr, epoch + (step + 1) / steps_per_epoch)
+                if any_rank([self.stop.requested], env)[0] and step + 1 < steps_per_epoch:
+                    reporter.end_epoch()
+                    self._save_last(epoch=epoch, next_step=step + 1)
+                    reporter.log(f"interrupted: stopped in epoch {epoch + 1} before step {step + 2}; saved "
+                                 f"{self.output / 'last.pth'}. Continue with the same command plus --resume auto")
+                    return {"interrupted": True, "signal": self.stop.signum, "epoch": epoch, "next_step": step + 1}
+        except BaseException:   # a step that raises ends the loader's worker processes with it
+            release(batches)
+            raise
         seconds = reporter.end_epoch()
         totals = all_reduce(torch.stack([loss_sum, torch.tensor(float(steps), dtype=torch.float64,
                                                                  device=env.device)]), env)
