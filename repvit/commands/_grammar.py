@@ -165,6 +165,26 @@ def add_report(parser, *, help: Optional[str] = None) -> None:
     add_deprecated(parser, "--json", "--report", dest="report")
 
 
+def write_report(path, report, *, compact: bool = False):
+    """Write a command's JSON report to ``path`` (folders made as needed) and return the path; what
+    JSON cannot hold (paths, dtypes) is written as its string."""
+    from pathlib import Path
+    import json
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=None if compact else 2, default=str) + "\n")
+    return path
+
+
+def add_group(subparsers, name: str, help: str, actions, *, dest: str, required: bool = True):
+    """A command group (``repvit detect ACTION``): one sub-parser per module of ``actions``."""
+    parser = subparsers.add_parser(name, help=help)
+    sub = parser.add_subparsers(dest=dest, metavar="ACTION", required=required)
+    for module in actions:
+        module.register(sub)
+    return parser
+
+
 def one_path(values, flag: str):
     """The single path of an option that takes several elsewhere (``--images``) where a command needs one."""
     if values is None or isinstance(values, str):

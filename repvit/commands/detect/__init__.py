@@ -3,13 +3,13 @@ RetinaNet, FCOS): trained, scored with COCOeval (fused by default), drawn, expor
 action; the options they share with ``repvit segment`` are in ``commands/_dense.py``."""
 from __future__ import annotations
 
+from .. import _grammar as grammar
 from . import eval, export, predict, train
 
 ACTIONS = (train, eval, predict, export)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("detect", help="object detection / instance segmentation: train, eval, predict, export")
-    actions = parser.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
-    for module in ACTIONS:
-        module.register(actions)
+    grammar.add_group(subparsers, "detect",
+                      "object detection / instance segmentation: train, eval, predict, export",
+                      ACTIONS, dest="detect_command")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .. import _grammar as grammar
@@ -34,8 +33,7 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{result['images']} images, {result['detections']} detections "
           f"({'unfused' if args.unfused else 'fused'} model)")
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(result, indent=2) + "\n")
+        grammar.write_report(args.report, result)
     return 0
 
 

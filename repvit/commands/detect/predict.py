@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .. import _grammar as grammar
@@ -22,7 +21,7 @@ def run_predict(args: argparse.Namespace) -> int:
         found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing above the threshold"
         print(f"{r['image']}: {found} -> {r['drawn']}")
     if args.report:
-        Path(args.report).write_text(json.dumps(results, indent=2) + "\n")
+        grammar.write_report(args.report, results)
     return 0
 
 

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 from ...progress_bar import Progress
 from .. import _grammar as grammar
@@ -45,8 +43,7 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{report['wall_seconds']:.1f} s ({report['seconds']['encoder']:.1f} s encoder, "
           f"{report['seconds']['decoder']:.1f} s decoder)")
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        grammar.write_report(args.report, report)
         print(f"wrote {args.report}")
     for name, path in report.get("results_files", {}).items():
         print(f"wrote {path} (COCO results, {name} prompts)")

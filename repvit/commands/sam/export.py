@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -62,9 +61,7 @@ def run_export(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ValueError(str(err)) from None
     report["weights"] = describe_weights(args)
-    report_path = Path(args.report) if args.report else out / REPORT_NAME
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report_path = grammar.write_report(args.report or out / REPORT_NAME, report)
     if report["parity_on"].startswith("a synthetic"):
         print(f"note: parity was checked on {report['parity_on']}; pass --images to check on your photos")
     print(f"wrote {report_path}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -62,9 +61,7 @@ def run_predict(args: argparse.Namespace) -> int:
                     boxes=np.array([pr.box for pr in prompts if pr.box is not None]) if any(
                         pr.box is not None for pr in prompts) else None)
     save_png(drawn, out / f"{stem}_overlay.png")
-    json_path = Path(args.report) if args.report else out / f"{stem}_scores.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    json_path = grammar.write_report(args.report or out / f"{stem}_scores.json", record)
     print(f"{args.image}: encoder {encode_s * 1e3:.0f} ms (once), decoder {decode_s * 1e3:.0f} ms for "
           f"{len(prompts)} prompt(s)")
     for obj in record["objects"]:
@@ -99,11 +96,10 @@ def run_everything(args: argparse.Namespace) -> int:
     out = Path(args.output)
     stem = Path(args.image).stem
     save_png(overlay(image, [masks[i] for i in order], alpha=0.45), out / f"{stem}_everything.png")
-    json_path = Path(args.report) if args.report else out / f"{stem}_masks.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"image": str(args.image), "size": [image.shape[1], image.shape[0]],
-                                     "generator": "segment_anything" if args.stock else "repvit FastMaskGenerator",
-                                     "options": options, "seconds": round(seconds, 3), "masks": records}) + "\n")
+    record = {"image": str(args.image), "size": [image.shape[1], image.shape[0]],
+              "generator": "segment_anything" if args.stock else "repvit FastMaskGenerator",
+              "options": options, "seconds": round(seconds, 3), "masks": records}
+    json_path = grammar.write_report(args.report or out / f"{stem}_masks.json", record, compact=True)
     print(f"{args.image}: {len(records)} masks in {seconds:.1f} s ({args.points_per_side}x{args.points_per_side} "
           f"grid) -> {out / (stem + '_everything.png')}, {json_path} (COCO RLE)")
     return 0

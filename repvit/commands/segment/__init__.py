@@ -3,13 +3,13 @@ mIoU (fused by default), drawn, exported. One module per action; the options the
 ``repvit detect`` are in ``commands/_dense.py``."""
 from __future__ import annotations
 
+from .. import _grammar as grammar
 from . import eval, export, predict, train
 
 ACTIONS = (train, eval, predict, export)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("segment", help="semantic segmentation: train, eval, predict, export")
-    actions = parser.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
-    for module in ACTIONS:
-        module.register(actions)
+    grammar.add_group(subparsers, "segment",
+                      "semantic segmentation: train, eval, predict, export",
+                      ACTIONS, dest="segment_command")

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from .. import _grammar as grammar
 from .._dense import add_common, load_for_inference
@@ -24,8 +22,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for name, iou in result["IoU"].items():
         print(f"  {name:<20} {'-' if iou is None else f'{iou:.4f}'}")
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(result, indent=2) + "\n")
+        grammar.write_report(args.report, result)
     return 0
 
 

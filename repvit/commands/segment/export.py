@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from .. import _grammar as grammar
 from .._dense import real_images
@@ -24,7 +22,7 @@ def run_export(args: argparse.Namespace) -> int:
         report["neck"] = neck
         print(f"verified: {neck['path']} (backbone + FPN; max |diff| {neck['max_abs_diff']:.3g})")
     if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        grammar.write_report(args.report, report)
     return 0
 
 

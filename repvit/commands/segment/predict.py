@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .. import _grammar as grammar
@@ -20,7 +19,7 @@ def run_predict(args: argparse.Namespace) -> int:
         top = sorted(r["fractions"].items(), key=lambda kv: -kv[1])[:3]
         print(f"{r['image']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top) + f" -> {r['drawn']}")
     if args.report:
-        Path(args.report).write_text(json.dumps(results, indent=2) + "\n")
+        grammar.write_report(args.report, results)
     return 0
 
 
