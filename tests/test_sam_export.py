@@ -229,7 +229,10 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["sam", "export", "-o", str(tmp_path)]) == 2
     assert "--random-weights" in capsys.readouterr().err
-    assert main(["sam", "export", "--random-weights", "--max-images", "0"]) == 2
+    assert main(["sam", "export", "--random-weights", "--num-real", "0"]) == 2
+    assert "--num-real must be at least 1" in capsys.readouterr().err
+    assert main(["sam", "export", "--random-weights", "--max-images", "0"]) == 2   # the old spelling, one release
+    assert "--max-images is deprecated: use --num-real" in capsys.readouterr().err
     # Export always writes the fused encoder: --unfused is not offered (hidden from --help) and the
     # old spelling only says so, for one release (docs/cli.md, deprecated spellings).
     from repvit.cli import build_parser

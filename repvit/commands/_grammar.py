@@ -46,6 +46,8 @@ SHARED: tuple = (
     Shared(("--json",), None, "print JSON on stdout instead of text"),
     Shared(("--data",), "PATH", "the input data: a dataset root, a folder or an annotation file"),
     Shared(("--images",), "PATH", "input images only (files or folders), never labels or outputs", nargs="+"),
+    Shared(("--num-real",), "N", "real images an export is checked on (from --images, or photos shipped with "
+                                 "matplotlib)", default=PER_COMMAND, type=int),
     Shared(("--annotations",), "PATH", "a COCO instances JSON file (overrides what --data finds)"),
     Shared(("--threads",), "N|auto", "CPU threads for torch per process: a count, or auto (the cores idle "
                                      "when the command starts)", default="auto", type=threads_option),
@@ -77,6 +79,7 @@ DEPRECATED = {
     "--unfused (sam export)": "nothing: the exported encoder is always the fused one",
     "--point center|farthest (sam eval; --point is a prompt X,Y elsewhere)": "--point-at center|farthest",
     "--skip-bad-images (train, eval; skip_bad_images: in YAML)": "--skip-bad",
+    "--max-images N (sam export)": "--num-real N",
 }
 
 
@@ -155,8 +158,9 @@ def add(parser, flag: str, *, help: Optional[str] = None, default: Any = None, *
     return parser.add_argument(*opt.flags, **spec)
 
 
-def add_deprecated(parser, old: str, new: str, *, dest: str, nargs=None) -> argparse.Action:
-    return parser.add_argument(old, dest=dest, action=Deprecated, replacement=new, nargs=nargs)
+def add_deprecated(parser, old: str, new: str, *, dest: str, nargs=None, type=None) -> argparse.Action:
+    """The old spelling ``old`` of ``new``: converted with ``new``'s ``type``, stored in its ``dest``."""
+    return parser.add_argument(old, dest=dest, action=Deprecated, replacement=new, nargs=nargs, type=type)
 
 
 def add_report(parser, *, help: Optional[str] = None) -> None:

@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     grammar.add(p, "--img-size", help="input resolution (default: the model's preprocessing input size)")
     ver = p.add_argument_group("verification")
     grammar.add(ver, "--images", help="real images to verify on (default: two photos shipped with matplotlib)")
-    ver.add_argument("--num-real", type=int, default=8, help="real images to verify on (0 to skip)")
+    grammar.add(ver, "--num-real", default=8, help="real images to verify on (0 to skip)")
     ver.add_argument("--num-random", type=int, default=4, help="random inputs to verify on")
     ver.add_argument("--tol", type=float, help="override the format's tolerance on the max logit difference")
     ver.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails verification, "

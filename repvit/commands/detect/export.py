@@ -26,6 +26,6 @@ def register(actions) -> None:
     grammar.add(ex, "--output", default="detector-fused.pt", help="file to write, used as given")
     grammar.add(ex, "--images", help="folder of real images to check the export on (default: two photos shipped "
                                      "with matplotlib)")
-    ex.add_argument("--num-real", type=int, default=4, help="real images to check on [4]")
+    grammar.add(ex, "--num-real", default=4)
     grammar.add_report(ex, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)

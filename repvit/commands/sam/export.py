@@ -41,8 +41,8 @@ def run_export(args: argparse.Namespace) -> int:
     from ...export.onnx import DEFAULT_OPSET
     from ...export.sam import export_sam, parse_formats
     formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
-    if args.max_images < 1:
-        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    if args.num_real < 1:
+        raise ValueError(f"--num-real must be at least 1, got {args.num_real}")
     images = None
     if args.images:
         images = args.images[0] if len(args.images) == 1 else args.images
@@ -52,7 +52,7 @@ def run_export(args: argparse.Namespace) -> int:
     sam = load_sam(args)
     out = Path(args.output)
     try:
-        report = export_sam(sam, out, formats=formats, images=images, max_images=args.max_images,
+        report = export_sam(sam, out, formats=formats, images=images, max_images=args.num_real,
                             opset=args.opset or DEFAULT_OPSET,
                             return_single_mask=args.return_single_mask,
                             use_stability_score=args.use_stability_score, coreml_precision=args.coreml_precision,
@@ -84,8 +84,9 @@ def register(actions) -> None:
     grammar.add(p, "--images",
                 help="photos to check parity on (files or folders). Default: the photographs shipped with "
                         "matplotlib, or a generated test card if those are missing (the report says which)")
-    p.add_argument("--max-images", type=int, default=2, help="check on at most this many images (default 2; each "
-                                                             "costs one 1024x1024 encoder run per format)")
+    grammar.add(p, "--num-real", default=2, help="check on at most this many images (each costs one 1024x1024 "
+                                                 "encoder run per format)")
+    grammar.add_deprecated(p, "--max-images", "--num-real", dest="num_real", type=int)
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the package's, 18)")
     p.add_argument("--return-single-mask", action="store_true",
                    help="decoder returns one mask: the best of the three multimask outputs for a lone click or a "

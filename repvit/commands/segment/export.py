@@ -33,6 +33,6 @@ def register(actions) -> None:
     ex.add_argument("--neck-output", default=None, help="also export backbone + FPN to this ONNX file")
     grammar.add(ex, "--images", help="folder of real images to check the export on (default: two photos shipped "
                                      "with matplotlib)")
-    ex.add_argument("--num-real", type=int, default=2, help="real images to check on [2]")
+    grammar.add(ex, "--num-real", default=2)
     grammar.add_report(ex, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)
