@@ -169,3 +169,34 @@ def test_cli_segment_eval_fused_equals_unfused_and_predict_draws(camvid_subset, 
         overlay, classes = Image.open(out / f"{stem}.png"), Image.open(out / f"{stem}_classes.png")
         assert overlay.size == classes.size == (480, 360) and overlay.mode == "RGB" and classes.mode == "L"
         assert __import__("numpy").asarray(classes).max() < 11
+
+
+def test_segment_predict_runs_at_the_size_evaluation_scores(camvid_subset, tmp_path):
+    """A prediction is what eval measured: the photo resized as EvalResize does, logits back at its size."""
+    import numpy as np
+    import torch.nn.functional as F
+    from repvit.segmentation.data import EvalResize
+    from repvit.segmentation.evaluation import predict_images
+
+    class Recorder(torch.nn.Module):   # logits that depend on position, so a wrong size shows
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(tuple(x.shape[-2:]))
+            ys = torch.linspace(0, 1, x.shape[-2])[:, None].expand(x.shape[-2:])
+            return torch.stack([x[:, 0], x[:, 1] * 0 + ys, x[:, 2]], dim=1)
+
+    image = sorted((camvid_subset / "images").iterdir())[0]
+    model = Recorder()
+    out = predict_images(model, [image], tmp_path, class_names=["a", "b", "c"], eval_size=(160, 640))
+    pixels = torch.from_numpy(np.asarray(Image.open(image).convert("RGB"))).permute(2, 0, 1).float() / 255
+    resized, _ = EvalResize((160, 640))(pixels, None)
+    assert model.seen == [tuple(resized.shape[-2:])] and resized.shape[-2:] != pixels.shape[-2:]
+    expected = F.interpolate(Recorder()(resized[None]), size=pixels.shape[-2:], mode="bilinear",
+                             align_corners=False).argmax(1)[0].numpy()
+    classes = np.asarray(Image.open(out[0]["classes_png"]))
+    assert classes.shape == pixels.shape[-2:] and (classes == expected).all()
+    predict_images(model, [image], tmp_path, class_names=["a", "b", "c"])   # None: the photo's own size
+    assert model.seen[-1] == tuple(pixels.shape[-2:])

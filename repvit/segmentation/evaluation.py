@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.distributed import DistEnv, each_rank, shard
-from .data import SemanticFolder
+from .data import EvalResize, SemanticFolder
 from .metrics import ConfusionMatrix
 
 
@@ -58,20 +58,30 @@ def palette(num_classes: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict_images(model: nn.Module, paths: Sequence[Path], output_dir: Path, *, class_names: Sequence[str],
-                   device: torch.device = torch.device("cpu"), alpha: float = 0.5) -> list[dict]:
+                   device: torch.device = torch.device("cpu"), alpha: float = 0.5,
+                   eval_size: Optional[tuple[int, int]] = None) -> list[dict]:
     """Per image: ``<stem>.png`` (the colour-coded class map blended over the photo) and
-    ``<stem>_classes.png`` (the class indices, one channel)."""
+    ``<stem>_classes.png`` (the class indices, one channel), both at the photo's size.
+
+    ``eval_size`` (a model's recorded ``eval_size``) runs the model on the image resized as
+    ``evaluate_segmenter`` sees it (``EvalResize``) and resizes the logits back, so a prediction is
+    what the reported mIoU measured; None runs at the photo's own size."""
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
     output_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().to(device)
     colours = palette(len(class_names))
+    resize = EvalResize(eval_size)
     results = []
     for path in paths:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
-        pixels = pil_to_tensor(rgb).float()[None] / 255.0
-        classes = model(pixels.to(device)).argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
+        pixels = pil_to_tensor(rgb).float() / 255.0
+        resized, _ = resize(pixels, None)
+        logits = model(resized[None].to(device))
+        if logits.shape[-2:] != pixels.shape[-2:]:
+            logits = F.interpolate(logits, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+        classes = logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
         overlay = (np.asarray(rgb) * (1 - alpha) + colours[classes] * alpha).astype(np.uint8)
         drawn, raw = output_dir / f"{Path(path).stem}.png", output_dir / f"{Path(path).stem}_classes.png"
         Image.fromarray(overlay).save(drawn)

@@ -14,7 +14,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from ...classification.eval_predict import expand_images
     model, device = load_for_inference(load_segmenter, args)
     results = predict_images(model, expand_images(args.images), Path(args.output), class_names=model.class_names,
-                             device=device)
+                             device=device, eval_size=model.eval_size)
     for r in results:
         top = sorted(r["fractions"].items(), key=lambda kv: -kv[1])[:3]
         print(f"{r['image']}: " + ", ".join(f"{k} {v:.0%}" for k, v in top) + f" -> {r['drawn']}")
