@@ -1,0 +1,157 @@
+"""Video frames in and out (``repvit.data.video``), whole-video tracking (``repvit.edgetam.tracking``)
+and ``repvit track``'s files, with a stand-in predictor of sam2's video API whose masks are known
+(EdgeTAM itself, with its equality to the official code, is tested in test_edgetam.py)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repvit.cli import main
+from repvit.data.video import open_frames, write_video
+from repvit.edgetam.tracking import TrackPrompt, merged, track
+
+from .conftest import shared_data
+
+
+@pytest.fixture(scope="module")
+def bedroom(tmp_path_factory) -> Path:
+    """The first 6 real frames of ../shared/data/videos/bedroom, downscaled to 240x136 (numbered JPEGs)."""
+    source = shared_data("videos/bedroom", pattern="*.jpg")
+    folder = tmp_path_factory.mktemp("bedroom")
+    for index in range(6):
+        with Image.open(source / f"{index:05d}.jpg") as im:
+            im.resize((240, 136)).save(folder / f"{index:05d}.jpg", quality=95)
+    return folder
+
+
+class StandInPredictor:
+    """sam2's video API; object K's mask on frame f is the square of side 20 around its prompt point
+    (or box centre) moved right by (f - prompted frame) * 3 pixels: tracking that can be checked."""
+
+    def __init__(self):
+        self.calls = []
+
+    def init_state(self, video_path):
+        frames = sorted(Path(video_path).glob("*.jpg"))
+        assert [int(p.stem) for p in frames] == list(range(len(frames))), "frames must be numbered 00000.jpg..."
+        width, height = Image.open(frames[0]).size
+        return {"num_frames": len(frames), "size": (width, height), "anchors": {}}
+
+    def add_new_points_or_box(self, state, *, frame_idx, obj_id, points=None, labels=None, box=None):
+        self.calls.append((frame_idx, obj_id, None if points is None else points.tolist(),
+                           None if labels is None else labels.tolist(), None if box is None else box.tolist()))
+        centre = points[0] if points is not None else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        state["anchors"][obj_id] = (frame_idx, float(centre[0]), float(centre[1]))
+
+    def expected(self, state, obj_id, frame):
+        width, height = state["size"]
+        start, x, y = state["anchors"][obj_id]
+        mask = np.zeros((height, width), dtype=bool)
+        x = int(x + (frame - start) * 3)
+        mask[max(int(y) - 10, 0): int(y) + 10, max(x - 10, 0): x + 10] = True
+        return mask
+
+    def propagate_in_video(self, state, reverse=False):
+        ids = sorted(state["anchors"])
+        first = min(f for f, _, _ in state["anchors"].values())
+        order = range(first, -1, -1) if reverse else range(first, state["num_frames"])
+        for frame in order:
+            masks = np.stack([self.expected(state, o, frame) for o in ids])[:, None]
+            yield frame, ids, torch.from_numpy(masks.astype(np.float32) * 20 - 10)
+
+
+def test_open_frames_links_renames_converts_and_decodes(bedroom, tmp_path):
+    frames = open_frames(bedroom, tmp_path / "w0")
+    assert frames.folder == bedroom and len(frames) == 6 and frames.size == (240, 136)   # used as it is
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for index in range(6):   # names sam2 cannot sort (frame_2 < frame_10 only in natural order), and PNGs
+        name = f"frame_{index * 5}" + (".png" if index % 2 else ".jpg")
+        Image.open(bedroom / f"{index:05d}.jpg").save(odd / name)
+    frames = open_frames(odd, tmp_path / "w1", max_frames=5)
+    assert len(frames) == 5 and frames.folder == tmp_path / "w1"
+    assert [Path(s).name for s in frames.sources] == ["frame_0.jpg", "frame_5.png", "frame_10.jpg", "frame_15.png",
+                                                      "frame_20.jpg"]
+    assert sorted(p.name for p in frames.folder.iterdir()) == [f"{i:05d}.jpg" for i in range(5)]
+    for index in range(5):   # frame i is source i: linked JPEGs as they are, PNGs re-encoded at quality 95
+        diff = np.abs(frames.frame(index).astype(int) - np.asarray(Image.open(frames.sources[index])).astype(int))
+        assert diff.max() == 0 if index % 2 == 0 else diff.mean() < 1.5, index
+    video = write_video((frames.frame(i) for i in range(5)), tmp_path / "clip.mp4", fps=12)
+    decoded = open_frames(video, tmp_path / "w2")
+    assert len(decoded) == 5 and decoded.size == (240, 136) and decoded.fps == pytest.approx(12)
+    for index in range(5):
+        assert np.abs(decoded.frame(index).astype(int) - frames.frame(index).astype(int)).mean() < 6, index
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no frames"):
+        open_frames(empty, tmp_path / "w3")
+    (tmp_path / "clip.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a frame folder or a video file"):
+        open_frames(tmp_path / "clip.json", tmp_path / "w4")
+
+
+def test_track_covers_every_frame_and_object_forward_and_backward(bedroom):
+    predictor = StandInPredictor()
+    prompts = [TrackPrompt(1, 2, [(100.0, 60.0, 1)]), TrackPrompt(2, 3, [], (20.0, 20.0, 60.0, 50.0)),
+               TrackPrompt(1, 2, [(104.0, 64.0, 0)])]
+    seen = []
+    tracks = track(predictor, bedroom, prompts, num_frames=6, size=(240, 136),
+                   on_frame=lambda frame, masks: seen.append(frame))
+    assert sorted(tracks.masks) == list(range(6)) and sorted(seen) == list(range(6)) and tracks.object_ids == [1, 2]
+    replay = StandInPredictor()
+    state = replay.init_state(bedroom)
+    for call in predictor.calls:
+        replay.add_new_points_or_box(state, frame_idx=call[0], obj_id=call[1],
+                                        points=None if call[2] is None else np.array(call[2]),
+                                        box=None if call[4] is None else np.array(call[4]))
+    for frame in range(6):   # frames 0-1 come from the backward pass, 2-5 from the forward one
+        for obj in (1, 2):
+            assert (tracks.masks[frame][obj] == replay.expected(state, obj, frame)).all(), (frame, obj)
+    # The two points of object 1 on frame 2 went in one call (a second call would replace the first).
+    assert predictor.calls[:2] == [(2, 1, [[100.0, 60.0], [104.0, 64.0]], [1, 0], None),
+                                   (3, 2, None, None, [20.0, 20.0, 60.0, 50.0])]
+    assert tracks.areas()[2] == [tracks.masks[f][2].sum() for f in range(6)]
+    assert tracks.summary(prompted=[2, 3])["frames"] == 4
+
+
+def test_track_refuses_bad_prompts(bedroom):
+    with pytest.raises(ValueError, match="frames 0-5"):
+        track(StandInPredictor(), bedroom, [TrackPrompt(1, 6, [(1.0, 1.0, 1)])], num_frames=6, size=(240, 136))
+    with pytest.raises(ValueError, match="outside the 240x136"):
+        track(StandInPredictor(), bedroom, [TrackPrompt(1, 0, [(241.0, 1.0, 1)])], num_frames=6, size=(240, 136))
+    with pytest.raises(ValueError, match="two boxes on frame 0"):
+        merged([TrackPrompt(1, 0, [], (0, 0, 5, 5)), TrackPrompt(1, 0, [], (1, 1, 5, 5))])
+
+
+def test_cli_track_writes_masks_overlay_video_and_timings(bedroom, tmp_path, monkeypatch, capsys):
+    import repvit.commands.track as command
+    predictor = StandInPredictor()
+    monkeypatch.setattr(command, "load_predictor", lambda args: (predictor, torch.device("cpu")))
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"object": 7, "frame": 1, "points": [[50, 40]]}]))
+    video = write_video((np.asarray(Image.open(p)) for p in sorted(bedroom.iterdir())), tmp_path / "in.mp4", fps=10)
+    out = tmp_path / "out"
+    assert main(["track", str(video), "--prompts", str(prompts), "--box", "150,60,200,120", "--frame", "4",
+                 "--output", str(out), "--quiet", "--threads", "1"]) == 0
+    record = json.loads((out / "track.json").read_text())
+    assert record["objects"] == [7, 8] and record["frames"] == 6 and record["fps"] == pytest.approx(10)
+    assert [p["frame"] for p in record["prompts"]] == [1, 4] and record["latency"]["frames"] == 4
+    for obj in (7, 8):
+        masks = sorted((out / "masks" / f"obj{obj}").iterdir())
+        assert len(masks) == 6 and Image.open(masks[0]).size == (240, 136)
+        assert [int(np.asarray(Image.open(m)).astype(bool).sum()) for m in masks] == record["areas"][str(obj)]
+    drawn = open_frames(out / "overlay.mp4", tmp_path / "decoded")
+    assert len(drawn) == 6 and drawn.size == (240, 136)
+    assert "2 object(s) through 6 frames" in capsys.readouterr().out
+    # Bad input: a clear line, nothing loaded.
+    assert main(["track", str(bedroom), "--point", "10,10", "--frame", "9", "--output", str(out)]) == 2
+    assert "frames 0-5" in capsys.readouterr().err
+    assert main(["track", str(bedroom), "--output", str(out)]) == 2
+    assert "give a prompt" in capsys.readouterr().err
+    shutil.rmtree(out)
