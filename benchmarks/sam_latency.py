@@ -27,7 +27,7 @@ from repvit.models.reparam import reparameterize  # noqa: E402
 from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.sam import build_sam  # noqa: E402
 from repvit.sam.everything import FastMaskGenerator  # noqa: E402
-from repvit.sam.images import load_rgb  # noqa: E402
+from repvit.data.images import load_rgb  # noqa: E402
 
 
 def vit_b_encoder() -> torch.nn.Module:

@@ -14,7 +14,7 @@ from segment_anything import SamPredictor  # noqa: E402
 
 from repvit.cli import main  # noqa: E402
 from repvit.sam import build_sam  # noqa: E402
-from repvit.sam.images import load_rgb  # noqa: E402
+from repvit.data.images import load_rgb  # noqa: E402
 from repvit.sam.prompts import Prompt, parse_box, parse_point, predict_prompts  # noqa: E402
 
 from .conftest import SHARED_DATA, shared_data  # noqa: E402

@@ -23,7 +23,7 @@ from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 from repvit.cli import main  # noqa: E402
 from repvit.data.coco import CocoDataError, load_coco  # noqa: E402
 from repvit.sam.evaluation import SIZES, evaluate_coco, find_coco_layout, format_report  # noqa: E402
-from repvit.sam.images import load_rgb  # noqa: E402
+from repvit.data.images import load_rgb  # noqa: E402
 
 from .conftest import shared_data  # noqa: E402
 

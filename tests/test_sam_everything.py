@@ -13,7 +13,7 @@ from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 
 from repvit.sam import build_sam  # noqa: E402
 from repvit.sam.everything import FastMaskGenerator  # noqa: E402
-from repvit.sam.images import load_rgb  # noqa: E402
+from repvit.data.images import load_rgb  # noqa: E402
 
 from .conftest import SHARED_DATA, shared_data  # noqa: E402
 

@@ -19,7 +19,7 @@ from repvit.export import sam as sam_export  # noqa: E402
 from repvit.export import sam_decoder, sam_parity  # noqa: E402
 from repvit.sam.builder import sam_with_encoder  # noqa: E402
 from repvit.sam.encoder import RepViTSamEncoder  # noqa: E402
-from repvit.sam.images import load_rgb  # noqa: E402
+from repvit.data.images import load_rgb  # noqa: E402
 
 from .conftest import SHARED_DATA, shared_data  # noqa: E402
 

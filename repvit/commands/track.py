@@ -91,7 +91,7 @@ def run_track(args: argparse.Namespace) -> int:
     from ..data.video import DEFAULT_FPS, open_frames, require_av, write_video
     from ..edgetam.tracking import track
     from ..runtime.timing import resolve_threads, torch_threads
-    from ..sam.images import overlay
+    from ..data.images import overlay
     prompts = prompts_from_args(args)       # bad prompts fail before anything loads
     out = Path(args.output)
     threads = resolve_threads(args.threads)[0]

@@ -65,7 +65,7 @@ def parity_images(source=None, *, limit: int = 2) -> list[tuple[str, np.ndarray]
     product photo); without those, one generated image (named ``synthetic``: smooth gradients
     and shapes, 480x640), so a check always runs and the report says which it was.
     """
-    from ..sam.images import load_rgb
+    from ..data.images import load_rgb
     if limit < 1:
         raise ValueError(f"the number of parity images must be at least 1, got {limit}")
     if source is not None and not isinstance(source, (str, os.PathLike)):

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from .builder import require_segment_anything
-from .images import overlay
+from ..data.images import overlay
 from .prompts import parse_point
 
 require_segment_anything()

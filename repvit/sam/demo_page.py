@@ -14,7 +14,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from .demo import SCORE_COLUMNS, Result, SamDemo, add_corner, add_point, parse_points
-from .images import overlay
+from ..data.images import overlay
 from .prompts import parse_box
 
 INSTALL_HINT = "pip install 'repvit-pytorch[sam-demo]'"

@@ -236,7 +236,7 @@ class DistillImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def get(self, index: int, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        from .images import load_rgb
+        from ..data.images import load_rgb
         path = self.paths[index]
         return sam_input(load_rgb(path), self.img_size), self.cache.load(path)
 

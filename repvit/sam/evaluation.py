@@ -143,7 +143,7 @@ def evaluate_coco(model, coco_json: PathLike, image_dir: PathLike, *, prompt: st
         bad.raise_if_any(CocoDataError, SKIP_BAD_HINT)
     predictor = _predictor(model)
 
-    from .images import load_rgb
+    from ..data.images import load_rgb
 
     def reject(reason: str, where: str, detail: str, annotation=None) -> None:
         """A problem only decoding shows (an empty mask, an EXIF rotation): an error, or one more skip."""

@@ -31,7 +31,7 @@ from torch import nn
 from ..models.checkpoint import CheckpointError, atomic_write
 from ..models.state_dict import load_strict
 from .builder import read_tensors
-from .images import load_rgb
+from ..data.images import load_rgb
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)

@@ -18,7 +18,7 @@ def _predictor(args):
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
-    from ...sam.images import load_rgb, overlay, save_png
+    from ...data.images import load_rgb, overlay, save_png
     from ...sam.prompts import Prompt, parse_box, parse_point, predict_prompts, read_prompt_file
     points = [parse_point(p) for p in args.point or []]
     boxes = [parse_box(b) for b in args.box or []]
@@ -72,7 +72,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_everything(args: argparse.Namespace) -> int:
     from ...sam.everything import FastMaskGenerator
-    from ...sam.images import load_rgb, overlay, save_png
+    from ...data.images import load_rgb, overlay, save_png
     image = load_rgb(args.image)
     sam = load_sam(args)
     options = dict(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,

@@ -1,4 +1,5 @@
-"""Images in and out for RepViT-SAM: RGB arrays as SAM's predictor takes them, and mask drawings."""
+"""Images in and out for the mask models (RepViT-SAM, EdgeTAM): RGB arrays as their predictors take
+them, and mask drawings."""
 from __future__ import annotations
 
 import os
