@@ -89,7 +89,7 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 CAPABILITIES = ("repvit.classification", "repvit.detection", "repvit.segmentation", "repvit.sam", "repvit.roadmap")
 COMMAND_LINE = ("repvit.commands", "repvit.cli", "repvit.__main__")
 # runtime.timing is a leaf (clocks, threads): the engine may use it; the rest of runtime sits above export.
-TOP = ("repvit.export", "repvit.runtime.bench", "repvit.runtime.optimize") + COMMAND_LINE
+TOP = ("repvit.export", "repvit.runtime.bench", "repvit.runtime.optimize", "repvit.demo") + COMMAND_LINE
 
 
 def _package(name: str, packages) -> str | None:

@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 
 from repvit.sam import build_sam  # noqa: E402
 from repvit.sam.demo import SamDemo, add_corner, add_point, parse_points  # noqa: E402
-from repvit.sam.demo_page import build_app, launch  # noqa: E402
+from repvit.demo.page import build_app, launch  # noqa: E402
 from repvit.data.images import load_rgb  # noqa: E402
 from repvit.sam.prompts import parse_box  # noqa: E402
 
@@ -266,7 +266,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_gradio_is_imported_only_for_the_page():
     code = """
 import contextlib, io, json, sys
-import repvit, repvit.sam, repvit.sam.demo, repvit.sam.demo_page
+import repvit, repvit.sam, repvit.sam.demo, repvit.demo.page
 from repvit.cli import main
 for argv in (["sam", "--help"], ["sam", "demo", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):

@@ -1,7 +1,7 @@
 """The RepViT-SAM demo's work on plain arrays: point, box and everything modes with cached embeddings.
 
 ``SamDemo`` takes H x W x 3 uint8 RGB arrays and returns ``Result``s (an overlay, the masks, their
-scores and a mask PNG); it has no web code and is tested directly. ``repvit.sam.demo_page`` lays the
+scores and a mask PNG); it has no web code and is tested directly. ``repvit.demo.page`` lays the
 Gradio page over it.
 
 The image encoder is the slow part (RepViT-M2.3 on a 1024 px input); the prompt encoder and
@@ -10,20 +10,16 @@ points, boxes and the everything mode on an image the page has seen run the deco
 Keying on content rather than on the upload event means the same picture uploaded again, or
 sent again with every call by an API client, still finds its embedding.
 
-Each answer writes one mask PNG (the page offers it for download). ``MaskFiles`` keeps at most
+Each answer writes one mask PNG (the page offers it for download). ``BoundedFolder`` keeps at most
 ``keep_files`` of them and deletes the oldest, and removes a temporary folder it created when the
 demo is closed, so a page serving many requests uses a bounded amount of disk.
 """
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 import threading
 import time
-import uuid
-import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -32,6 +28,7 @@ import numpy as np
 
 from .builder import require_segment_anything
 from ..data.images import overlay
+from ..data.output_files import BoundedFolder
 from .prompts import parse_point
 
 require_segment_anything()
@@ -93,49 +90,6 @@ class CachedPredictor(SamPredictor):
         self.last_seconds = cached.seconds
 
 
-class MaskFiles:
-    """A folder of mask PNGs holding at most ``keep`` of them: writing one more deletes the oldest.
-
-    Without ``folder`` a temporary one is made, and deleted with its files by ``close()`` or when
-    the object is garbage-collected or the process exits. A given folder is never removed; only the
-    files written here are ever deleted from it.
-    """
-
-    def __init__(self, folder: Union[str, Path, None] = None, *, keep: int = KEEP_FILES):
-        if keep < 1:
-            raise ValueError(f"keep must be at least 1 mask file, got {keep}")
-        self.keep = keep
-        self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="repvit-sam-demo-"))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._written: deque = deque()
-        self._lock = threading.Lock()
-        self._remove_folder = (weakref.finalize(self, shutil.rmtree, str(self.folder), ignore_errors=True)
-                               if folder is None else None)
-
-    def write(self, array: np.ndarray, stem: str) -> str:
-        """Save ``array`` as ``<stem>-<random>.png``; returns its path."""
-        from PIL import Image
-        path = self.folder / f"{stem}-{uuid.uuid4().hex[:12]}.png"
-        Image.fromarray(array).save(path)
-        with self._lock:
-            self._written.append(path)
-            while len(self._written) > self.keep:
-                self._written.popleft().unlink(missing_ok=True)
-        return str(path)
-
-    def files(self) -> list:
-        with self._lock:
-            return [p for p in self._written if p.exists()]
-
-    def close(self) -> None:
-        """Delete the files written here (and the folder, when it is a temporary one)."""
-        with self._lock:
-            while self._written:
-                self._written.popleft().unlink(missing_ok=True)
-        if self._remove_folder is not None:
-            self._remove_folder()
-
-
 @dataclass
 class Result:
     """What one prompt produced: the drawing, the masks, their scores, and the mask file."""
@@ -154,7 +108,7 @@ class SamDemo:
 
     Calls are serialized by a lock (one predictor holds one embedding at a time), so a page with
     several users stays correct. Mask PNGs are written under ``output_dir`` (a temporary folder
-    unless given), at most ``keep_files`` at a time (``MaskFiles``); ``close()`` deletes them.
+    unless given), at most ``keep_files`` at a time (``BoundedFolder``); ``close()`` deletes them.
     """
 
     def __init__(self, sam, *, weights: str = "", cache_size: int = 8,
@@ -162,7 +116,7 @@ class SamDemo:
         self.sam = sam
         self.weights = weights
         self.predictor = CachedPredictor(sam, capacity=cache_size)
-        self.mask_files = MaskFiles(output_dir, keep=keep_files)
+        self.mask_files = BoundedFolder(output_dir, keep=keep_files, prefix="repvit-sam-demo-")
         self._lock = threading.Lock()
 
     @property

@@ -20,27 +20,68 @@ def example_images(folder) -> list:
     return images
 
 
+def video_demo(args):
+    """The video tab's work: EdgeTAM with the weights ``--video`` names (a file, ``edgetam``, ``random``)."""
+    import torch
+    from ...edgetam.video_demo import VideoDemo
+    from ..track import EXTRA, RELEASE
+    try:
+        from ...edgetam import build_video_predictor
+    except ImportError as err:
+        raise ImportError(f"the video tab needs Meta's sam2 package: {EXTRA} ({err})") from None
+    spec = args.video
+    if spec == "random":
+        torch.manual_seed(0)
+    elif spec != RELEASE and not Path(spec).is_file():
+        raise FileNotFoundError(f"--video {spec}: not a file; give an EdgeTAM checkpoint, {RELEASE} (the official "
+                                "weights) or random")
+    predictor = build_video_predictor(None if spec in ("random", RELEASE) else spec, pretrained=spec == RELEASE,
+                                      device=args.device if args.device != "auto" else "cpu")
+    label = ("**random (seed 0): the tracks check the pipeline and mean nothing**" if spec == "random"
+             else f"`{spec}`")
+    return VideoDemo(predictor, weights=label, max_frames=args.video_max_frames)
+
+
+def example_clips(folder, video) -> list:
+    """Video files in ``folder``, or ``folder`` itself when it is a folder of frames (encoded once into
+    an mp4 of its first ``max_frames`` frames, in the demo's output folder)."""
+    from ...data.video import VIDEO_SUFFIXES, open_frames, write_video
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--video-examples {folder}: no such folder")
+    clips = sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if clips:
+        return clips
+    frames = open_frames(root, video.files.folder / "example-frames", max_frames=video.max_frames)
+    return [write_video((frames.frame(i) for i in range(len(frames))), video.files.folder / f"{root.name}.mp4",
+                        fps=frames.fps or 24)]
+
+
 def run_demo(args: argparse.Namespace) -> int:
     try:
-        from ...sam.demo_page import require_gradio
+        from ...demo.page import require_gradio
         require_gradio()
     except ImportError as err:
         print(f"repvit sam demo: error: {err}", file=sys.stderr)
         return 2
     from ...sam.demo import SamDemo
-    from ...sam.demo_page import build_app, launch
+    from ...demo.page import build_app, launch
     examples = example_images(args.examples) if args.examples else []
+    video = video_demo(args) if args.video else None
+    video_examples = example_clips(args.video_examples, video) if video and args.video_examples else []
     sam = load_sam(args)
     weights = ("**random (seed 0): the masks check the pipeline and mean nothing**" if args.random_weights
                else f"`{describe_weights(args)}`")
     demo = SamDemo(sam, weights=weights)
-    app = build_app(demo, examples=examples)
+    app = build_app(demo, examples=examples, video=video, video_examples=video_examples)
     print(f"RepViT-SAM demo on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:
         launch(app, host=args.host, port=args.port, share=args.share,
-               allowed_paths=[args.examples] if examples else [])
+               allowed_paths=([args.examples] if examples else []) + [str(Path(c).parent) for c in video_examples])
     finally:
         demo.close()  # the mask PNGs and their temporary folder
+        if video is not None:
+            video.close()
     return 0
 
 
@@ -57,4 +98,10 @@ def register(actions) -> None:
     p.add_argument("--share", action="store_true",
                    help="also publish a temporary public link through Gradio's share servers (off by default)")
     p.add_argument("--examples", metavar="DIR", help="offer the images in DIR as examples (none are bundled)")
+    v = p.add_argument_group("video tab (EdgeTAM, needs pip install 'repvit-pytorch[edgetam]')")
+    v.add_argument("--video", metavar="WEIGHTS", help="add the video tab with these EdgeTAM weights: a checkpoint "
+                                                      "file, edgetam (the official release) or random")
+    v.add_argument("--video-examples", metavar="DIR", help="clips to offer: the video files in DIR, or DIR itself "
+                                                           "when it is a folder of frames")
+    v.add_argument("--video-max-frames", type=int, default=60, help="cut clips at this many frames [60]")
     p.set_defaults(func=run_demo)
