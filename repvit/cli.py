@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 EXTRAS = {
     "segment_anything": "sam", "pycocotools": "dense", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
     "coremltools": "coreml", "executorch": "executorch", "gradio": "sam-demo", "gradio_client": "sam-demo",
-    "tensorboard": "tensorboard",
+    "tensorboard": "tensorboard", "openvino": "deploy", "nncf": "deploy",
 }
 COMMAND_EXTRA = {"sam": {"pycocotools": "sam"}}
 
