@@ -195,3 +195,38 @@ def test_missing_openvino_is_one_line_naming_the_extra(tmp_path, monkeypatch, ca
     code = main(["bench", "--runtimes", "eager-fused,openvino", "--img-size", "32", "--threads", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.endswith("pip install 'repvit-pytorch[deploy]'"), err
+
+
+def test_cli_segment_export_openvino_dynamic_sizes(tmp_path):
+    from repvit.segmentation.semantic_fpn import SemanticFPN, save_segmenter
+    from .conftest import shared_data
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=5)).eval()
+    names = ["sky", "building", "pole", "road", "car"]
+    path = save_segmenter(model, tmp_path / "seg.pth", class_names=names, ignore_index=5)
+    report = tmp_path / "r.json"
+    images = shared_data("camvid/val/images", pattern="*.jpg")
+    assert main(["segment", "export", "--checkpoint", str(path), "--format", "openvino", "--output",
+                 str(tmp_path / "seg.xml"), "--images", str(images), "--num-real", "1", "--report", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["passed"] and result["format"] == "openvino" and result["max_abs_diff"] <= 1e-3
+    assert result["image_sizes"] == [[360, 480], [240, 360]]  # the photo and a crop whose sides are not /32
+    assert (tmp_path / "seg.bin").is_file()
+    assert json.loads(fmt_ov.read_metadata(tmp_path / "seg.xml")["class_names"]) == names
+    # Independently: a third size, compared with the fused PyTorch model.
+    x = torch.rand(1, 3, 200, 296)
+    with torch.no_grad():
+        want = reparameterize(model)(x)
+    got = fmt_ov.array_runner(tmp_path / "seg.xml", threads=1)(x.numpy())[0]
+    assert got.shape == (1, 5, 200, 296) and np.abs(got - want.numpy()).max() <= 1e-3
+
+
+def test_a_graph_openvino_cannot_convert_names_the_operator(monkeypatch):
+    class Svd(torch.nn.Module):
+        def forward(self, x):
+            return torch.linalg.svdvals(x)
+    with pytest.raises(ValueError) as caught:
+        fmt_ov.convert(Svd(), (torch.randn(2, 4, 4),), what="test graph", instead="the ONNX export")
+    message = str(caught.value)
+    assert "cannot convert the test graph" in message and "svd" in message and message.endswith("the ONNX export")
+    assert "\n" not in message

@@ -89,17 +89,22 @@ def rename(xml: Union[str, os.PathLike], new_xml: Union[str, os.PathLike]) -> Pa
 
 def convert(module: nn.Module, example: Sequence[torch.Tensor], dynamic_shapes=None, *,
             input_names: Sequence[str] = (INPUT_NAME,), output_names: Sequence[str] = (OUTPUT_NAME,),
-            input_shapes: Optional[Sequence] = None):
+            input_shapes: Optional[Sequence] = None, what: str = "model",
+            instead: str = "the ONNX export (--format onnx)"):
     """``module`` -> ``openvino.Model`` through ``torch.export``; names its inputs and outputs.
 
     ``input_shapes`` (one entry per input, ``-1`` for a dynamic size) replaces what the export
-    left dynamic; ``None`` entries keep the exported shape.
+    left dynamic; ``None`` entries keep the exported shape. A graph OpenVINO cannot take raises
+    ``ValueError`` naming the operators it has no rule for and ``instead``, what to use.
     """
     ov = require()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.export.export(module, tuple(example), dynamic_shapes=dynamic_shapes)
-        model = ov.convert_model(program)
+        try:
+            model = ov.convert_model(program)
+        except Exception as err:  # noqa: BLE001 - OpConversionFailure and friends derive from Exception only
+            raise ValueError(conversion_failure(err, what, instead)) from err
     if input_shapes is not None:
         model.reshape({i: ov.PartialShape(list(s)) for i, s in enumerate(input_shapes) if s is not None})
     for port, name in zip(model.inputs, input_names):
@@ -107,6 +112,20 @@ def convert(module: nn.Module, example: Sequence[torch.Tensor], dynamic_shapes=N
     for port, name in zip(model.outputs, output_names):
         port.get_tensor().set_names({name})
     return model
+
+
+def conversion_failure(err: BaseException, what: str, instead: str) -> str:
+    """One line from OpenVINO's conversion report: the operators without a rule (or that failed), and the way out."""
+    import openvino as ov
+    text = str(err)
+    found = []
+    for marker in ("No conversion rule found for operations:", "Conversion is failed for:"):
+        for line in text.splitlines():
+            if marker in line:
+                found.append(line.split(marker, 1)[1].strip())
+    ops = "; ".join(found) if found else (text.strip().splitlines() or [type(err).__name__])[-1][:300]
+    return (f"OpenVINO {ov.get_version().split('-')[0]} cannot convert the {what}: unsupported operator(s) {ops}. "
+            f"Use {instead}")
 
 
 def save(model, path: Union[str, os.PathLike], metadata: dict) -> Path:
@@ -238,5 +257,6 @@ def quantize_openvino(fp32_path: Union[str, os.PathLike], out_path: Union[str, o
     return save(quantized, out_path, meta)
 
 
-__all__ = ["available", "require", "export_openvino", "quantize_openvino", "read_metadata", "check_graph", "describe",
-           "compile_model", "runner", "array_runner", "convert", "save", "bin_path", "remove", "rename"]
+__all__ = ["available", "require", "export_openvino", "conversion_failure", "quantize_openvino", "read_metadata",
+           "check_graph", "describe", "compile_model", "runner", "array_runner", "convert", "save", "bin_path",
+           "remove", "rename"]

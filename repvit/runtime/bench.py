@@ -12,8 +12,8 @@ Fairness rules: every runtime gets the same warm-up; timed rounds are interleave
 round runs every candidate once, the order rotating) so a background job slows all of
 them alike; figures are medians with the 10th-90th percentile spread; the load average
 is recorded before and after. Every result carries its device (and the CPU's model), threads,
-the load before and after, dtype, memory format, batch, fused flag and library versions. The paper's iPhone 12 latencies are
-printed beside, labelled as the paper's: they were measured on a phone's Neural Engine
+the load before and after, dtype, memory format, batch, fused flag and library versions. The
+paper's iPhone 12 latencies are printed beside, labelled as the paper's: they were measured on a phone's Neural Engine
 with Core ML and are not comparable to anything measured here.
 """
 from __future__ import annotations

@@ -10,8 +10,9 @@ float32 paths; a tolerance relative to the largest logit for half precision on G
 * CPU: which path is fastest depends on the CPU, the thread count and the resolution, so
   the faithful candidates (eager, eager channels_last, frozen TorchScript, ONNX Runtime,
   OpenVINO and, on request, ``torch.compile``; runtimes that are not installed are left out)
-  are timed at the requested batch size in interleaved rounds and the fastest is returned. INT8 is not a candidate: it changes the outputs (see
-  ``repvit export --int8`` and ``repvit bench``).
+  are timed at the requested batch size in interleaved rounds and the fastest is returned.
+  INT8 is not a candidate: it changes the outputs (see ``repvit export --int8`` and
+  ``repvit bench``).
 
 The result is an ``InferenceModule``: call it with float32 NCHW images on any device; it
 moves and converts the input itself and returns float32 logits. ``.path`` names the chosen
