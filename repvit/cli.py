@@ -53,6 +53,7 @@ EXTRAS = {
     "segment_anything": "sam", "pycocotools": "dense", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
     "coremltools": "coreml", "executorch": "executorch", "gradio": "sam-demo", "gradio_client": "sam-demo",
     "tensorboard": "tensorboard", "openvino": "deploy", "nncf": "deploy",
+    "litert_torch": "litert", "ai_edge_litert": "litert",
 }
 COMMAND_EXTRA = {"sam": {"pycocotools": "sam"}}
 

@@ -1,4 +1,4 @@
-"""``repvit export``: fused model -> ONNX / TorchScript / Core ML / ExecuTorch / OpenVINO, verified before it is kept."""
+"""``repvit export``: fused model -> ONNX / TorchScript / Core ML / ExecuTorch / OpenVINO / LiteRT, verified before it is kept."""
 from __future__ import annotations
 
 import json
@@ -44,7 +44,7 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export the fused model (ONNX, TorchScript, Core ML, ExecuTorch, "
-                                             "OpenVINO) and verify it against PyTorch")
+                                             "OpenVINO, LiteRT) and verify it against PyTorch")
     src = p.add_argument_group("model")
     add_weights_options(src, required=False,
                         checkpoint_help="trained checkpoint (any accepted format); the variant is read from it")
@@ -63,18 +63,19 @@ def register(subparsers) -> None:
     ver.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails verification, "
                                                                 "renamed -UNVERIFIED")
     grammar.add_report(ver, help="write the verification report to this JSON file")
-    onnx = p.add_argument_group("ONNX and OpenVINO")
+    onnx = p.add_argument_group("ONNX, OpenVINO and LiteRT")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     onnx.add_argument("--fp16", action="store_true", help="ONNX: half-precision weights and compute, float32 "
                                                           "input/output")
     onnx.add_argument("--int8", action="store_true", help="also write an INT8 model (<name>-int8), calibrated on "
-                                                          "--calib-images: ONNX Runtime static QDQ, or OpenVINO "
-                                                          "with NNCF post-training quantization")
+                                                          "--calib-images: ONNX Runtime static QDQ, OpenVINO "
+                                                          "with NNCF post-training quantization, or LiteRT full "
+                                                          "integer (PT2E)")
     onnx.add_argument("--calib-images", help="folder of training images for INT8 calibration")
     onnx.add_argument("--calib-count", type=int, default=300, help="calibration images (spread over sub-folders)")
     onnx.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"],
                       help="ONNX activation ranges: 99.999th percentile (default), extremes, or entropy "
-                           "(OpenVINO uses NNCF's own ranges)")
+                           "(OpenVINO and LiteRT use their quantizers' own ranges)")
     cm = p.add_argument_group("Core ML")
     cm.add_argument("--coreml-input", default="image", choices=["image", "tensor"],
                     help="image: RGB image input, normalization inside the model; tensor: normalized float input")

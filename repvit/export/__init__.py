@@ -1,11 +1,12 @@
 """Export a RepViT model for deployment, and prove the artifact computes what the model computes.
 
-``export_model(model, "onnx" | "torchscript" | "coreml" | "executorch" | "openvino", output)`` fuses the
+``export_model(model, "onnx" | "torchscript" | "coreml" | "executorch" | "openvino" | "litert", output)``
+fuses the
 model, writes the artifact with its metadata, then checks it against the fused PyTorch model
 on random and real images (``verify.py``). An artifact outside its tolerance is removed (or
 kept under an ``-UNVERIFIED`` name on request) and ``ParityError`` is raised. One module per
 format holds the format's specifics; ``quantize.py`` adds INT8 for ONNX (ONNX Runtime) and
-``openvino.py`` its own for OpenVINO (NNCF). The downstream models
+``openvino.py`` and ``litert.py`` their own for OpenVINO (NNCF) and LiteRT (PT2E, full integer). The downstream models
 use the same format modules: ``dense.py`` (Semantic FPN, backbone + FPN, detectors) and ``sam.py``
 with ``sam_decoder.py`` and ``sam_parity.py`` (RepViT-SAM's encoder and prompt decoder).
 """
@@ -26,7 +27,7 @@ from .verify import (REL_TOLERANCES, TOLERANCES, ParityError, ParityReport, comp
 
 INT8_MAX_REL_ERROR = 0.25  # mean relative L2 error of INT8 logits vs float ones, on real images
 INT8_MIN_TOP1_AGREEMENT = 0.75  # INT8 vs float top-1 on real images (checked from 4 images on)
-INT8_FORMATS = ("onnx", "openvino")
+INT8_FORMATS = ("onnx", "openvino", "litert")
 
 
 @dataclass
@@ -108,6 +109,14 @@ def export_model(model: nn.Module, fmt: str, output: Union[str, os.PathLike, Non
         result.reports = compare(reference, fmt_ov.runner(path), inputs, artifact="OpenVINO (CPU, f32)",
                                  tolerance=tolerance or TOLERANCES["openvino"])
 
+    elif fmt == "litert":
+        from . import litert as fmt_lt
+        fmt_lt.export_litert(fused, path, img_size=size)
+        result.facts = fmt_lt.describe(path)
+        log(f"  flatbuffer: input {result.facts['input']}, {result.facts['ops'].get('DELEGATE', 0)} XNNPACK "
+            f"partition(s), {result.facts['bytes'] / 1e6:.1f} MB")
+        result.reports = compare(reference, fmt_lt.runner(path), inputs, artifact="LiteRT (XNNPACK)",
+                                 tolerance=tolerance or TOLERANCES["litert"])
     for report in result.reports:
         log("  " + report.line())
     if not result.passed:
@@ -206,6 +215,13 @@ def _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, c
         fmt_ov.quantize_openvino(result.path, int8_path, arrays, calibration_source=str(calib_images))
         run_int8 = fmt_ov.runner(int8_path)
         nodes = {"FakeQuantize": fmt_ov.check_graph(int8_path)["fake_quantize"]}
+    elif result.format == "litert":
+        from . import litert as fmt_lt
+        log(f"  INT8: full-integer PT2E quantization on {len(arrays)} images from {calib_images} -> {int8_path}")
+        fmt_lt.export_litert(fused, int8_path, img_size=preprocessing["input_size"][-1], calibration=arrays)
+        run_int8 = fmt_lt.runner(int8_path)
+        facts = fmt_lt.describe(int8_path)
+        nodes = {"input": facts["input"], "output": facts["output"], "ops": facts["ops"]}
     else:
         from . import onnx as fmt_onnx
         from .quantize import count_quantized, quantize_onnx

@@ -19,7 +19,8 @@ from torch import nn
 from ..models.model import default_preprocessing
 from ..models.reparam import is_fused, reparameterize
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "openvino": ".xml"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "openvino": ".xml",
+           "litert": ".tflite"}
 
 
 def fused_for_export(model: nn.Module) -> nn.Module:
