@@ -52,7 +52,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 EXTRAS = {
     "segment_anything": "sam", "pycocotools": "dense", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
     "coremltools": "coreml", "executorch": "executorch", "gradio": "sam-demo", "gradio_client": "sam-demo",
-    "tensorboard": "tensorboard", "sam2": "edgetam", "hydra": "edgetam", "iopath": "edgetam", "av": "video",
+    "tensorboard": "tensorboard", "openvino": "deploy", "nncf": "deploy",
+    "litert_torch": "litert", "ai_edge_litert": "litert",
+    "sam2": "edgetam", "hydra": "edgetam", "iopath": "edgetam", "av": "video",
 }
 COMMAND_EXTRA = {"sam": {"pycocotools": "sam"}}
 

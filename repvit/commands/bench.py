@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..runtime.bench import CPU_RUNTIMES, format_report, ratios
+from ..runtime.bench import CPU_RUNTIMES, format_report, installed_runtimes, ratios
 from . import _grammar as grammar
 from ._weights import add_weights_options
 
@@ -42,7 +42,7 @@ def run(args) -> int:
             raise ValueError("--compile/--cuda-graphs/--dtype/--channels-last are GPU throughput options; "
                              "on CPU choose runtimes with --runtimes (use optimize_for_inference for compile)")
         from ..runtime.bench import cpu_latency
-        runtimes = args.runtimes.split(",") if args.runtimes else list(CPU_RUNTIMES)
+        runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else installed_runtimes()
         report = cpu_latency(models, img_size=args.img_size, threads=resolve_threads(args.threads)[0],
                              runtimes=runtimes,
                              compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
@@ -79,9 +79,10 @@ def register(subparsers) -> None:
                                     "visible, else cpu [auto]")
     grammar.add(p, "--img-size", default=224)
     grammar.add(p, "--batch-size", help="default 1 on CPU, 256 on GPU")
-    grammar.add(p, "--threads", help="CPU threads for PyTorch and ONNX Runtime: a count, or auto (the cores idle "
-                                     "when the command starts) [auto]")
-    p.add_argument("--runtimes", help=f"CPU: comma-separated subset of {','.join(CPU_RUNTIMES)} (default all)")
+    grammar.add(p, "--threads", help="CPU threads for PyTorch, ONNX Runtime and OpenVINO: a count, or auto (the "
+                                     "cores idle when the command starts) [auto]")
+    p.add_argument("--runtimes", help=f"CPU: comma-separated subset of {','.join(CPU_RUNTIMES)} (default: every "
+                                      "installed one; int8 is ONNX Runtime's)")
     p.add_argument("--calib-images", help="CPU INT8: calibrate on these images (default random inputs, "
                                           "latency only)")
     p.add_argument("--calib-count", type=int, default=300)

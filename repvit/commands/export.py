@@ -1,4 +1,4 @@
-"""``repvit export``: fused model -> ONNX / TorchScript / Core ML / ExecuTorch, verified before it is kept."""
+"""``repvit export``: fused model -> ONNX / TorchScript / Core ML / ExecuTorch / OpenVINO / LiteRT, verified before it is kept."""
 from __future__ import annotations
 
 import json
@@ -43,8 +43,8 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export the fused model (ONNX, TorchScript, Core ML, ExecuTorch) "
-                                             "and verify it against PyTorch")
+    p = subparsers.add_parser("export", help="export the fused model (ONNX, TorchScript, Core ML, ExecuTorch, "
+                                             "OpenVINO, LiteRT) and verify it against PyTorch")
     src = p.add_argument_group("model")
     add_weights_options(src, required=False,
                         checkpoint_help="trained checkpoint (any accepted format); the variant is read from it")
@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     src.add_argument("--num-classes", type=int, default=1000, help="classes when building without a checkpoint")
     src.add_argument("--distillation", action="store_true", help="with a distillation head (no checkpoint)")
     p.add_argument("--format", required=True, choices=list(FORMATS))
-    grammar.add(p, "--output", help="file name (used as given) or directory (default: ./<variant>-fused.<ext>)")
+    grammar.add(p, "--output", help="file name (used as given; OpenVINO writes its .bin beside the .xml) or "
+                                    "directory (default: ./<variant>-fused.<ext>)")
     grammar.add(p, "--img-size", help="input resolution (default: the model's preprocessing input size)")
     ver = p.add_argument_group("verification")
     grammar.add(ver, "--images", help="real images to verify on (default: two photos shipped with matplotlib)")
@@ -62,15 +63,19 @@ def register(subparsers) -> None:
     ver.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails verification, "
                                                                 "renamed -UNVERIFIED")
     grammar.add_report(ver, help="write the verification report to this JSON file")
-    onnx = p.add_argument_group("ONNX")
+    onnx = p.add_argument_group("ONNX, OpenVINO and LiteRT")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default 18)")
-    onnx.add_argument("--fp16", action="store_true", help="half-precision weights and compute, float32 input/output")
-    onnx.add_argument("--int8", action="store_true", help="also write an INT8 (static, QDQ) model, calibrated on "
-                                                          "--calib-images")
+    onnx.add_argument("--fp16", action="store_true", help="ONNX: half-precision weights and compute, float32 "
+                                                          "input/output")
+    onnx.add_argument("--int8", action="store_true", help="also write an INT8 model (<name>-int8), calibrated on "
+                                                          "--calib-images: ONNX Runtime static QDQ, OpenVINO "
+                                                          "with NNCF post-training quantization, or LiteRT full "
+                                                          "integer (PT2E)")
     onnx.add_argument("--calib-images", help="folder of training images for INT8 calibration")
     onnx.add_argument("--calib-count", type=int, default=300, help="calibration images (spread over sub-folders)")
     onnx.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"],
-                      help="activation ranges: 99.999th percentile (default), extremes, or entropy")
+                      help="ONNX activation ranges: 99.999th percentile (default), extremes, or entropy "
+                           "(OpenVINO and LiteRT use their quantizers' own ranges)")
     cm = p.add_argument_group("Core ML")
     cm.add_argument("--coreml-input", default="image", choices=["image", "tensor"],
                     help="image: RGB image input, normalization inside the model; tensor: normalized float input")

@@ -1,10 +1,12 @@
 """Export a RepViT model for deployment, and prove the artifact computes what the model computes.
 
-``export_model(model, "onnx" | "torchscript" | "coreml" | "executorch", output)`` fuses the
+``export_model(model, "onnx" | "torchscript" | "coreml" | "executorch" | "openvino" | "litert", output)``
+fuses the
 model, writes the artifact with its metadata, then checks it against the fused PyTorch model
 on random and real images (``verify.py``). An artifact outside its tolerance is removed (or
 kept under an ``-UNVERIFIED`` name on request) and ``ParityError`` is raised. One module per
-format holds the format's specifics; ``quantize.py`` adds INT8 for ONNX. The downstream models
+format holds the format's specifics; ``quantize.py`` adds INT8 for ONNX (ONNX Runtime) and
+``openvino.py`` and ``litert.py`` their own for OpenVINO (NNCF) and LiteRT (PT2E, full integer). The downstream models
 use the same format modules: ``dense.py`` (Semantic FPN, backbone + FPN, detectors) and ``sam.py``
 with ``sam_decoder.py`` and ``sam_parity.py`` (RepViT-SAM's encoder and prompt decoder).
 """
@@ -24,6 +26,8 @@ from .verify import (REL_TOLERANCES, TOLERANCES, ParityError, ParityReport, comp
                      verification_inputs)
 
 INT8_MAX_REL_ERROR = 0.25  # mean relative L2 error of INT8 logits vs float ones, on real images
+INT8_MIN_TOP1_AGREEMENT = 0.75  # INT8 vs float top-1 on real images (checked from 4 images on)
+INT8_FORMATS = ("onnx", "openvino", "litert")
 
 
 @dataclass
@@ -57,8 +61,9 @@ def export_model(model: nn.Module, fmt: str, output: Union[str, os.PathLike, Non
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fp16 and fmt != "onnx":
         raise ValueError("--fp16 applies to ONNX; Core ML chooses its precision with coreml_precision")
-    if int8 and fmt != "onnx":
-        raise ValueError("INT8 quantization is done on the ONNX export: use format 'onnx' with int8=True")
+    if int8 and fmt not in INT8_FORMATS:
+        raise ValueError(f"INT8 quantization is done on the {' or '.join(INT8_FORMATS)} export: use one of those "
+                         "formats with int8=True")
     if int8 and fp16:
         raise ValueError("choose one of fp16 and int8")
     fused = fused_for_export(model)
@@ -96,7 +101,22 @@ def export_model(model: nn.Module, fmt: str, output: Union[str, os.PathLike, Non
             f"{result.facts['ops_outside_delegate'] or 'none'}")
         result.reports = compare(reference, fmt_et.runner(path), _multiple_of(inputs, batch_size),
                                  artifact="ExecuTorch (XNNPACK)", tolerance=tolerance or TOLERANCES["executorch"])
+    elif fmt == "openvino":
+        from . import openvino as fmt_ov
+        fmt_ov.export_openvino(fused, path, img_size=size, metadata=metadata)
+        result.facts = fmt_ov.check_graph(path)
+        log(f"  IR: {fmt_ov.describe(path)}")
+        result.reports = compare(reference, fmt_ov.runner(path), inputs, artifact="OpenVINO (CPU, f32)",
+                                 tolerance=tolerance or TOLERANCES["openvino"])
 
+    elif fmt == "litert":
+        from . import litert as fmt_lt
+        fmt_lt.export_litert(fused, path, img_size=size)
+        result.facts = fmt_lt.describe(path)
+        log(f"  flatbuffer: input {result.facts['input']}, {result.facts['ops'].get('DELEGATE', 0)} XNNPACK "
+            f"partition(s), {result.facts['bytes'] / 1e6:.1f} MB")
+        result.reports = compare(reference, fmt_lt.runner(path), inputs, artifact="LiteRT (XNNPACK)",
+                                 tolerance=tolerance or TOLERANCES["litert"])
     for report in result.reports:
         log("  " + report.line())
     if not result.passed:
@@ -161,42 +181,75 @@ def _discard(result: ExportResult, keep_failed: bool, log) -> None:
     path = result.path
     if keep_failed:
         kept = path.with_name(f"{path.stem}-UNVERIFIED{path.suffix}")
-        if kept.exists():
-            shutil.rmtree(kept) if kept.is_dir() else kept.unlink()
-        path.rename(kept)
+        if result.format == "openvino":
+            from .openvino import rename
+            rename(path, kept)
+        else:
+            if kept.exists():
+                shutil.rmtree(kept) if kept.is_dir() else kept.unlink()
+            path.rename(kept)
         result.path = kept
         log(f"  parity FAILED: artifact kept as {kept} (do not deploy it)")
     else:
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        _remove(path, result.format)
         log(f"  parity FAILED: artifact {path} removed (pass keep_failed / --keep-failed to inspect it)")
 
 
+def _remove(path: Path, fmt: str) -> None:
+    if fmt == "openvino":
+        from .openvino import remove
+        remove(path)
+    else:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, calib_method, log) -> None:
-    from . import onnx as fmt_onnx
-    from .quantize import agreement, calibration_batches, count_quantized, quantize_onnx
+    from .quantize import agreement, calibration_batches
     if calib_images is None:
         raise ValueError("INT8 calibration needs real training images: pass calib_images / --calib-images DIR")
     arrays, paths = calibration_batches(calib_images, preprocessing, calib_count)
     int8_path = result.path.with_name(f"{result.path.stem}-int8{result.path.suffix}")
-    log(f"  INT8: calibrating on {len(arrays)} images from {calib_images} ({calib_method}) -> {int8_path}")
-    quantize_onnx(result.path, int8_path, arrays, method=calib_method, calibration_source=str(calib_images))
-    run_int8 = fmt_onnx.runner(int8_path)
+    if result.format == "openvino":
+        from . import openvino as fmt_ov
+        log(f"  INT8: NNCF post-training quantization on {len(arrays)} images from {calib_images} -> {int8_path}")
+        fmt_ov.quantize_openvino(result.path, int8_path, arrays, calibration_source=str(calib_images))
+        run_int8 = fmt_ov.runner(int8_path)
+        nodes = {"FakeQuantize": fmt_ov.check_graph(int8_path)["fake_quantize"]}
+    elif result.format == "litert":
+        from . import litert as fmt_lt
+        log(f"  INT8: full-integer PT2E quantization on {len(arrays)} images from {calib_images} -> {int8_path}")
+        fmt_lt.export_litert(fused, int8_path, img_size=preprocessing["input_size"][-1], calibration=arrays)
+        run_int8 = fmt_lt.runner(int8_path)
+        facts = fmt_lt.describe(int8_path)
+        nodes = {"input": facts["input"], "output": facts["output"], "ops": facts["ops"]}
+    else:
+        from . import onnx as fmt_onnx
+        from .quantize import count_quantized, quantize_onnx
+        log(f"  INT8: calibrating on {len(arrays)} images from {calib_images} ({calib_method}) -> {int8_path}")
+        quantize_onnx(result.path, int8_path, arrays, method=calib_method, calibration_source=str(calib_images))
+        run_int8 = fmt_onnx.runner(int8_path)
+        nodes = count_quantized(int8_path)
     stats = {}
     with torch.no_grad():
         for kind, x in inputs.items():
             stats[kind] = agreement(fused(x), run_int8(x))
-    result.int8_path, result.int8 = int8_path, {"nodes": count_quantized(int8_path), "vs_float": stats,
-                                                "calibration_images": len(arrays)}
+    result.int8_path, result.int8 = int8_path, {"nodes": nodes, "vs_float": stats, "calibration_images": len(arrays)}
     for kind, s in stats.items():
         log(f"  INT8 vs fused float, {inputs[kind].shape[0]} {kind} images: relative L2 error "
             f"{s['relative_l2_error']:.3f}, cosine {s['cosine']:.4f}, top-1 agreement {s['top1_agreement']:.1%}, "
             f"max |diff| {s['max_abs_diff']:.3f}")
-    check = stats.get("real", stats["random"])
+    kind = "real" if "real" in stats else "random"
+    check = stats[kind]
+    problems = []
     if check["relative_l2_error"] > INT8_MAX_REL_ERROR:
-        int8_path.unlink(missing_ok=True)
-        raise ParityError(f"INT8 model is too far from the float model (relative L2 error "
-                          f"{check['relative_l2_error']:.3f} > {INT8_MAX_REL_ERROR}); it was removed. Try more "
-                          "calibration images or --calib-method percentile")
+        problems.append(f"relative L2 error {check['relative_l2_error']:.3f} > {INT8_MAX_REL_ERROR}")
+    if kind == "real" and inputs["real"].shape[0] >= 4 and check["top1_agreement"] < INT8_MIN_TOP1_AGREEMENT:
+        problems.append(f"top-1 agreement {check['top1_agreement']:.1%} < {INT8_MIN_TOP1_AGREEMENT:.0%} on real images")
+    if problems:
+        _remove(int8_path, result.format)
+        raise ParityError(f"INT8 model is too far from the float model ({'; '.join(problems)}); it was removed. "
+                          "Try more calibration images" + (" or --calib-method percentile"
+                                                            if result.format == "onnx" else ""))
 
 
 __all__ = ["ExportResult", "ParityError", "ParityReport", "export_model", "FORMATS", "fused_for_export",

@@ -19,7 +19,8 @@ from torch import nn
 from ..models.model import default_preprocessing
 from ..models.reparam import is_fused, reparameterize
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage", "executorch": ".pte", "openvino": ".xml",
+           "litert": ".tflite"}
 
 
 def fused_for_export(model: nn.Module) -> nn.Module:
@@ -91,7 +92,8 @@ def artifact_path(output: Union[str, os.PathLike, None], variant: str, fmt: str,
     if text.endswith(("/", os.sep)) or not path.suffix or (path.is_dir() and path.suffix != ext):
         return path / default_name
     if path.suffix != ext:
-        raise ValueError(f"a {fmt} artifact must end in {ext}, got {text!r} (or pass a directory)")
+        beside = " (its weights are written beside it, as .bin)" if fmt == "openvino" else ""
+        raise ValueError(f"a {fmt} artifact must end in {ext}{beside}, got {text!r} (or pass a directory)")
     if "unfused" in path.stem.lower():
         raise ValueError(f"{text!r} says 'unfused', but exports are always made from the fused model; rename it")
     return path

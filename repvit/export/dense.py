@@ -3,10 +3,13 @@
 * Semantic FPN -> ONNX with dynamic batch, height and width; checked with ONNX Runtime at two
   image sizes against the fused PyTorch model.
 * Backbone + FPN -> ONNX (one output per pyramid level, dynamic sizes), checked the same way.
+* Both also -> OpenVINO IR (``.xml`` + ``.bin``, same dynamic sizes and outputs), checked with
+  OpenVINO's CPU plugin in float32 the same way.
 * A torchvision detector -> TorchScript (scripted, so any image size and count), checked on real
   images: the same boxes, labels and scores.
 
-Every export is of the fused model; a failed check removes the file and raises ``ParityError``.
+Every export is of the fused model; a failed check removes the file (both files of an IR) and raises
+``ParityError``.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,8 +51,7 @@ def _export_dynamic_onnx(module: nn.Module, path: Path, output_names: list[str],
     import onnx
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(2, 3, 256, 320)
-    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=64, max=4096),
-            3: torch.export.Dim("width", min=64, max=4096)}
+    dims = _dynamic_dims()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), dynamo=True, verbose=False, external_data=False,
@@ -60,20 +63,36 @@ def _export_dynamic_onnx(module: nn.Module, path: Path, output_names: list[str],
 def _check_onnx(reference: nn.Module, path: Path, images: Sequence[torch.Tensor], tolerance: float) -> dict:
     sess = session(path)
     name = sess.get_inputs()[0].name
+    return _check(reference, lambda x: sess.run(None, {name: x}), images, tolerance, path, "ONNX Runtime",
+                  lambda: path.unlink(missing_ok=True))
+
+
+def _check_openvino(reference: nn.Module, path: Path, images: Sequence[torch.Tensor], tolerance: float) -> dict:
+    from . import openvino as fmt_ov
+    return _check(reference, fmt_ov.array_runner(path), images, tolerance, path, "OpenVINO",
+                  lambda: fmt_ov.remove(path))
+
+
+def _check(reference: nn.Module, run, images: Sequence[torch.Tensor], tolerance: float, path: Path, engine: str,
+           remove) -> dict:
+    """Largest difference over every output of ``run`` (arrays in, list of arrays out) vs ``reference``."""
     worst = 0.0
     shapes = []
     with torch.no_grad():
         for image in images:
             want = reference(image[None])
             want = list(want.values()) if isinstance(want, dict) else [want]
-            got = sess.run(None, {name: image[None].float().contiguous().numpy()})
+            got = run(image[None].float().contiguous().numpy())
+            if len(got) != len(want):
+                worst = float("inf")
             for w, g in zip(want, got):
-                worst = max(worst, (w - torch.from_numpy(g)).abs().max().item())
+                g = torch.from_numpy(np.asarray(g))
+                worst = max(worst, (w - g).abs().max().item() if g.shape == w.shape else float("inf"))
             shapes.append(list(image.shape[-2:]))
     report = {"max_abs_diff": worst, "tolerance": tolerance, "image_sizes": shapes, "passed": worst <= tolerance}
     if not report["passed"]:
-        path.unlink(missing_ok=True)
-        raise ParityError(f"ONNX Runtime differs from PyTorch by {worst:.3g} (> {tolerance:g}) on real images "
+        remove()
+        raise ParityError(f"{engine} differs from PyTorch by {worst:.3g} (> {tolerance:g}) on real images "
                           f"{shapes}; {path} was removed")
     return report
 
@@ -97,6 +116,40 @@ def export_neck_onnx(neck: nn.Module, path: Union[str, os.PathLike], images: Seq
     _export_dynamic_onnx(_LevelsAsTuple(fused), path, [f"p{i}" for i in range(len(levels))],
                          {"producer": "repvit", "task": "backbone+fpn", "levels": levels}, opset)
     return {"path": str(path), **_check_onnx(fused, path, images, SEG_TOLERANCE)}
+
+
+def _dynamic_dims() -> dict:
+    return {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=64, max=4096),
+            3: torch.export.Dim("width", min=64, max=4096)}
+
+
+def _export_dynamic_openvino(module: nn.Module, path: Path, output_names: list[str], metadata: dict, what: str) -> None:
+    from . import openvino as fmt_ov
+    if path.suffix != ".xml":
+        raise ValueError(f"an OpenVINO IR is named .xml (its weights go beside it as .bin), got {str(path)!r}")
+    model = fmt_ov.convert(module, (torch.rand(2, 3, 256, 320),), (_dynamic_dims(),), output_names=output_names,
+                           what=what, instead="the ONNX export (repvit segment export --format onnx)")
+    fmt_ov.save(model, path, metadata)
+
+
+def export_segmenter_openvino(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
+                              class_names: Sequence[str]) -> dict:
+    """Fused Semantic FPN -> OpenVINO IR with the ONNX export's input, output and dynamic sizes."""
+    fused, path = _fused(model), Path(path)
+    meta = {"producer": "repvit", "task": "segmentation", "class_names": list(class_names),
+            "config": getattr(model, "repvit_config", {}), "input": "float32 RGB in 0..1, NCHW, any size"}
+    _export_dynamic_openvino(fused, path, ["logits"], meta, "Semantic FPN")
+    return {"path": str(path), **_check_openvino(fused, path, images, SEG_TOLERANCE)}
+
+
+def export_neck_openvino(neck: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor]) -> dict:
+    """Fused backbone + FPN -> OpenVINO IR, one output per pyramid level (``p0`` ... finest first)."""
+    fused, path = _fused(neck), Path(path)
+    with torch.no_grad():
+        levels = list(fused(torch.rand(1, 3, 128, 128)))
+    _export_dynamic_openvino(_LevelsAsTuple(fused), path, [f"p{i}" for i in range(len(levels))],
+                             {"producer": "repvit", "task": "backbone+fpn", "levels": levels}, "backbone + FPN")
+    return {"path": str(path), **_check_openvino(fused, path, images, SEG_TOLERANCE)}
 
 
 def export_detector_torchscript(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,

@@ -53,6 +53,8 @@ image (the expensive part), the prompt decoder once per click. This module write
   predicts only on macOS: elsewhere the conversion and the file's input/output names are checked.
 * ExecuTorch (``repvit_sam_encoder.pte``): the fused encoder lowered to XNNPACK at 1x3x1024x1024
   and checked with ExecuTorch's runtime.
+* OpenVINO (``repvit_sam_encoder.xml`` / ``repvit_sam_decoder.xml``, each with its ``.bin``): the
+  ONNX files' inputs and outputs, checked with OpenVINO's CPU plugin (``sam_openvino.py``).
 
 Every file is checked against PyTorch on real photographs (the encoder on each image, the
 decoder on that image's embedding with one click, a box, a box with a background click and a
@@ -87,13 +89,14 @@ from .sam_decoder import (COREML_DECODER_INPUTS, COREML_DECODER_OUTPUTS, DECODER
 from .sam_parity import check_decoder, check_encoder, discard_failed, encode_images, parity_images
 from .verify import ParityError, max_abs_diff
 
-FORMATS = ("onnx", "coreml", "executorch")
+FORMATS = ("onnx", "coreml", "executorch", "openvino")
 ENCODER_INPUTS, ENCODER_OUTPUTS = ("image",), ("image_embeddings",)
 COREML_MAX_POINTS = 16
 FILE_NAMES = {("onnx", "encoder"): "repvit_sam_encoder.onnx", ("onnx", "decoder"): "repvit_sam_decoder.onnx",
               ("coreml", "encoder"): "repvit_sam_encoder.mlpackage",
               ("coreml", "decoder"): "repvit_sam_decoder.mlpackage",
-              ("executorch", "encoder"): "repvit_sam_encoder.pte"}
+              ("executorch", "encoder"): "repvit_sam_encoder.pte",
+              ("openvino", "encoder"): "repvit_sam_encoder.xml", ("openvino", "decoder"): "repvit_sam_decoder.xml"}
 
 MACOS_ONLY = "Core ML predictions need macOS; on {system} the conversion and the file's inputs and outputs are checked"
 
@@ -305,7 +308,8 @@ def format_available(fmt: str) -> Optional[str]:
     """None when ``fmt`` can be written here, else the reason (the missing package and its pip extra)."""
     import importlib.util
     needs = {"onnx": [("onnx", "onnx"), ("onnxruntime", "onnx"), ("onnxscript", "onnx")],
-             "coreml": [("coremltools", "coreml")], "executorch": [("executorch", "executorch")]}[fmt]
+             "coreml": [("coremltools", "coreml")], "executorch": [("executorch", "executorch")],
+             "openvino": [("openvino", "deploy")]}[fmt]
     for module, extra in needs:
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed: pip install 'repvit-pytorch[{extra}]'"
@@ -347,7 +351,7 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
                                for name, a in images]
     report["parity_on"] = "a synthetic test card (no photograph found)" if synthetic else "real photographs"
     encoded = []
-    if {"onnx", "executorch"} & set(formats):  # Core ML alone predicts nothing here
+    if {"onnx", "executorch", "openvino"} & set(formats):  # Core ML alone predicts nothing here
         log(f"parity on {report['parity_on']}: " + ", ".join(n for n, _ in images))
         encoded = encode_images(sam, images)
     else:
@@ -395,6 +399,19 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
             else:
                 record("executorch", "encoder", discard_failed({"lowered": True, **facts, "verified": True, **check},
                                                                path))
+    if "openvino" in formats:
+        from . import sam_openvino as ov
+        path = out / FILE_NAMES["openvino", "encoder"]
+        facts = ov.export_encoder_openvino(sam, path, metadata=_base_metadata("image encoder"))
+        record("openvino", "encoder", ov.discard_failed({**facts, **check_encoder(ov.encoder_runner(path), encoded)},
+                                                        path))
+        path = out / FILE_NAMES["openvino", "decoder"]
+        facts = ov.export_decoder_openvino(sam, path, metadata=_base_metadata("prompt decoder"),
+                                           return_single_mask=return_single_mask,
+                                           use_stability_score=use_stability_score)
+        check = check_decoder(ov.decoder_runner(path), sam, encoded, return_single_mask=return_single_mask,
+                              use_stability_score=use_stability_score)
+        record("openvino", "decoder", ov.discard_failed({**facts, **check}, path))
     report["passed"] = not failures
     report["failures"] = failures
     if failures and strict:

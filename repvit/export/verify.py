@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".P
 
 # Absolute tolerances on the largest logit difference (the issue's contract), and the relative
 # ones (to the largest reference logit) for reduced-precision artifacts.
-TOLERANCES = {"onnx": 1e-4, "torchscript": 1e-5, "executorch": 1e-4, "coreml": 1e-3}
+TOLERANCES = {"onnx": 1e-4, "torchscript": 1e-5, "executorch": 1e-4, "coreml": 1e-3, "openvino": 1e-4, "litert": 1e-4}
 REL_TOLERANCES = {"fp16": 2e-2}
 
 

@@ -3,16 +3,17 @@
 Two settings, as in the paper and the official code:
 
 * CPU, batch 1 (the paper's latency setting): eager unfused, eager fused, TorchScript,
-  ONNX Runtime and ONNX Runtime INT8, optionally timm's RepViT beside them.
+  ONNX Runtime and ONNX Runtime INT8, OpenVINO and OpenVINO INT8 (NNCF), optionally timm's
+  RepViT beside them. By default every runtime that is installed is measured.
 * GPU throughput (the official ``speed_gpu.py`` setting): a large batch, with dtype,
   channels_last, fusion, ``torch.compile`` and CUDA graphs as options; images per second.
 
 Fairness rules: every runtime gets the same warm-up; timed rounds are interleaved (each
 round runs every candidate once, the order rotating) so a background job slows all of
 them alike; figures are medians with the 10th-90th percentile spread; the load average
-is recorded before and after. Every result carries its device, threads, dtype, memory
-format, batch, fused flag and library versions. The paper's iPhone 12 latencies are
-printed beside, labelled as the paper's: they were measured on a phone's Neural Engine
+is recorded before and after. Every result carries its device (and the CPU's model), threads,
+the load before and after, dtype, memory format, batch, fused flag and library versions. The
+paper's iPhone 12 latencies are printed beside, labelled as the paper's: they were measured on a phone's Neural Engine
 with Core ML and are not comparable to anything measured here.
 """
 from __future__ import annotations
@@ -32,7 +33,11 @@ from ..models.variants import VARIANTS
 from .optimize import DTYPES, optimize_for_inference, prepare_gpu
 from .timing import environment, load_average, summarize, time_interleaved, torch_threads
 
-CPU_RUNTIMES = ("eager-unfused", "eager-fused", "torchscript", "onnxruntime", "int8")
+CPU_RUNTIMES = ("eager-unfused", "eager-fused", "torchscript", "onnxruntime", "int8", "openvino", "openvino-int8")
+# The package each optional runtime needs, and the extra that installs it.
+RUNTIME_PACKAGES = {"onnxruntime": (("onnx", "onnxscript", "onnxruntime"), "onnx"),
+                    "int8": (("onnx", "onnxscript", "onnxruntime"), "onnx"),
+                    "openvino": (("openvino",), "deploy"), "openvino-int8": (("openvino", "nncf"), "deploy")}
 TIMM_RUNTIMES = ("timm-eager-unfused", "timm-eager-fused")
 
 
@@ -58,6 +63,9 @@ class Result:
     img_per_s: float = 0.0
     paper_iphone12_ms: Optional[float] = None
     note: str = ""
+    cpu: str = ""                 # the CPU's model name (GPU runs: the host's)
+    load_avg_1min_before: float = 0.0
+    load_avg_1min_after: float = 0.0
 
     @property
     def label(self) -> str:
@@ -113,14 +121,8 @@ def _onnx_runner(fused: nn.Module, img_size: int, threads: int, tmp: str, int8: 
         fmt_onnx.export_onnx(fused, path, img_size=img_size, metadata=export_metadata(fused, "onnx", preprocessing))
     note = ""
     if int8:
-        from ..export.quantize import calibration_batches, quantize_onnx
-        from ..export.verify import random_batch
-        if calib_images:
-            arrays, _ = calibration_batches(calib_images, preprocessing, calib_count)
-            note = f"INT8 calibrated on {len(arrays)} images from {calib_images}"
-        else:
-            arrays = [random_batch(1, img_size, seed=i).numpy() for i in range(16)]
-            note = "INT8 calibrated on random inputs (latency only; use --calib-images for a deployable model)"
+        from ..export.quantize import quantize_onnx
+        arrays, note = _calibration(img_size, calib_images, calib_count, preprocessing)
         q_path = os.path.join(tmp, "fused-int8.onnx")
         quantize_onnx(path, q_path, arrays, calibration_source=str(calib_images or "random"))
         path = q_path
@@ -128,16 +130,66 @@ def _onnx_runner(fused: nn.Module, img_size: int, threads: int, tmp: str, int8: 
     return session, note
 
 
-def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2, runtimes: Sequence[str] = CPU_RUNTIMES,
+def installed_runtimes() -> list[str]:
+    """The CPU runtimes whose packages are installed here (eager and TorchScript always are)."""
+    return [rt for rt in CPU_RUNTIMES if all(_installed(m) for m in RUNTIME_PACKAGES.get(rt, ((),))[0])]
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules (blocked) raises ValueError
+        return False
+
+
+def _openvino_runner(fused: nn.Module, img_size: int, threads: int, tmp: str, int8: bool,
+                     calib_images, calib_count: int, preprocessing: dict) -> tuple[Callable, str]:
+    from ..export import openvino as fmt_ov
+    from ..export.artifact import export_metadata
+    path = os.path.join(tmp, "fused.xml")
+    if not os.path.exists(path):
+        fmt_ov.export_openvino(fused, path, img_size=img_size, metadata=export_metadata(fused, "openvino",
+                                                                                         preprocessing))
+    note = ""
+    if int8:
+        arrays, note = _calibration(img_size, calib_images, calib_count, preprocessing)
+        q_path = os.path.join(tmp, "fused-int8.xml")
+        fmt_ov.quantize_openvino(path, q_path, arrays, calibration_source=str(calib_images or "random"))
+        path = q_path
+    request = fmt_ov.compile_model(path, threads).create_infer_request()
+    return request, note
+
+
+def _calibration(img_size: int, calib_images, calib_count: int, preprocessing: dict) -> tuple[list, str]:
+    from ..export.quantize import calibration_batches
+    from ..export.verify import random_batch
+    if calib_images:
+        arrays, _ = calibration_batches(calib_images, preprocessing, calib_count)
+        return arrays, f"INT8 calibrated on {len(arrays)} images from {calib_images}"
+    return ([random_batch(1, img_size, seed=i).numpy() for i in range(16)],
+            "INT8 calibrated on random inputs (latency only; use --calib-images for a deployable model)")
+
+
+def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
+                runtimes: Optional[Sequence[str]] = None,
                 compare_timm: bool = False, warmup: int = 10, rounds: int = 10, iters: int = 20, batch: int = 1,
                 checkpoint: Optional[str] = None, calib_images=None, calib_count: int = 300,
                 log: Callable[[str], None] = lambda _: None) -> Report:
-    """CPU latency of every requested runtime (and timm's model), interleaved in one run."""
+    """CPU latency of every requested runtime (default: every installed one) and timm's model, interleaved."""
+    runtimes = installed_runtimes() if runtimes is None else list(runtimes)
     unknown = set(runtimes) - set(CPU_RUNTIMES)
     if unknown:
         raise ValueError(f"unknown CPU runtimes {sorted(unknown)}; choose from {', '.join(CPU_RUNTIMES)}")
     if not runtimes:
         raise ValueError("choose at least one runtime")
+    installed = installed_runtimes()
+    for rt in runtimes:
+        if rt not in installed:
+            modules, extra = RUNTIME_PACKAGES[rt]
+            missing = " and ".join(m for m in modules if not _installed(m))
+            raise ImportError(f"the {rt} runtime needs {missing}, which is not installed: "
+                              f"pip install 'repvit-pytorch[{extra}]'")
     report = Report(environment=environment("cpu"), settings={
         "img_size": img_size, "threads": threads, "batch": batch, "warmup": warmup, "rounds": rounds, "iters": iters,
         "interleaved": True, "timing": "per call, perf_counter", "torch.inference_mode": True})
@@ -181,6 +233,17 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
                 meta[(name, rt)] = Result(runtime="onnxruntime-int8" if int8 else "onnxruntime", source="repvit",
                                           dtype="int8 (QDQ)" if int8 else "float32", memory_format="NCHW",
                                           fused=True, note=note, **base)
+            for rt, int8 in (("openvino", False), ("openvino-int8", True)):
+                if rt not in runtimes:
+                    continue
+                log(f"preparing {name} {rt} ...")
+                sub = os.path.join(tmp, name)
+                os.makedirs(sub, exist_ok=True)
+                request, note = _openvino_runner(fused, img_size, used, sub, int8, calib_images, calib_count,
+                                                 dict(model.preprocessing, input_size=[3, img_size, img_size]))
+                candidates[(name, rt)] = lambda r=request: r.infer([x_np])
+                meta[(name, rt)] = Result(runtime=rt, source="repvit", dtype="int8 (NNCF)" if int8 else "float32",
+                                          memory_format="NCHW", fused=True, note=note, **base)
             if compare_timm:
                 theirs = build_timm(name)
                 if theirs is None:
@@ -206,8 +269,15 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
         for k, v in stats.items():
             setattr(result, k, v)
         result.img_per_s = batch * 1e3 / result.median_ms
+        _conditions(result, report)
         report.results.append(result)
     return report
+
+
+def _conditions(result: Result, report: Report) -> None:
+    """Each row carries the machine's state with it, so a row copied on its own still says where it ran."""
+    result.cpu = report.environment.get("cpu", "")
+    result.load_avg_1min_before, result.load_avg_1min_after = report.load_before, report.load_after
 
 
 def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 256, img_size: int = 224,
@@ -270,6 +340,7 @@ def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 
         for k, v in summarize(values).items():
             setattr(result, k, v)
         result.img_per_s = batch * 1e3 / result.median_ms
+        _conditions(result, report)
         report.results.append(result)
     return report
 

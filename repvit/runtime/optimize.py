@@ -8,10 +8,11 @@ float32 paths; a tolerance relative to the largest logit for half precision on G
   ``torch.compile``, and CUDA graphs for small batches (where launch overhead dominates a
   model this small). These are known wins on GPUs, so they are applied, not raced.
 * CPU: which path is fastest depends on the CPU, the thread count and the resolution, so
-  the faithful candidates (eager, eager channels_last, frozen TorchScript, ONNX Runtime and,
-  on request, ``torch.compile``) are timed at the requested batch size in interleaved rounds
-  and the fastest is returned. INT8 is not a candidate: it changes the outputs (see
-  ``repvit export --int8`` and ``repvit bench``).
+  the faithful candidates (eager, eager channels_last, frozen TorchScript, ONNX Runtime,
+  OpenVINO and, on request, ``torch.compile``; runtimes that are not installed are left out)
+  are timed at the requested batch size in interleaved rounds and the fastest is returned.
+  INT8 is not a candidate: it changes the outputs (see ``repvit export --int8`` and
+  ``repvit bench``).
 
 The result is an ``InferenceModule``: call it with float32 NCHW images on any device; it
 moves and converts the input itself and returns float32 logits. ``.path`` names the chosen
@@ -32,7 +33,7 @@ from ..models.reparam import is_fused, reparameterize
 from .timing import summarize, time_interleaved, torch_threads
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-CPU_CANDIDATES = ("eager", "eager-channels-last", "torchscript-frozen", "onnxruntime", "compile")
+CPU_CANDIDATES = ("eager", "eager-channels-last", "torchscript-frozen", "onnxruntime", "openvino", "compile")
 HALF_REL_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 6e-2}
 CUDA_GRAPH_MAX_BATCH = 32
 
@@ -120,6 +121,22 @@ class OnnxRuntimeModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feed = {self.input_name: x.detach().cpu().float().contiguous().numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+class OpenVINOModule(nn.Module):
+    """The fused model converted to OpenVINO in memory and compiled for the CPU (float32, ``threads``)."""
+
+    def __init__(self, fused: nn.Module, *, img_size: int, threads: Optional[int] = None):
+        super().__init__()
+        from ..export import openvino as fmt_ov
+        example = torch.randn(2, 3, img_size, img_size)
+        model = fmt_ov.convert(fused, (example,), ({0: torch.export.Dim("batch")},),
+                               input_shapes=[(-1, 3, img_size, img_size)])
+        self.threads = threads or torch.get_num_threads()
+        self.run = fmt_ov.runner(model, self.threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
 
 
 # --------------------------------------------------------------------------- GPU
@@ -234,6 +251,8 @@ def _cpu_candidate(kind: str, fused: nn.Module, img_size: int, threads: int) -> 
             return torch.jit.optimize_for_inference(scripted), False
     if kind == "onnxruntime":
         return OnnxRuntimeModule(fused, img_size=img_size, threads=threads), False
+    if kind == "openvino":
+        return OpenVINOModule(fused, img_size=img_size, threads=threads), False
     if kind == "compile":
         return torch.compile(copy.deepcopy(fused), dynamic=False), False
     raise ValueError(f"unknown CPU candidate {kind!r}; choose from {', '.join(CPU_CANDIDATES)}")
@@ -247,6 +266,8 @@ def _optimize_cpu(fused, example, reference, *, candidates, compile, channels_la
             candidates.remove("eager-channels-last")
         if not _has_onnxruntime():
             candidates.remove("onnxruntime")
+        if not _has_openvino():
+            candidates.remove("openvino")
     elif compile is False:
         candidates = [c for c in candidates if c != "compile"]
     unknown = set(candidates) - set(CPU_CANDIDATES)
@@ -297,3 +318,8 @@ def _has_onnxruntime() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _has_openvino() -> bool:
+    from ..export.openvino import available
+    return available()

@@ -17,7 +17,8 @@ def environment(device: str = "cpu") -> dict:
     """Library versions and hardware, recorded with every benchmark."""
     from importlib import metadata
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("torchvision", "timm", "onnx", "onnxruntime", "numpy", "coremltools", "executorch"):
+    for name in ("torchvision", "timm", "onnx", "onnxruntime", "numpy", "coremltools", "executorch", "openvino",
+                 "nncf"):
         try:
             versions[name] = metadata.version(name)  # read without importing (some print on import)
         except metadata.PackageNotFoundError:

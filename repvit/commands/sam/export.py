@@ -1,4 +1,5 @@
-"""``repvit sam export``: the fused encoder and the prompt decoder as ONNX / Core ML / ExecuTorch, each checked."""
+"""``repvit sam export``: the fused encoder and the prompt decoder as ONNX / Core ML / ExecuTorch / OpenVINO,
+each checked."""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,9 @@ DESCRIPTION = """\
 Writes the fused image encoder and the prompt decoder into the --output folder and checks each file against
 PyTorch on photographs: repvit_sam_encoder.onnx (input 'image' 1x3x1024x1024, output
 'image_embeddings' 1x256x64x64), repvit_sam_decoder.onnx (segment-anything's SamOnnxModel layout),
-repvit_sam_encoder.mlpackage / repvit_sam_decoder.mlpackage (Core ML) and repvit_sam_encoder.pte
-(ExecuTorch, XNNPACK), plus a JSON report with every parity figure. A file that fails its check is
+repvit_sam_encoder.mlpackage / repvit_sam_decoder.mlpackage (Core ML), repvit_sam_encoder.pte
+(ExecuTorch, XNNPACK) and repvit_sam_encoder.xml / repvit_sam_decoder.xml (OpenVINO IRs, each with its
+.bin; the ONNX files' inputs and outputs), plus a JSON report with every parity figure. A file that fails its check is
 removed and the command exits with status 1.
 
 Encoder input: RGB resized so the longest side is 1024 (segment-anything's ResizeLongestSide),
@@ -73,13 +75,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def register(actions) -> None:
-    p = actions.add_parser("export", help="export the encoder and prompt decoder (ONNX, Core ML, ExecuTorch) with "
-                                          "parity checks", description=DESCRIPTION,
+    p = actions.add_parser("export", help="export the encoder and prompt decoder (ONNX, Core ML, ExecuTorch, "
+                                          "OpenVINO) with parity checks", description=DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     grammar.add(p, "--output", default="repvit_sam_export", help="folder for the files and the report")
     grammar.add_deprecated(p, "--output-dir", "--output", dest="output")
     p.add_argument("--formats", metavar="LIST",
-                   help="comma-separated: onnx, coreml, executorch (default: all whose package is installed; "
+                   help="comma-separated: onnx, coreml, executorch, openvino (default: all whose package is "
+                        "installed; "
                         "the others are listed as skipped)")
     grammar.add(p, "--images",
                 help="photos to check parity on (files or folders). Default: the photographs shipped with "
