@@ -22,7 +22,8 @@ Procedure (the test repeats every step but the official model):
 5. video mode (the official video predictor), once per prompt of ``VIDEO_PROMPTS`` with that one
    object alone in the state (the official code cannot hold two objects in one state): per frame
    the 256x256 mask logits kept in the state, the object score and the mask at the video's
-   resolution.
+   resolution; for the first object also after ``CORRECTION``, a click on the last frame followed
+   by a second propagation (stored as the third run).
 Logits are stored as float16 and masks as packed bits to keep the file near 2 MB.
 
     python scripts/make_edgetam_reference.py --official-src /path/to/EdgeTAM   # a checkout or its .git
@@ -59,6 +60,8 @@ IMAGE_PROMPT = {"points": [[400, 200], [600, 350]], "labels": [1, 0]}
 # one object per prompt, all on the first frame: the girl by a click, the boy by a box
 VIDEO_PROMPTS = ({"obj_id": 1, "points": [[400, 220]], "labels": [1]},
                  {"obj_id": 2, "box": [150, 130, 290, 410]})
+# after the first propagation: a click for the girl on the last frame, then a second propagation
+CORRECTION = {"obj_id": 1, "frame_idx": 2, "points": [[430, 260]], "labels": [1]}
 OBJECT_SCORE_KEY = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 OBJECT_SCORE_BIAS = 10.0
 CHANNEL_STEP = 8   # every 8th channel of the feature maps is stored
@@ -132,11 +135,13 @@ def image_outputs(predictor, image: np.ndarray) -> dict[str, np.ndarray]:
             "image_masks": np.asarray(logits) > 0}
 
 
-def track(predictor, folder: Path, prompts) -> list[dict[str, np.ndarray]]:
+def track(predictor, folder: Path, prompts, correction: dict | None = None):
     """All ``prompts`` (first frame) in one state of a sam2 video predictor, propagated over the folder.
 
     Returns, per prompt: ``lowres`` (frames, 256, 256) logits of the state, ``score`` (frames,)
-    object scores, ``masks`` (frames, H, W) at the video's resolution.
+    object scores, ``masks`` (frames, H, W) at the video's resolution. With ``correction`` (a
+    click added after the first propagation), returns ``(before, after)``: the results of the
+    first propagation and of a second one after the click.
     """
     with torch.no_grad():
         state = predictor.init_state(video_path=str(folder))
@@ -144,10 +149,19 @@ def track(predictor, folder: Path, prompts) -> list[dict[str, np.ndarray]]:
             predictor.add_new_points_or_box(state, frame_idx=0, obj_id=prompt["obj_id"],
                                             points=prompt.get("points"), labels=prompt.get("labels"),
                                             box=prompt.get("box"))
-        masks = {}
-        for frame_idx, obj_ids, logits in predictor.propagate_in_video(state):
-            for row, obj_id in enumerate(obj_ids):
-                masks[(obj_id, frame_idx)] = (logits[row, 0] > 0).numpy()
+        before = _propagate(predictor, state, prompts)
+        if correction is None:
+            return before
+        predictor.add_new_points_or_box(state, frame_idx=correction["frame_idx"], obj_id=correction["obj_id"],
+                                        points=correction["points"], labels=correction["labels"])
+        return before, _propagate(predictor, state, prompts)
+
+
+def _propagate(predictor, state, prompts) -> list[dict[str, np.ndarray]]:
+    masks = {}
+    for frame_idx, obj_ids, logits in predictor.propagate_in_video(state):
+        for row, obj_id in enumerate(obj_ids):
+            masks[(obj_id, frame_idx)] = (logits[row, 0] > 0).numpy()
     frames = state["num_frames"]
     results = []
     for prompt in prompts:
@@ -216,7 +230,9 @@ def run_official(source: Path, frames: Path, seed: int, output: Path) -> None:
         image = image_outputs(SAM2ImagePredictor(model.eval()), load_frame(folder))
         predictor = build_sam2_video_predictor(OFFICIAL_CONFIG, None, device="cpu")
         predictor.load_state_dict(weights, strict=True)
-        videos = [track(predictor.eval(), folder, [prompt])[0] for prompt in VIDEO_PROMPTS]
+        predictor.eval()
+        (first,), (corrected,) = track(predictor, folder, [VIDEO_PROMPTS[0]], CORRECTION)
+        videos = [first, track(predictor, folder, [VIDEO_PROMPTS[1]])[0], corrected]
     for i, run in enumerate(videos):
         shares = run["masks"].mean(axis=(1, 2))
         if not ((shares > 0.002) & (shares < 0.998)).all():

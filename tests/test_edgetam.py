@@ -5,7 +5,8 @@ writes them as an official ``{"model": ...}`` file (timm's trunk names), loads t
 the same image and video procedure (the script's own functions) with our model.
 
 The official code tracked each object alone (it cannot hold two in one state); ours tracks both in
-one state and each must give what the official code gave for it alone."""
+one state and each must give what the official code gave for it alone, also after a correction
+click for one of them (the other must not change)."""
 from __future__ import annotations
 
 import importlib.util
@@ -121,15 +122,19 @@ def test_image_mode_equals_the_official_code(sam2, reference, official_file, fra
 
 def test_two_objects_in_one_state_track_as_the_official_code_tracks_each_alone(sam2, reference, official_file,
                                                                                 frames):
+    """Both objects in one state, then a correction click for the first on the last frame."""
     from repvit.edgetam import build_video_predictor
     meta, ref = reference
     predictor = build_video_predictor(official_file[0])
-    runs = SCRIPT.track(predictor, frames, SCRIPT.VIDEO_PROMPTS)      # both objects, one state
-    assert len(runs) == 2 and len(runs[0]["lowres"]) == len(meta["frames"])
-    for i, run in enumerate(runs):
-        assert_close(run["lowres"], ref[f"video{i}_lowres"], f"object {i} mask logits")
-        assert_close(run["score"], ref[f"video{i}_score"], f"object {i} scores")
-        assert_same_masks(run["masks"], ref[f"video{i}_masks"], meta["width"], f"object {i} masks")
+    before, after = SCRIPT.track(predictor, frames, SCRIPT.VIDEO_PROMPTS, SCRIPT.CORRECTION)
+    assert len(before) == 2 and len(before[0]["lowres"]) == len(meta["frames"])
+    # official: run 0 = the girl alone, run 1 = the boy alone, run 2 = the girl alone after the correction
+    for run, official in ((before[0], 0), (before[1], 1), (after[0], 2), (after[1], 1)):
+        what = f"official run {official}"
+        assert_close(run["lowres"], ref[f"video{official}_lowres"], f"{what}: mask logits")
+        assert_close(run["score"], ref[f"video{official}_score"], f"{what}: scores")
+        assert_same_masks(run["masks"], ref[f"video{official}_masks"], meta["width"], f"{what}: masks")
+    assert (before[0]["masks"][-1] != after[0]["masks"][-1]).mean() > 0.05    # the click changed the last frame
 
 
 def test_the_perceiver_treats_each_batch_element_alone(sam2):

@@ -114,7 +114,34 @@ class EdgeTAM(PerceiverMemory, SAM2Base):
 
 
 class EdgeTAMVideoPredictor(PerceiverMemory, SAM2VideoPredictor):
-    """EdgeTAM with sam2's video API (``init_state``, ``add_new_points_or_box``, ``propagate_in_video``)."""
+    """EdgeTAM with sam2's video API (``init_state``, ``add_new_points_or_box``, ``propagate_in_video``).
+
+    One change to sam2 1.1.0's tracking loop: a frame where an object received a correction (a
+    click or mask on a frame that was already tracked) keeps its corrected output when the video
+    is propagated again, as EdgeTAM's own predictor does. sam2 1.1.0 re-tracks such a frame without
+    its prompts and the correction is lost (unless ``add_all_frames_to_correct_as_cond`` is set,
+    which makes it a conditioning frame instead; sam2 issues #719 and #731).
+    """
+
+    def _run_single_frame_inference(self, inference_state, output_dict, frame_idx, batch_size, is_init_cond_frame,
+                                    point_inputs, mask_inputs, reverse, run_mem_encoder, prev_sam_mask_logits=None):
+        propagating = point_inputs is None and mask_inputs is None and run_mem_encoder and not is_init_cond_frame
+        kept = corrected_output(inference_state, output_dict, frame_idx) if propagating else None
+        if kept is not None:
+            return kept, kept["pred_masks"].to(inference_state["device"], non_blocking=True)
+        return super()._run_single_frame_inference(inference_state, output_dict, frame_idx, batch_size,
+                                                   is_init_cond_frame, point_inputs, mask_inputs, reverse,
+                                                   run_mem_encoder, prev_sam_mask_logits)
+
+
+def corrected_output(state: dict, output_dict: dict, frame_idx: int):
+    """The stored output of a non-conditioning frame that holds prompts of ``output_dict``'s object, if any."""
+    obj_idx = next((i for i, d in state["output_dict_per_obj"].items() if d is output_dict), None)
+    if obj_idx is None:
+        return None
+    prompted = frame_idx in state["point_inputs_per_obj"][obj_idx] or frame_idx in state["mask_inputs_per_obj"][obj_idx]
+    stored = output_dict["non_cond_frame_outputs"].get(frame_idx)
+    return stored if prompted and stored is not None and stored.get("maskmem_features") is not None else None
 
 
 def assemble(video: bool = False) -> nn.Module:
