@@ -8,6 +8,9 @@ $(BIN)/repvit: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip uninstall -q -y repvit 2>/dev/null || true  # the distribution's name before it became repvit-pytorch
 	$(BIN)/pip install -q -e '.[dev]'
+# the edgetam extra: Meta's sam2 is an sdist whose isolated build would download a (CUDA) torch; build it
+# against the torch installed above instead (about 10 s, no compiler needed without its CUDA kernel)
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation 'sam2==1.1.0'
 	touch $@
 
 setup: $(BIN)/repvit

@@ -1,6 +1,6 @@
 """The package tree is the architecture: no module imports (directly or through others) a
 module that imports it back, each subpackage sits above the ones it uses, and the capability packages
-(classification, detection, segmentation, sam, roadmap) stand side by side on the one engine without
+(classification, detection, segmentation, sam, edgetam, roadmap) stand side by side on the one engine without
 importing each other. docs/architecture.md draws the same picture."""
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 # The layers, bottom to top. A module may import its own layer and those below it, never above.
 #   models (the model library)  <  engine (the one training loop), data (shared datasets), dense (backbone
 #   adapter, FPN, dense option tables)  <  capabilities (each alone)  <  export, runtime  <  commands, cli
-CAPABILITIES = ("repvit.classification", "repvit.detection", "repvit.segmentation", "repvit.sam", "repvit.roadmap")
+CAPABILITIES = ("repvit.classification", "repvit.detection", "repvit.segmentation", "repvit.sam", "repvit.edgetam",
+                "repvit.roadmap")
 COMMAND_LINE = ("repvit.commands", "repvit.cli", "repvit.__main__")
 # runtime.timing is a leaf (clocks, threads): the engine may use it; the rest of runtime sits above export.
 TOP = ("repvit.export", "repvit.runtime.bench", "repvit.runtime.optimize", "repvit.demo") + COMMAND_LINE
@@ -138,7 +139,7 @@ def test_the_layering_check_catches_planted_imports():
 
 # Parallel task packages (classification training, detection, segmentation) hold files of the same
 # name for the same role (data.py: each task's data).
-TASK_PACKAGES = ("classification", "detection", "segmentation", "sam")
+TASK_PACKAGES = ("classification", "detection", "segmentation", "sam", "edgetam")
 
 
 def test_one_name_one_meaning():

@@ -377,6 +377,9 @@ OFFICIAL_LINKS = {
     "https://github.com/jameslahm/RepViT/releases/download/v1.0/repvit_m1_distill_300.pth",
     "https://github.com/jameslahm/RepViT/releases/download/v1.0/repvit_m2_distill_300.pth",
     "https://github.com/jameslahm/RepViT/releases/download/v1.0/repvit_m3_distill_300.pth",
+    # EdgeTAM's README links github.com/facebookresearch/EdgeTAM/tree/main/checkpoints/edgetam.pt (the page);
+    # the file is served under raw/, pinned to the commit that added it
+    "https://github.com/facebookresearch/EdgeTAM/raw/1c2ec2184a3313a5657ac924f450ddf72b56eebf/checkpoints/edgetam.pt",
 }
 
 

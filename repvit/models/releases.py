@@ -23,6 +23,11 @@ RELEASE_BASE_URL = "https://github.com/THU-MIG/RepViT/releases/download/v1.0"
 LEGACY_BASE_URL = "https://github.com/jameslahm/RepViT/releases/download/v1.0"
 
 CLASSIFICATION, SAM, DETECTION, SEGMENTATION = "classification", "sam", "detection", "segmentation"
+EDGETAM = "edgetam"
+# EdgeTAM (facebookresearch/EdgeTAM, Apache-2.0) keeps its one checkpoint in the repository; its README links
+# .../tree/main/checkpoints/edgetam.pt. The file is served under raw/, pinned here to the commit that added it
+# (2025-04-28; unchanged since, git blob abd54d22bbd22ba3e53cf59a307e59e0f3701be6). No SHA-256 is published.
+EDGETAM_BASE_URL = "https://github.com/facebookresearch/EdgeTAM/raw/1c2ec2184a3313a5657ac924f450ddf72b56eebf/checkpoints"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ RELEASES: tuple[Release, ...] = (
     *(Release(name, "ade20k", f"{name}_ade20k.pth", kind=SEGMENTATION, num_classes=150, paper={"miou": miou},
               note="Semantic FPN 40k iterations on ADE20K")
       for name, miou in (("repvit_m1_1", 40.6), ("repvit_m1_5", 43.6), ("repvit_m2_3", 46.1))),
+    Release("edgetam", "sav", "edgetam.pt", kind=EDGETAM, num_classes=0, base_url=EDGETAM_BASE_URL,
+            paper={"davis17_jf": 87.7, "sav_test_jf": 71.7},
+            note="EdgeTAM: SAM 2 with a RepViT-M1 image encoder and a 2D spatial perceiver (Meta, CVPR 2025)"),
 )
 
 

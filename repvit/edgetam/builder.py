@@ -1,0 +1,120 @@
+"""``build_edgetam`` and ``build_video_predictor``: EdgeTAM on Meta's ``sam2`` package, in eval mode.
+
+Weights: ``checkpoint=`` a file in the official ``edgetam.pt`` layout (``{"model": state_dict}``,
+the trunk under timm's names) or one saved from this package's model (the trunk in the flat
+RepViT layout); ``pretrained=True`` the official release file through the project's release
+machinery (hub cache, recorded SHA-256, ``REPVIT_WEIGHTS_DIR``, ``REPVIT_WEIGHTS_URL``). Files are
+read with ``weights_only=True`` and loaded strictly (names and shapes) by ``load_strict``.
+Without weights the model is randomly initialised (nothing is downloaded).
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Union
+
+import torch
+from torch import nn
+
+from ..models.checkpoint import CheckpointError, read_file
+from ..models.state_dict import load_strict
+from .trunk import TRUNK_PREFIX, official_to_ours
+
+PathLike = Union[str, os.PathLike]
+EDGETAM_PARTS = ("image_encoder.", "memory_attention.", "memory_encoder.", "spatial_perceiver.", "sam_mask_decoder.",
+                 "sam_prompt_encoder.")
+INSTALL_HINT = ("EdgeTAM needs Meta's sam2 package: pip install 'repvit-pytorch[edgetam]' "
+                "(on a CPU-only machine: SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0)")
+
+
+def require_sam2():
+    try:
+        import sam2
+    except ImportError:
+        raise ImportError(INSTALL_HINT) from None
+    return sam2
+
+
+def build_edgetam(checkpoint: PathLike | None = None, *, pretrained: bool = False, fused: bool = False,
+                  device: Union[str, torch.device] = "cpu", progress: bool = True) -> nn.Module:
+    """EdgeTAM as a ``sam2`` ``SAM2Base`` model in eval mode: ``SAM2ImagePredictor(model)`` runs it.
+
+    ``fused=True`` folds the RepViT trunk's BatchNorms and branches after loading (same outputs).
+    """
+    return _build(checkpoint, pretrained=pretrained, fused=fused, device=device, progress=progress, video=False)
+
+
+def build_video_predictor(checkpoint: PathLike | None = None, *, pretrained: bool = False, fused: bool = False,
+                          device: Union[str, torch.device] = "cpu", progress: bool = True) -> nn.Module:
+    """EdgeTAM with sam2's video API, in eval mode.
+
+    ``state = predictor.init_state(video_path=FOLDER_OF_JPEGS)``, then
+    ``add_new_points_or_box(state, frame_idx=, obj_id=, points=, labels=, box=)`` for any number of
+    objects on any frames, then ``for frame_idx, obj_ids, mask_logits in
+    predictor.propagate_in_video(state)`` (logits at the video's resolution, one row per object).
+    """
+    return _build(checkpoint, pretrained=pretrained, fused=fused, device=device, progress=progress, video=True)
+
+
+def _build(checkpoint, *, pretrained, fused, device, progress, video) -> nn.Module:
+    require_sam2()
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass pretrained=True (official weights) or checkpoint= (a file), not both")
+    if pretrained:
+        from ..models.pretrained import fetch
+        from ..models.releases import EDGETAM, find_release
+        checkpoint = fetch(find_release("edgetam", kind=EDGETAM), progress=progress)
+    from .assembly import assemble
+    model = assemble(video=video)
+    if checkpoint is not None:
+        load_edgetam_weights(model, checkpoint)
+    model.eval()
+    if fused:
+        from ..models.reparam import reparameterize
+        reparameterize(model.image_encoder.trunk, inplace=True)
+    return model.to(device)
+
+
+def read_edgetam_state(path: PathLike) -> dict:
+    """The flat state dict of an EdgeTAM file (``{"model": ...}``, ``{"state_dict": ...}`` or bare)."""
+    obj, _ = read_file(path)
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()
+             if isinstance(v, torch.Tensor)}
+    if not any(k.startswith(EDGETAM_PARTS) for k in state):
+        raise CheckpointError(f"{str(path)!r} is not an EdgeTAM/SAM 2 checkpoint: none of its {len(state)} tensors "
+                              f"starts with {', '.join(EDGETAM_PARTS)}")
+    return state
+
+
+def load_edgetam_weights(model: nn.Module, source: Union[PathLike, Mapping[str, torch.Tensor]]) -> None:
+    """Copy an EdgeTAM state dict (official or our layout) into ``model`` by name, strictly."""
+    state = dict(source) if isinstance(source, Mapping) else read_edgetam_state(source)
+    label = "state dict" if isinstance(source, Mapping) else f"checkpoint {str(source)!r}"
+    state, renamed = official_to_ours(state)
+    trunk = getattr(model.image_encoder, "trunk", None)
+    what = f"EdgeTAM (RepViT-M1 trunk, fused={getattr(trunk, 'fused', False)})"
+    load_strict(model, state, source=label, what=what, fix=lambda mismatch: _fix(state, renamed, mismatch))
+
+
+def _fix(state: dict, renamed: dict, mismatch) -> list[str]:
+    hints = []
+    named = [k for k in (*mismatch.unexpected_keys, *mismatch.wrong_shape_keys) if k in renamed]
+    if named:
+        hints.append("trunk tensors are listed in the RepViT layout; in the file they are " +
+                     ", ".join(f"{renamed[k]} (= {k})" for k in named[:3]) + (" ..." if len(named) > 3 else ""))
+    if any(k.startswith("image_encoder.trunk.") and "blocks." in k for k in state) or any(
+            k.startswith("image_encoder.trunk.") and ".attn." in k for k in state):
+        hints.append("this looks like a SAM 2 / SAM 2.1 Hiera checkpoint: build it with sam2.build_sam.build_sam2")
+    if any(k.startswith(TRUNK_PREFIX + "features.") for k in state) and not any(
+            k.endswith("running_var") for k in state if k.startswith(TRUNK_PREFIX)):
+        hints.append("the file's trunk is fused: load the unfused file, then pass fused=True")
+    absent = [p.rstrip(".") for p in EDGETAM_PARTS if not any(k.startswith(p) for k in state)]
+    if absent:
+        hints.append(f"the file holds no {', '.join(absent)}: pass a whole EdgeTAM checkpoint such as the "
+                     "official edgetam.pt")
+    if not hints:
+        hints.append("pass the official edgetam.pt or a file saved from build_edgetam()'s model")
+    return hints
