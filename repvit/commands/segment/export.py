@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import _grammar as grammar
 from .._dense import real_images
