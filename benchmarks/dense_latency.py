@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -99,6 +101,51 @@ def mask_rcnn_size(name: str) -> dict:
             "gmacs_mask_rcnn_800x1333": round(detector_macs(model, 800, 1333) / 1e9, 1)}
 
 
+class _Levels(torch.nn.Module):
+    """A neck's dict of pyramid levels as a tuple (what exporters take)."""
+
+    def __init__(self, neck: torch.nn.Module):
+        super().__init__()
+        self.neck = neck
+
+    def forward(self, x):
+        return tuple(self.neck(x).values())
+
+
+def runtime_runner(module, runtime: str, x: torch.Tensor, threads: int, tmp: Path):
+    """A no-argument call of ``module`` on ``x`` through ``runtime``, checked against eager first."""
+    module = module.eval()
+    with torch.inference_mode():
+        expected = [t.numpy() for t in _Levels(module)(x)]
+    if runtime == "channels-last":
+        import copy
+        cl = copy.deepcopy(module).to(memory_format=torch.channels_last)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+        return lambda: cl(xcl)
+    if runtime == "onnxruntime":
+        from repvit.export.onnx import session
+        path = tmp / f"neck{len(list(tmp.iterdir()))}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(_Levels(module), (x,), str(path), input_names=["image"], dynamo=False, opset_version=17)
+        sess = session(path, threads)
+        feed = {"image": x.numpy()}
+        got = sess.run(None, feed)
+        run = lambda: sess.run(None, feed)  # noqa: E731
+    else:
+        from repvit.export.openvino import compile_model, convert
+        compiled = compile_model(convert(_Levels(module), (x,), output_names=[f"p{i}" for i in range(len(expected))]),
+                                 threads)
+        request = compiled.create_infer_request()
+        feed = [x.numpy()]
+        request.infer(feed)
+        got = [request.get_output_tensor(i).data.copy() for i in range(len(expected))]
+        run = lambda: request.infer(feed)  # noqa: E731
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
+    if worst > 1e-3:
+        raise SystemExit(f"{runtime} disagrees with eager PyTorch by {worst:.3g}")
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=MODERN)
@@ -109,6 +156,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument("--sizes-only", action="store_true", help="only the Mask R-CNN sizes (no timing)")
+    p.add_argument("--runtimes", nargs="*", default=[], choices=["channels-last", "onnxruntime", "openvino"],
+                   help="also time the fused RepViT necks and torchvision's MobileNetV3-Large necks through these "
+                        "(same graph, same threads, interleaved with the eager ones)")
     args = p.parse_args()
     x = torch.randn(1, 3, args.img_size, args.img_size)
     candidates, sizes = {}, {}
@@ -124,18 +174,25 @@ def main() -> None:
         for key, row in sizes.items():
             print(key, row)
         return
+    runs = {k: (lambda m=m: m(x)) for k, m in candidates.items()}
+    with torch_threads(args.threads), tempfile.TemporaryDirectory() as tmp:
+        targets = {k: m for k, m in candidates.items()
+                   if k.endswith(" fused") or k.startswith("mobilenet_v3_large_fpn")}
+        for key, module in targets.items():
+            for runtime in args.runtimes:
+                print(f"preparing {key} {runtime} ...", flush=True)
+                runs[f"{key} {runtime}"] = runtime_runner(module, runtime, x, args.threads, Path(tmp))
     load_before = load_average()
     with torch_threads(args.threads), torch.inference_mode():
-        samples = time_interleaved({k: (lambda m=m: m(x)) for k, m in candidates.items()}, warmup=args.warmup,
-                                   rounds=args.rounds, iters=args.iters)
+        samples = time_interleaved(runs, warmup=args.warmup, rounds=args.rounds, iters=args.iters)
     report = {"environment": environment(), "threads": args.threads, "img_size": args.img_size,
               "load_before": load_before, "load_after": load_average(),
               "latency": {k: summarize(v) for k, v in samples.items()}, "sizes": sizes}
     print(f"backbone + FPN, batch 1, {args.img_size}x{args.img_size}, {args.threads} threads, "
           f"{report['environment']['cpu']}, load {load_before} -> {report['load_after']}")
-    print(f"{'model':<34} {'median ms':>10} {'p10':>8} {'p90':>8}")
+    print(f"{'model':<48} {'median ms':>10} {'p10':>8} {'p90':>8}")
     for key, stats in report["latency"].items():
-        print(f"{key:<34} {stats['median_ms']:>10.1f} {stats['p10_ms']:>8.1f} {stats['p90_ms']:>8.1f}")
+        print(f"{key:<48} {stats['median_ms']:>10.1f} {stats['p10_ms']:>8.1f} {stats['p90_ms']:>8.1f}")
     print(f"\n{'Mask R-CNN (81 classes)':<32} {'params M':>9} {'bb+FPN params M':>16} {'bb+FPN GMACs':>13} "
           f"{'model GMACs':>12}  (800x1333)")
     for key, row in sizes.items():

@@ -107,6 +107,10 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="*", help="latency resolutions (default: checkpoint's and 224; "
                         "pass --sizes with no value to skip the latency part)")
     parser.add_argument("--out", default="runs/bench/int8", help="folder for the ONNX artifacts")
+    parser.add_argument("--runtimes", nargs="*", default=["openvino", "litert"],
+                        help="also measure the top-1 of these formats, float and INT8, where installed "
+                             "(openvino, litert) [both]")
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the latency part")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     data = Path(args.data)
@@ -131,25 +135,39 @@ def main() -> int:
         fused = reparameterize(model.eval())
         images, labels = load_split(data / "val", class_names, pre, args.val_limit)
         print(f"validation: {len(images)} images")
+        exports, runners = {}, {}
+        for fmt in args.runtimes:   # OpenVINO (NNCF INT8) and LiteRT (PT2E full-integer INT8), where installed
+            module = __import__(f"repvit.export.{fmt}", fromlist=["available"])
+            if not module.available():
+                print(f"{fmt}: not installed, skipped")
+                continue
+            suffix = {"openvino": ".xml", "litert": ".tflite"}[fmt]
+            done = export_model(model, fmt, Path(args.out) / f"model{suffix}", images=data / "val", num_real=16,
+                                int8=True, calib_images=data / "train", calib_count=args.calib_count, log=print)
+            exports[fmt] = done.as_dict()
+            runners[f"{fmt}_fp32"] = module.runner(done.path, threads)
+            runners[f"{fmt}_int8"] = module.runner(done.int8_path, threads)
+        int8_paths_accuracy = list(int8_paths) + [k for k in runners if k.endswith("_int8")]
         with torch.inference_mode():
             logits = {"pytorch_fused_fp32": predict(fused, images),
                       "onnxruntime_fp32": predict(fmt_onnx.runner(result.path, threads), images)}
             logits.update({label: predict(fmt_onnx.runner(path, threads), images) for label, path in int8_paths.items()})
+            logits.update({label: predict(run, images) for label, run in runners.items()})
         top1 = {k: (v.argmax(1) == labels).float().mean().item() * 100 for k, v in logits.items()}
         reference = logits["pytorch_fused_fp32"]
         accuracy = {"val_images": len(images), "top1": top1,
                     "max_abs_diff_ort_fp32": (logits["onnxruntime_fp32"] - reference).abs().max().item()}
-        for label in int8_paths:
+        for label in int8_paths_accuracy:
             agree = (logits[label].argmax(1) == reference.argmax(1)).float().mean().item()
             accuracy[label] = {"top1_change_points": top1[label] - top1["pytorch_fused_fp32"],
                                "prediction_agreement": agree * 100}
         for k, v in top1.items():
             print(f"top-1 {k}: {v:.2f}%")
-        for label in int8_paths:
+        for label in int8_paths_accuracy:
             print(f"{label} - float top-1: {accuracy[label]['top1_change_points']:+.2f} points; predictions agree on "
                   f"{accuracy[label]['prediction_agreement']:.2f}% of images")
         with torch.inference_mode():
-            lat = [latency(fused, result.path, int8_paths, s, threads, args.rounds, args.iters,
+            lat = [] if args.accuracy_only else [latency(fused, result.path, int8_paths, s, threads, args.rounds, args.iters,
                            data / "train", args.calib_count)
                    for s in ([size, 224] if args.sizes is None else args.sizes)]
         for entry in lat:
@@ -163,7 +181,7 @@ def main() -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
             "environment": environment("cpu"), "checkpoint": args.checkpoint, "settings": vars(args),
-            "export": result.as_dict(), "accuracy": accuracy, "latency": lat}, indent=2, default=str))
+            "export": result.as_dict(), "other_exports": exports, "accuracy": accuracy, "latency": lat}, indent=2, default=str))
     return 0
 
 

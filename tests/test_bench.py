@@ -51,6 +51,17 @@ def test_cpu_latency_every_runtime_with_conditions():
     json.dumps(report.as_dict())  # serializable
 
 
+def test_channels_last_and_compile_rows_and_compile_is_opt_in():
+    from repvit.runtime.bench import installed_runtimes
+    assert "eager-fused-cl" in installed_runtimes() and "compile" not in installed_runtimes()
+    report = cpu_latency(["repvit_m0_6"], runtimes=["eager-fused", "eager-fused-cl", "compile"], **TINY)
+    rows = {r.runtime: r for r in report.results}
+    assert set(rows) == {"eager", "eager-channels-last", "torch.compile"}
+    assert rows["eager-channels-last"].memory_format == "channels_last" and rows["eager-channels-last"].fused
+    assert rows["torch.compile"].compiled and "freezing" in rows["torch.compile"].note
+    assert all(r.median_ms > 0 and r.samples == 4 for r in report.results)
+
+
 def test_compare_timm_runs_both_in_one_report():
     report = cpu_latency(["repvit_m0_9"], runtimes=["eager-fused"], compare_timm=True, **TINY)
     assert [(r.source, r.fused) for r in report.results] == [("repvit", True), ("timm", True)]

@@ -69,6 +69,9 @@ class StandInPredictor:
 def test_open_frames_links_renames_converts_and_decodes(bedroom, tmp_path):
     frames = open_frames(bedroom, tmp_path / "w0")
     assert frames.folder == bedroom and len(frames) == 6 and frames.size == (240, 136)   # used as it is
+    frames = open_frames(bedroom, tmp_path / "w0", max_frames=4)   # the predictor reads whole folders: links
+    assert frames.folder == tmp_path / "w0" and sorted(p.name for p in frames.folder.iterdir()) == [
+        f"{i:05d}.jpg" for i in range(4)]
     odd = tmp_path / "odd"
     odd.mkdir()
     for index in range(6):   # names sam2 cannot sort (frame_2 < frame_10 only in natural order), and PNGs
@@ -125,6 +128,8 @@ def test_track_refuses_bad_prompts(bedroom):
         track(StandInPredictor(), bedroom, [TrackPrompt(1, 6, [(1.0, 1.0, 1)])], num_frames=6, size=(240, 136))
     with pytest.raises(ValueError, match="outside the 240x136"):
         track(StandInPredictor(), bedroom, [TrackPrompt(1, 0, [(241.0, 1.0, 1)])], num_frames=6, size=(240, 136))
+    with pytest.raises(ValueError, match="holds 6 frames, not the 4 expected"):
+        track(StandInPredictor(), bedroom, [TrackPrompt(1, 0, [(1.0, 1.0, 1)])], num_frames=4, size=(240, 136))
     with pytest.raises(ValueError, match="two boxes on frame 0"):
         merged([TrackPrompt(1, 0, [], (0, 0, 5, 5)), TrackPrompt(1, 0, [], (1, 1, 5, 5))])
 

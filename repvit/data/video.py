@@ -76,11 +76,11 @@ def open_frames(source: Union[str, os.PathLike], work_dir: Union[str, os.PathLik
         frames = sorted((p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
         if not frames:
             raise FileNotFoundError(f"{source}: no frames ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        frames = frames[:max_frames] if max_frames else frames
         with Image.open(frames[0]) as im:
             size = im.size
         if _is_numbered(frames) and (max_frames is None or max_frames >= len(frames)):
             return FrameFolder(source, [str(p) for p in frames], None, size)
+        frames = frames[:max_frames] if max_frames else frames   # a shorter folder of links, never the whole one
         work = Path(work_dir)
         work.mkdir(parents=True, exist_ok=True)
         for index, path in enumerate(frames):

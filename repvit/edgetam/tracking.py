@@ -105,6 +105,10 @@ def track(predictor, video_path, prompts: Sequence[TrackPrompt], *, num_frames: 
     start = time.perf_counter()
     state = predictor.init_state(video_path=str(video_path))
     setup = time.perf_counter() - start
+    loaded = state.get("num_frames", num_frames) if isinstance(state, dict) else num_frames
+    if loaded != num_frames:
+        raise ValueError(f"{video_path} holds {loaded} frames, not the {num_frames} expected: pass the folder "
+                         "open_frames made (it links only the frames asked for)")
     masks: dict = {}
     seconds: dict = {}
     for p in prompts:

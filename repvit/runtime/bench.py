@@ -33,7 +33,10 @@ from ..models.variants import VARIANTS
 from .optimize import DTYPES, optimize_for_inference, prepare_gpu
 from .timing import environment, load_average, summarize, time_interleaved, torch_threads
 
-CPU_RUNTIMES = ("eager-unfused", "eager-fused", "torchscript", "onnxruntime", "int8", "openvino", "openvino-int8")
+CPU_RUNTIMES = ("eager-unfused", "eager-fused", "eager-fused-cl", "torchscript", "compile", "onnxruntime", "int8",
+                "openvino", "openvino-int8")
+# Asked for by name only: torch.compile spends a minute or more compiling each model before timing.
+OPT_IN_RUNTIMES = ("compile",)
 # The package each optional runtime needs, and the extra that installs it.
 RUNTIME_PACKAGES = {"onnxruntime": (("onnx", "onnxscript", "onnxruntime"), "onnx"),
                     "int8": (("onnx", "onnxscript", "onnxruntime"), "onnx"),
@@ -131,8 +134,10 @@ def _onnx_runner(fused: nn.Module, img_size: int, threads: int, tmp: str, int8: 
 
 
 def installed_runtimes() -> list[str]:
-    """The CPU runtimes whose packages are installed here (eager and TorchScript always are)."""
-    return [rt for rt in CPU_RUNTIMES if all(_installed(m) for m in RUNTIME_PACKAGES.get(rt, ((),))[0])]
+    """The CPU runtimes whose packages are installed here (eager and TorchScript always are), less the
+    opt-in ones (``compile``)."""
+    return [rt for rt in CPU_RUNTIMES if rt not in OPT_IN_RUNTIMES
+            and all(_installed(m) for m in RUNTIME_PACKAGES.get(rt, ((),))[0])]
 
 
 def _installed(module: str) -> bool:
@@ -183,7 +188,7 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
         raise ValueError(f"unknown CPU runtimes {sorted(unknown)}; choose from {', '.join(CPU_RUNTIMES)}")
     if not runtimes:
         raise ValueError("choose at least one runtime")
-    installed = installed_runtimes()
+    installed = installed_runtimes() + list(OPT_IN_RUNTIMES)
     for rt in runtimes:
         if rt not in installed:
             modules, extra = RUNTIME_PACKAGES[rt]
@@ -212,6 +217,23 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
                 candidates[(name, "eager-fused")] = lambda m=fused: m(x)
                 meta[(name, "eager-fused")] = Result(runtime="eager", source="repvit", dtype="float32",
                                                      memory_format="NCHW", fused=True, **base)
+            if "eager-fused-cl" in runtimes:
+                fused_cl = copy.deepcopy(fused).to(memory_format=torch.channels_last)
+                x_cl = x.contiguous(memory_format=torch.channels_last)
+                candidates[(name, "eager-fused-cl")] = lambda m=fused_cl: m(x_cl)
+                meta[(name, "eager-fused-cl")] = Result(runtime="eager-channels-last", source="repvit",
+                                                        dtype="float32", memory_format="channels_last", fused=True,
+                                                        **base)
+            if "compile" in runtimes:
+                import torch._inductor.config
+                log(f"compiling {name} (inductor, freezing) ...")
+                compiled = torch.compile(copy.deepcopy(fused))
+                with torch._inductor.config.patch(freezing=True):
+                    compiled(x)   # compiles (with the weights frozen into the graph) on this first call
+                candidates[(name, "compile")] = lambda m=compiled: m(x)
+                meta[(name, "compile")] = Result(runtime="torch.compile", source="repvit", dtype="float32",
+                                                 memory_format="NCHW", fused=True, compiled=True,
+                                                 note="inductor, freezing", **base)
             if "torchscript" in runtimes:
                 from ..export.torchscript import export_torchscript, load
                 path = os.path.join(tmp, f"{name}.pt")
