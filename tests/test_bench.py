@@ -51,10 +51,22 @@ def test_cpu_latency_every_runtime_with_conditions():
     json.dumps(report.as_dict())  # serializable
 
 
-def test_channels_last_and_compile_rows_and_compile_is_opt_in():
+def test_channels_last_and_compile_rows_and_compile_is_opt_in(monkeypatch):
+    from torch._inductor import config as inductor_config
     from repvit.runtime.bench import installed_runtimes
     assert "eager-fused-cl" in installed_runtimes() and "compile" not in installed_runtimes()
+    # Inductor itself is PyTorch's to test (and takes a minute here): check that the fused model is what
+    # gets compiled and that its first call (the compilation) runs with weight freezing on.
+    compiled = []
+
+    def fake_compile(module):
+        def first_call(x):
+            compiled.append((type(module).__name__, inductor_config.freezing))
+            return module(x)
+        return first_call
+    monkeypatch.setattr(torch, "compile", fake_compile)
     report = cpu_latency(["repvit_m0_6"], runtimes=["eager-fused", "eager-fused-cl", "compile"], **TINY)
+    assert compiled[0] == ("RepViT", True) and not inductor_config.freezing
     rows = {r.runtime: r for r in report.results}
     assert set(rows) == {"eager", "eager-channels-last", "torch.compile"}
     assert rows["eager-channels-last"].memory_format == "channels_last" and rows["eager-channels-last"].fused

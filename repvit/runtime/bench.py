@@ -225,10 +225,10 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
                                                         dtype="float32", memory_format="channels_last", fused=True,
                                                         **base)
             if "compile" in runtimes:
-                import torch._inductor.config
+                from torch._inductor import config as inductor_config
                 log(f"compiling {name} (inductor, freezing) ...")
                 compiled = torch.compile(copy.deepcopy(fused))
-                with torch._inductor.config.patch(freezing=True):
+                with inductor_config.patch(freezing=True):
                     compiled(x)   # compiles (with the weights frozen into the graph) on this first call
                 candidates[(name, "compile")] = lambda m=compiled: m(x)
                 meta[(name, "compile")] = Result(runtime="torch.compile", source="repvit", dtype="float32",
