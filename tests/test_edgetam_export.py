@@ -152,31 +152,40 @@ def test_memory_encoder_graph_equals_encode_new_memory(predictor, frame0, tracke
     close(got.memory_pos, encodings[0].flatten(2).transpose(1, 2), rel=1e-5)
 
 
-def test_memory_attention_graph_equals_prepare_memory_conditioned_features(predictor, frame0, tracker):
-    """Frame 3 of 4 with the prompted frame 0 and tracked frames 1 and 2 in the bank: 3 of 7 memory slots
-    and 3 of 16 pointer slots used, chosen by the loop's rules and by sam2's."""
+@pytest.mark.parametrize("frame, num_frames", [(3, 4), (20, 30)])
+def test_memory_attention_graph_equals_prepare_memory_conditioned_features(predictor, frame0, tracker, frame,
+                                                                           num_frames):
+    """Frame ``frame`` with the prompted frame 0 and every frame since tracked, the bank chosen by the loop's
+    rules and by sam2's: frame 3 fills 3 of 7 memory slots and 3 of 16 pointer slots; frame 20 fills all
+    (frames 14-19 of 1-19 as memories, 5-19 as pointers)."""
     _, _, ours, onnx = frame0
     gen = torch.Generator().manual_seed(2)
-    bank = {t: Memory(round_to_bfloat16(torch.randn(1, 512, 64, generator=gen).numpy()), onnx_pos(tracker, onnx),
-                      torch.randn(1, 256, generator=gen).numpy()) for t in range(3)}
+    pos = onnx_pos(tracker, onnx)
+    bank = {t: Memory(round_to_bfloat16(torch.randn(1, 512, 64, generator=gen).numpy()), pos,
+                      torch.randn(1, 256, generator=gen).numpy()) for t in range(frame)}
 
     def entry(m):
         as_map = lambda a: torch.from_numpy(a).transpose(1, 2).unsqueeze(-1)   # noqa: E731 (sam2's (B, C, N, 1))
         return {"maskmem_features": as_map(m.memory).to(torch.bfloat16), "maskmem_pos_enc": [as_map(m.memory_pos)],
                 "obj_ptr": torch.from_numpy(m.pointer)}
     output_dict = {"cond_frame_outputs": {0: entry(bank[0])},
-                   "non_cond_frame_outputs": {t: entry(bank[t]) for t in (1, 2)}}
+                   "non_cond_frame_outputs": {t: entry(bank[t]) for t in range(1, frame)}}
     feats = ours["backbone_fpn"][2]
     with torch.inference_mode():
         want = predictor._prepare_memory_conditioned_features(
-            frame_idx=3, is_init_cond_frame=False, current_vision_feats=[feats.flatten(2).permute(2, 0, 1)],
+            frame_idx=frame, is_init_cond_frame=False, current_vision_feats=[feats.flatten(2).permute(2, 0, 1)],
             current_vision_pos_embeds=[ours["vision_pos_enc"][2].flatten(2).permute(2, 0, 1)], feat_sizes=[(64, 64)],
-            output_dict=output_dict, num_frames=4)
+            output_dict=output_dict, num_frames=num_frames)
     current = {"features": feats.numpy(), "features_pos": ours["vision_pos_enc"][2].numpy()}
-    got = tracker.condition(current, 3, {0: bank[0]}, {1: bank[1], 2: bank[2]}, 4)
+    tracked = {t: bank[t] for t in range(1, frame)}
+    got = tracker.condition(current, frame, {0: bank[0]}, tracked, num_frames)
     close(got, want, rel=2e-3)
-    without = tracker.condition(current, 3, {0: bank[0]}, {2: bank[2]}, 4)
-    assert np.abs(without - got).max() > 1e-2   # the masked slot's memory matters when it is present
+    if frame == 3:
+        without = tracker.condition(current, frame, {0: bank[0]}, {2: bank[2]}, num_frames)
+        assert np.abs(without - got).max() > 1e-2   # the masked slot's memory matters when it is present
+    else:
+        with pytest.raises(ValueError, match="memory and 17 pointer slots"):   # one pointer more than exported
+            tracker.condition(current, frame, {0: bank[0], 1: bank[1]}, tracked, num_frames)
 
 
 def onnx_pos(tracker, onnx):
