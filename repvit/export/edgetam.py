@@ -135,6 +135,37 @@ def export_graph(module: nn.Module, example: tuple, path: Union[str, os.PathLike
     return path
 
 
+def share_constants(proto) -> int:
+    """Keep one Constant node per distinct tensor and point every consumer at it; returns how many went.
+
+    TorchScript's exporter writes a constant out again for every operation that reads it (the memory
+    attention's 2 MB RoPE tables 24 times); this makes the file about 50 MB smaller and changes no value.
+    """
+    first, rename, drop = {}, {}, []
+    for node in proto.graph.node:
+        if node.op_type != "Constant" or len(node.attribute) != 1 or node.attribute[0].name != "value":
+            continue
+        tensor = node.attribute[0].t
+        key = (tensor.data_type, tuple(tensor.dims), tensor.raw_data)
+        if not tensor.raw_data or len(tensor.raw_data) < 4096:
+            continue
+        if key in first:
+            rename[node.output[0]] = first[key]
+            drop.append(node)
+        else:
+            first[key] = node.output[0]
+    for node in drop:
+        proto.graph.node.remove(node)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for value in proto.graph.output:
+        if value.name in rename:
+            raise ValueError(f"graph output {value.name} is a duplicated constant")
+    return len(drop)
+
+
 def io_table(path: Union[str, os.PathLike]) -> dict:
     """``{"inputs": {name: {"shape", "dtype"}}, "outputs": {...}}`` as the graph file declares them."""
     import onnx
@@ -249,7 +280,9 @@ def export_edgetam(model: nn.Module, out_dir: Union[str, os.PathLike], *, opset:
     failures = []
     for name, module in modules.items():
         path = export_graph(module, inputs[name], out / FILES[name], name, opset=opset)
-        save_with_metadata(onnx.load(str(path)), path, {
+        proto = onnx.load(str(path))
+        share_constants(proto)
+        save_with_metadata(proto, path, {
             "producer": f"repvit {__version__}", "model": "EdgeTAM (RepViT-M1 trunk, fused)", "part": name,
             "spec": SPEC_NAME})
         entry = {"path": str(path)}
