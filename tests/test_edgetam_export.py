@@ -1,0 +1,237 @@
+"""EdgeTAM's tracking loop exported to ONNX: each graph against sam2's own methods on the same inputs, and
+the numpy + ONNX Runtime loop against ``build_video_predictor``'s ``propagate_in_video`` on real frames of
+../shared/data/videos/bedroom. Weights: the reference's seeded ones in the official layout (as in
+test_edgetam_track.py), so the masks are real shapes, not constants."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+pytest.importorskip("sam2", reason="EdgeTAM needs the edgetam extra (Meta's sam2)")
+pytest.importorskip("onnxruntime", reason="the ONNX loop needs the onnx extra")
+
+from repvit.edgetam import build_video_predictor  # noqa: E402
+from repvit.export.edgetam import FILES, SPEC_NAME, export_edgetam  # noqa: E402
+from repvit.export.edgetam_loop import (Memory, OnnxTracker, choose, resize_bilinear,  # noqa: E402
+                                        round_to_bfloat16, use_multimask)
+
+from .conftest import shared_data  # noqa: E402
+from .test_edgetam import REFERENCE, SCRIPT  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:cannot import name '_C':UserWarning")
+
+SIZE = (320, 180)                 # the 960x540 frames downscaled; the model sees 1024x1024 either way
+SOURCE_FRAMES = (0, 10, 20, 30)   # four frames: the prompt, then one, two and three memories
+CLICK = (133.0, 73.0)             # on the girl ((400, 220) of the 960x540 frame)
+BOX = (50.0, 43.0, 97.0, 137.0)   # around the boy
+
+
+def close(got, want, rel: float = 1e-3) -> float:
+    """max |got - want| relative to max |want| (asserted <= ``rel``); returns it."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-6))
+    assert err <= rel, f"relative error {err:.2e} > {rel:.0e}"
+    return err
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    with np.load(REFERENCE, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+    weights = SCRIPT.reference_weights([(n, tuple(s)) for n, s in meta["layout"]], meta["seed"])
+    path = tmp_path_factory.mktemp("edgetam") / "edgetam.pt"
+    torch.save({"model": weights}, path)
+    return build_video_predictor(path)
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> Path:
+    source = shared_data("videos/bedroom", pattern="00030.jpg")
+    out = tmp_path_factory.mktemp("frames")
+    for i, index in enumerate(SOURCE_FRAMES):
+        Image.open(source / f"{index:05d}.jpg").convert("RGB").resize(SIZE).save(out / f"{i:05d}.jpg", quality=95)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(predictor, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    report = export_edgetam(predictor, out)
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def tracker(exported):
+    return OnnxTracker(exported[0], threads=1)
+
+
+@pytest.fixture(scope="module")
+def frame0(predictor, frames, tracker):
+    """Frame 0 through sam2 (``init_state``'s image and ``forward_image``) and through the ONNX encoder."""
+    state = predictor.init_state(video_path=str(frames))
+    image = state["images"][0:1].float()
+    with torch.inference_mode():
+        ours = predictor.forward_image(image)
+    onnx = tracker.encode_image(image.numpy())
+    return state, image, ours, onnx
+
+
+def test_export_writes_four_checked_graphs_and_the_spec(exported):
+    out, report = exported
+    assert report["passed"] and set(report["files"]) == set(FILES)
+    for name, entry in report["files"].items():
+        assert Path(entry["path"]).is_file() and entry["passed"], name
+    spec = json.loads((out / SPEC_NAME).read_text())
+    attention = spec["graphs"]["memory_attention"]["inputs"]
+    assert attention["memory"]["shape"] == [1, 7, 512, 64] and attention["object_pointers"]["shape"] == [1, 16, 256]
+    assert spec["graphs"]["prompt_decoder"]["inputs"]["point_coords"]["shape"] == [1, "num_points", 2]
+    assert len(spec["constants"]["no_memory_embedding"]) == 256
+
+
+def test_loop_preprocessing_equals_the_predictor_s(frame0, frames, tracker):
+    from repvit.export.edgetam_loop import load_frame
+    _, image, _, _ = frame0
+    x, size = load_frame(frames / "00000.jpg", 1024, tracker.spec["preprocessing"]["mean"],
+                         tracker.spec["preprocessing"]["std"])
+    assert size == (SIZE[1], SIZE[0])
+    assert np.abs(x - image.numpy()).max() < 1e-6
+
+
+def test_image_encoder_graph_equals_forward_image(frame0):
+    _, _, ours, onnx = frame0
+    close(onnx["high_res_0"], ours["backbone_fpn"][0])
+    close(onnx["high_res_1"], ours["backbone_fpn"][1])
+    close(onnx["features"], ours["backbone_fpn"][2])
+    close(onnx["features_pos"], ours["vision_pos_enc"][2], rel=1e-5)
+
+
+@pytest.mark.parametrize("prompt", ["click", "box"])
+def test_prompt_decoder_graph_equals_forward_sam_heads(predictor, frame0, tracker, prompt):
+    _, _, ours, onnx = frame0
+    coords, labels = tracker.prompt_arrays([CLICK] if prompt == "click" else None,
+                                           None, BOX if prompt == "box" else None, (SIZE[1], SIZE[0]))
+    multimask = use_multimask(tracker.spec["choice"], labels.shape[1], prompted=True)
+    assert multimask == (prompt == "click")   # one click: best of three; a box: stability choice
+    with torch.inference_mode():
+        embed = ours["backbone_fpn"][2] + predictor.no_mem_embed.reshape(1, -1, 1, 1)
+        out = predictor._forward_sam_heads(
+            backbone_features=embed, point_inputs={"point_coords": torch.from_numpy(coords),
+                                                   "point_labels": torch.from_numpy(labels).int()},
+            high_res_features=ours["backbone_fpn"][:2], multimask_output=multimask)
+    masks, ious, pointers, score = tracker.run("prompt_decoder", image_embed=embed.numpy(),
+                                               high_res_0=ours["backbone_fpn"][0].numpy(),
+                                               high_res_1=ours["backbone_fpn"][1].numpy(),
+                                               point_coords=coords, point_labels=labels)
+    mask, pointer = choose(tracker.spec["choice"], masks, ious, pointers, multimask)
+    close(mask, out[3], rel=2e-3)
+    close(pointer, out[5], rel=2e-3)
+    close(score, out[6], rel=2e-3)
+    assert 0.02 < (mask > 0).mean() < 0.9   # a real mask, not a constant
+
+
+@pytest.mark.parametrize("from_points", [True, False])
+def test_memory_encoder_graph_equals_encode_new_memory(predictor, frame0, tracker, from_points):
+    _, _, ours, onnx = frame0
+    gen = torch.Generator().manual_seed(1)
+    low = torch.randn(1, 1, 256, 256, generator=gen) * 6
+    feats = ours["backbone_fpn"][2]
+    with torch.inference_mode():
+        memory, encodings = predictor._encode_new_memory(
+            current_vision_feats=[feats.flatten(2).permute(2, 0, 1)], feat_sizes=[(64, 64)],
+            pred_masks_high_res=F.interpolate(low, size=(1024, 1024), mode="bilinear", align_corners=False),
+            object_score_logits=torch.ones(1, 1), is_mask_from_pts=from_points)
+    got = tracker.encode_memory({"features": feats.numpy()}, low.numpy(), np.zeros((1, 256), np.float32), from_points)
+    close(got.memory, memory.flatten(2).transpose(1, 2), rel=1e-2)   # bfloat16 storage: 2^-8 relative
+    close(got.memory_pos, encodings[0].flatten(2).transpose(1, 2), rel=1e-5)
+
+
+@pytest.mark.parametrize("frame, num_frames", [(3, 4), (20, 30)])
+def test_memory_attention_graph_equals_prepare_memory_conditioned_features(predictor, frame0, tracker, frame,
+                                                                           num_frames):
+    """Frame ``frame`` with the prompted frame 0 and every frame since tracked, the bank chosen by the loop's
+    rules and by sam2's: frame 3 fills 3 of 7 memory slots and 3 of 16 pointer slots; frame 20 fills all
+    (frames 14-19 of 1-19 as memories, 5-19 as pointers)."""
+    _, _, ours, onnx = frame0
+    gen = torch.Generator().manual_seed(2)
+    pos = onnx_pos(tracker, onnx)
+    bank = {t: Memory(round_to_bfloat16(torch.randn(1, 512, 64, generator=gen).numpy()), pos,
+                      torch.randn(1, 256, generator=gen).numpy()) for t in range(frame)}
+
+    def entry(m):
+        as_map = lambda a: torch.from_numpy(a).transpose(1, 2).unsqueeze(-1)   # noqa: E731 (sam2's (B, C, N, 1))
+        return {"maskmem_features": as_map(m.memory).to(torch.bfloat16), "maskmem_pos_enc": [as_map(m.memory_pos)],
+                "obj_ptr": torch.from_numpy(m.pointer)}
+    output_dict = {"cond_frame_outputs": {0: entry(bank[0])},
+                   "non_cond_frame_outputs": {t: entry(bank[t]) for t in range(1, frame)}}
+    feats = ours["backbone_fpn"][2]
+    with torch.inference_mode():
+        want = predictor._prepare_memory_conditioned_features(
+            frame_idx=frame, is_init_cond_frame=False, current_vision_feats=[feats.flatten(2).permute(2, 0, 1)],
+            current_vision_pos_embeds=[ours["vision_pos_enc"][2].flatten(2).permute(2, 0, 1)], feat_sizes=[(64, 64)],
+            output_dict=output_dict, num_frames=num_frames)
+    current = {"features": feats.numpy(), "features_pos": ours["vision_pos_enc"][2].numpy()}
+    tracked = {t: bank[t] for t in range(1, frame)}
+    got = tracker.condition(current, frame, {0: bank[0]}, tracked, num_frames)
+    close(got, want, rel=2e-3)
+    if frame == 3:
+        without = tracker.condition(current, frame, {0: bank[0]}, {2: bank[2]}, num_frames)
+        assert np.abs(without - got).max() > 1e-2   # the masked slot's memory matters when it is present
+    else:
+        with pytest.raises(ValueError, match="memory and 17 pointer slots"):   # one pointer more than exported
+            tracker.condition(current, frame, {0: bank[0], 1: bank[1]}, tracked, num_frames)
+
+
+def onnx_pos(tracker, onnx):
+    """The memory encoder's (content-independent) latent position encoding."""
+    out = tracker.run("memory_encoder", features=onnx["features"], mask_logits=np.zeros((1, 1, 256, 256), np.float32),
+                      from_points=np.zeros(1, np.float32))
+    return out[1]
+
+
+def test_onnx_loop_tracks_like_propagate_in_video(predictor, frame0, frames, tracker):
+    state = frame0[0]
+    with torch.inference_mode():
+        predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([CLICK], np.float32),
+                                        labels=np.array([1], np.int32))
+        want = {t: logits[0, 0].numpy() for t, _, logits in predictor.propagate_in_video(state)}
+    got = tracker.track(frames, points=[CLICK], labels=[1])
+    assert sorted(got) == sorted(want) == list(range(len(SOURCE_FRAMES)))
+    for t in want:
+        a, b = got[t] > 0, want[t] > 0
+        assert a.shape == (SIZE[1], SIZE[0])
+        assert 100 < b.sum() < 0.9 * b.size, f"frame {t}: the reference mask has {b.sum()} pixels"
+        iou = (a & b).sum() / (a | b).sum()
+        print(f"frame {t}: {b.sum()} pixels, IoU {iou:.5f}, max |logit diff| {np.abs(got[t] - want[t]).max():.2e}")
+        assert iou >= 0.99, f"frame {t}: IoU {iou:.4f} between the ONNX loop and propagate_in_video"
+        close(got[t], want[t], rel=1e-4)   # the logits too (measured: ~1e-5 absolute on logits of tens)
+    assert (want[0] > 0).sum() != (want[3] > 0).sum()   # the object moves: later frames are not copies
+
+
+def test_numpy_helpers_match_torch():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 1, 256, 256, generator=gen) * 5
+    for h, w in ((180, 320), (540, 960), (256, 256), (97, 301)):
+        want = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        # float32 rounding of the weights only (a wrong sampling grid is off by whole units)
+        assert np.abs(resize_bilinear(x[0, 0].numpy(), h, w) - want).max() < 1e-5 * np.abs(want).max()
+    y = torch.randn(1000, generator=gen) * 100
+    assert np.array_equal(round_to_bfloat16(y.numpy()), y.to(torch.bfloat16).float().numpy())
+
+
+def test_tracker_refuses_what_it_cannot_do(tracker, frames, tmp_path, predictor):
+    with pytest.raises(ValueError, match="frames 0-3"):
+        tracker.track(frames, points=[CLICK], frame=4)
+    with pytest.raises(ValueError, match="1 points but 2 labels"):
+        tracker.track(frames, points=[CLICK], labels=[1, 0])
+    with pytest.raises(FileNotFoundError, match=SPEC_NAME):
+        OnnxTracker(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="existing file"):
+        export_edgetam(predictor, tmp_path / "file")
