@@ -25,10 +25,10 @@ pytest.importorskip("gradio")
 from PIL import Image  # noqa: E402
 
 from repvit.sam import build_sam  # noqa: E402
-from repvit.sam.demo import SamDemo, add_corner, add_point, parse_points  # noqa: E402
+from repvit.sam.demo import SamDemo, add_corner, add_point  # noqa: E402
 from repvit.demo.page import build_app, launch  # noqa: E402
 from repvit.data.images import load_rgb  # noqa: E402
-from repvit.sam.prompts import parse_box  # noqa: E402
+from repvit.data.prompts import parse_box, parse_points  # noqa: E402
 
 from .conftest import SHARED_DATA, shared_data  # noqa: E402
 

@@ -7,7 +7,6 @@ the video's size), ``overlay.mp4`` (the frames with every object's mask drawn; P
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -22,33 +21,21 @@ EXTRA = "pip install 'repvit-pytorch[edgetam]'"
 def read_track_prompts(path) -> list:
     """A JSON list of ``{"object": K, "frame": N, "points": [[x, y, label]], "box": [x0, y0, x1, y1]}``
     (object defaults to 1, frame to 0); several entries for an object on other frames are corrections."""
+    from ..data.prompts import read_prompt_entries
     from ..edgetam.tracking import TrackPrompt
-    try:
-        items = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--prompts {path}: no such file") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--prompts {path}: not valid JSON ({err})") from None
-    if not isinstance(items, list):
-        raise ValueError(f"--prompts {path}: expected a JSON list of prompts")
     prompts = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) - {"object", "frame", "points", "box"}:
-            raise ValueError(f"--prompts {path}, entry {i}: expected an object with 'points' and/or 'box' (and "
-                             f"optional 'object', 'frame'), got {item!r}")
+    for i, entry in enumerate(read_prompt_entries(path, extra_keys=("object", "frame"))):
         try:
-            points = [(float(p[0]), float(p[1]), int(p[2]) if len(p) > 2 else 1) for p in item.get("points") or []]
-            box = item.get("box")
-            prompts.append(TrackPrompt(int(item.get("object", 1)), int(item.get("frame", 0)), points,
-                                       None if box is None else tuple(float(v) for v in box)))
-        except (TypeError, ValueError, IndexError) as err:
-            raise ValueError(f"--prompts {path}, entry {i}: {err}") from None
+            object_id, frame = int(entry.get("object", 1)), int(entry.get("frame", 0))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"prompt {i} of {str(path)!r}: 'object' and 'frame' are whole numbers ({err})") from None
+        prompts.append(TrackPrompt(object_id, frame, entry["points"], entry["box"]))
     return prompts
 
 
 def prompts_from_args(args) -> list:
     from ..edgetam.tracking import TrackPrompt
-    from ..sam.prompts import parse_box, parse_point
+    from ..data.prompts import parse_box, parse_point
     points = [parse_point(p) for p in args.point or []]
     boxes = [parse_box(b) for b in args.box or []]
     prompts = read_track_prompts(args.prompts) if args.prompts else []

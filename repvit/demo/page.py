@@ -14,9 +14,9 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..sam.demo import SCORE_COLUMNS, Result, SamDemo, add_corner, add_point, parse_points
+from ..data.prompts import parse_box, parse_points
+from ..sam.demo import SCORE_COLUMNS, Result, SamDemo, add_corner, add_point
 from ..data.images import overlay
-from ..sam.prompts import parse_box
 from .video_tab import add_video_tab
 
 INSTALL_HINT = "pip install 'repvit-pytorch[sam-demo]'"

@@ -8,7 +8,8 @@ image tab's: ``X,Y,LABEL`` per line.
 # No ``from __future__ import annotations``: Gradio reads the ``gr.SelectData`` annotation.
 from typing import Sequence
 
-from ..sam.demo import add_point, parse_points
+from ..data.prompts import parse_points
+from ..sam.demo import add_point
 
 VIEW_HEIGHT = 420
 

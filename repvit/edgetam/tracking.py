@@ -17,6 +17,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..data.prompts import Prompt
+
 
 @dataclass
 class TrackPrompt:
@@ -32,17 +34,7 @@ class TrackPrompt:
         where = f"object {self.object_id} on frame {self.frame}"
         if not 0 <= self.frame < num_frames:
             raise ValueError(f"{where}: the video has frames 0-{num_frames - 1}")
-        if not self.points and self.box is None:
-            raise ValueError(f"{where}: a prompt needs at least one point or a box")
-        for x, y, label in self.points:
-            if label not in (0, 1):
-                raise ValueError(f"{where}: point ({x}, {y}) has label {label}: use 1 (object) or 0 (background)")
-            if not (0 <= x <= width and 0 <= y <= height):
-                raise ValueError(f"{where}: point ({x}, {y}) lies outside the {width}x{height} frames")
-        if self.box is not None:
-            x0, y0, x1, y1 = self.box
-            if x1 <= x0 or y1 <= y0:
-                raise ValueError(f"{where}: box {self.box} must be X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
+        Prompt(self.points, self.box).check(width, height, where=where, picture="frames")
 
     def as_dict(self) -> dict:
         return {"object": self.object_id, "frame": self.frame, "points": [list(p) for p in self.points],

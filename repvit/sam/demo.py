@@ -29,7 +29,6 @@ import numpy as np
 from .builder import require_segment_anything
 from ..data.images import overlay
 from ..data.output_files import BoundedFolder
-from .prompts import parse_point
 
 require_segment_anything()
 from segment_anything import SamPredictor  # noqa: E402
@@ -246,19 +245,6 @@ def _check_inside(xy: np.ndarray, image: np.ndarray) -> None:
     for x, y in xy:
         if not (0 <= x <= w and 0 <= y <= h):
             raise ValueError(f"({x:g}, {y:g}) lies outside the {w}x{h} image")
-
-
-def parse_points(text: str) -> list:
-    """``"X,Y,LABEL"`` per line (or separated by ``;``) -> ``[(x, y, label)]``; LABEL defaults to 1."""
-    points = []
-    for item in str(text or "").replace(";", "\n").splitlines():
-        if item.strip():
-            point = parse_point(item.strip())
-            if point[2] not in (0, 1):
-                raise ValueError(f"point {item.strip()!r}: LABEL is 1 (object) or 0 (background), "
-                                 "so write X,Y or X,Y,LABEL")
-            points.append(point)
-    return points
 
 
 def add_point(points_text: str, x: float, y: float, label: int) -> str:

@@ -1,4 +1,5 @@
-"""Point and box prompts: parsing them, placing a point inside a mask, and running many on one embedding.
+"""Point and box prompts on one image: placing a point inside a mask, and running many on one embedding
+(the prompt type and its parsing are ``repvit.data.prompts``).
 
 SAM's label convention: 1 = foreground point, 0 = background point; a box enters the decoder as
 its two corners with labels 2 (top-left) and 3 (bottom-right), and a prompt without a box is
@@ -13,63 +14,13 @@ for rings, L shapes and thin objects.
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-
-@dataclass
-class Prompt:
-    """One object to segment: any number of labelled points and at most one box."""
-
-    points: list = field(default_factory=list)     # [(x, y, label), ...]
-    box: Optional[tuple] = None                    # (x0, y0, x1, y1)
-
-    def check(self, width: int, height: int) -> None:
-        if not self.points and self.box is None:
-            raise ValueError("a prompt needs at least one point or a box")
-        for x, y, label in self.points:
-            if label not in (0, 1):
-                raise ValueError(f"point ({x}, {y}) has label {label}: use 1 (object) or 0 (background)")
-            if not (0 <= x <= width and 0 <= y <= height):
-                raise ValueError(f"point ({x}, {y}) lies outside the {width}x{height} image")
-        if self.box is not None:
-            x0, y0, x1, y1 = self.box
-            if x1 <= x0 or y1 <= y0:
-                raise ValueError(f"box {self.box} must be X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
-
-    def as_dict(self) -> dict:
-        return {"points": [list(p) for p in self.points], "box": None if self.box is None else list(self.box)}
-
-
-def parse_point(text: str) -> tuple:
-    """``"X,Y"`` or ``"X,Y,LABEL"`` -> ``(x, y, label)`` (label 1 when omitted); the label is checked by
-    ``Prompt.check``."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        if len(parts) == 2:
-            return float(parts[0]), float(parts[1]), 1
-        if len(parts) == 3:
-            return float(parts[0]), float(parts[1]), int(parts[2])
-    except ValueError:
-        pass
-    raise ValueError(f"point {text!r}: expected X,Y or X,Y,LABEL in image pixels (LABEL 1 object, 0 background), "
-                     "e.g. 320,240 or 50,60,0")
-
-
-def parse_box(text: str) -> tuple:
-    """``"X0,Y0,X1,Y1"`` -> four floats (the command line's ``--box`` and the demo page's box field)."""
-    parts = [p.strip() for p in str(text or "").split(",")]
-    try:
-        if len(parts) == 4:
-            return tuple(float(p) for p in parts)
-    except ValueError:
-        pass
-    raise ValueError(f"box {text!r}: expected X0,Y0,X1,Y1 in image pixels (top-left and bottom-right corners)")
+# The prompt types and their parsing live in the data layer (EdgeTAM's video prompts share them).
+from ..data.prompts import Prompt, parse_box, parse_point, read_prompt_file  # noqa: F401
 
 
 def squared_distance_to_outside(mask: torch.Tensor) -> torch.Tensor:
@@ -117,26 +68,6 @@ def farthest_from_boundary(mask: torch.Tensor) -> tuple[int, int]:
     crop = mask[y0:int(ys[-1]) + 1, x0:int(xs[-1]) + 1]
     flat = int(squared_distance_to_outside(crop).flatten().argmax())  # the first maximum
     return x0 + flat % crop.shape[1], y0 + flat // crop.shape[1]
-
-
-def read_prompt_file(path: Union[str, os.PathLike]) -> list[Prompt]:
-    """A JSON list of ``{"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}`` objects."""
-    try:
-        items = json.loads(open(path).read())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prompt file {str(path)!r} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"prompt file {str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(items, list):
-        raise ValueError(f"prompt file {str(path)!r} must hold a JSON list of prompts")
-    prompts = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) - {"points", "box"}:
-            raise ValueError(f"prompt {i} of {str(path)!r}: expected an object with 'points' and/or 'box', got {item!r}")
-        points = [(float(p[0]), float(p[1]), int(p[2]) if len(p) > 2 else 1) for p in item.get("points") or []]
-        box = item.get("box")
-        prompts.append(Prompt(points, None if box is None else tuple(float(v) for v in box)))
-    return prompts
 
 
 def _grouped(prompts: Sequence[Prompt]) -> dict:
