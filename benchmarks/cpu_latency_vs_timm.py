@@ -11,7 +11,6 @@ every repeat. A ratio ``ours / timm`` above 1.0 means ours is slower.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from repvit.runtime.bench import build_ours, build_timm, fuse_timm  # noqa: E402
 from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.models.reparam import reparameterize  # noqa: E402
+from repvit.commands._grammar import write_report  # noqa: E402
 
 DEFAULT_MODELS = ["repvit_m0_9", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "repvit_m2_3"]
 
@@ -91,9 +91,8 @@ def main() -> int:
         print(f"| {a['model']} | {a['ours_fused_ms']:.2f} | {a['timm_fused_ms']:.2f} | {a['ratio_fused']:.3f} | "
               f"{', '.join(map(str, a['ratios']))} | {', '.join(map(str, a['load']))} |")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"environment": env, "threads": threads, "settings": vars(args),
-                                               "summary": summary, "repeats": rows}, indent=2))
+        write_report(args.json, {"environment": env, "threads": threads, "settings": vars(args),
+                                               "summary": summary, "repeats": rows})
     return 0
 
 

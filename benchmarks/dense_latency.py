@@ -12,7 +12,6 @@ FrozenBatchNorm2d (their inference form). Random weights: latency does not depen
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +28,7 @@ from repvit.models.profile import count_macs, count_params  # noqa: E402
 from repvit.models.reparam import reparameterize  # noqa: E402
 from repvit.models.variants import VARIANTS  # noqa: E402
 from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.commands._grammar import write_report  # noqa: E402
 
 MODERN = [n for n, v in VARIANTS.items() if not v.legacy]
 
@@ -199,8 +199,7 @@ def main() -> None:
         print(f"{key:<32} {row['params_mask_rcnn_m']:>9} {row['params_backbone_fpn_m']:>16} "
               f"{row['gmacs_backbone_fpn_800x1333']:>13} {row['gmacs_mask_rcnn_800x1333']:>12}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_report(args.json, report)
 
 
 if __name__ == "__main__":

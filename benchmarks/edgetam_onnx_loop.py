@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from repvit.data.video import open_frames  # noqa: E402
 from repvit.edgetam.tracking import TrackPrompt, track  # noqa: E402
 from repvit.runtime.timing import environment, load_average, summarize, torch_threads  # noqa: E402
+from repvit.commands._grammar import write_report  # noqa: E402
 
 FRAMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bedroom"
 POINT = (480.0, 300.0)
@@ -84,8 +85,7 @@ def main() -> int:
                                              "load_avg_1min_before", "load_avg_1min_after")}, indent=2))
     print(f"cpu: {result['environment']['cpu']}, threads {args.threads}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_report(args.json, result)
     return 0
 
 

@@ -9,7 +9,6 @@ randomized BatchNorm statistics (so fusion changes every weight and the logits a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from repvit.export import ParityError, export_model  # noqa: E402
 from repvit.export import coreml as fmt_cm  # noqa: E402
 from repvit.export import executorch as fmt_et  # noqa: E402
 from repvit.testing import randomize_batchnorm  # noqa: E402
+from repvit.commands._grammar import write_report  # noqa: E402
 
 JOBS = [("onnx", {}), ("onnx", {"fp16": True}), ("torchscript", {}), ("coreml", {}), ("executorch", {})]
 
@@ -64,8 +64,7 @@ def main() -> int:
             print(f"| {Path(row['path']).name} | {r['artifact']} | {r['count']} {r['inputs']} | "
                   f"{r['max_abs_diff']:.2e} | {r['tolerance']:.1e} | {r['top1_agreement']:.0%} |")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        write_report(args.json, rows)
     return 1 if any("failed" in r for r in rows) else 0
 
 

@@ -16,7 +16,6 @@ Starting from a checkpoint trained on ``../shared/data/imagenette-96``:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from repvit.export import onnx as fmt_onnx  # noqa: E402
 from repvit.export.artifact import export_metadata, resolved_preprocessing  # noqa: E402
 from repvit.export.quantize import calibration_batches, quantize_onnx  # noqa: E402
 from repvit.export.verify import IMAGE_SUFFIXES, load_crop, normalize  # noqa: E402
+from repvit.commands._grammar import write_report  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-96"
 
@@ -107,9 +107,9 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="*", help="latency resolutions (default: checkpoint's and 224; "
                         "pass --sizes with no value to skip the latency part)")
     parser.add_argument("--out", default="runs/bench/int8", help="folder for the ONNX artifacts")
-    parser.add_argument("--runtimes", nargs="*", default=["openvino", "litert"],
+    parser.add_argument("--runtimes", nargs="*", default=["openvino", "litert", "executorch"],
                         help="also measure the top-1 of these formats, float and INT8, where installed "
-                             "(openvino, litert) [both]")
+                             "(openvino, litert, executorch) [all three]")
     parser.add_argument("--accuracy-only", action="store_true", help="skip the latency part")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -136,17 +136,18 @@ def main() -> int:
         images, labels = load_split(data / "val", class_names, pre, args.val_limit)
         print(f"validation: {len(images)} images")
         exports, runners = {}, {}
-        for fmt in args.runtimes:   # OpenVINO (NNCF INT8) and LiteRT (PT2E full-integer INT8), where installed
+        for fmt in args.runtimes:   # OpenVINO (NNCF), LiteRT (PT2E full integer), ExecuTorch (XNNPACK quantizer)
             module = __import__(f"repvit.export.{fmt}", fromlist=["available"])
             if not module.available():
                 print(f"{fmt}: not installed, skipped")
                 continue
-            suffix = {"openvino": ".xml", "litert": ".tflite"}[fmt]
+            suffix = {"openvino": ".xml", "litert": ".tflite", "executorch": ".pte"}[fmt]
             done = export_model(model, fmt, Path(args.out) / f"model{suffix}", images=data / "val", num_real=16,
                                 int8=True, calib_images=data / "train", calib_count=args.calib_count, log=print)
             exports[fmt] = done.as_dict()
-            runners[f"{fmt}_fp32"] = module.runner(done.path, threads)
-            runners[f"{fmt}_int8"] = module.runner(done.int8_path, threads)
+            extra = () if fmt == "executorch" else (threads,)   # ExecuTorch's runtime keeps its own thread pool
+            runners[f"{fmt}_fp32"] = module.runner(done.path, *extra)
+            runners[f"{fmt}_int8"] = module.runner(done.int8_path, *extra)
         int8_paths_accuracy = list(int8_paths) + [k for k in runners if k.endswith("_int8")]
         with torch.inference_mode():
             logits = {"pytorch_fused_fp32": predict(fused, images),
@@ -178,10 +179,9 @@ def main() -> int:
                 print(f"  {label}: {gain['vs_onnxruntime_fp32']:.2f}x faster than ONNX Runtime fp32, "
                       f"{gain['vs_eager_fused']:.2f}x faster than eager fused PyTorch")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
+        write_report(args.json, {
             "environment": environment("cpu"), "checkpoint": args.checkpoint, "settings": vars(args),
-            "export": result.as_dict(), "other_exports": exports, "accuracy": accuracy, "latency": lat}, indent=2, default=str))
+            "export": result.as_dict(), "other_exports": exports, "accuracy": accuracy, "latency": lat})
     return 0
 
 

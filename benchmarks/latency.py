@@ -10,13 +10,13 @@ conditions of each figure. The paper's iPhone 12 latency is the last column, lab
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.runtime.bench import CPU_RUNTIMES, cpu_latency, format_report, ratios  # noqa: E402
+from repvit.commands._grammar import write_report  # noqa: E402
 
 
 def markdown(reports) -> str:
@@ -54,8 +54,7 @@ def main() -> int:
     print()
     print(markdown(reports))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([{**r.as_dict(), "ours_vs_timm": ratios(r)} for r in reports], indent=2))
+        write_report(args.json, [{**r.as_dict(), "ours_vs_timm": ratios(r)} for r in reports])
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.models.factory import create_model  # noqa: E402
+from repvit.commands._grammar import write_report  # noqa: E402
 
 
 def build_pair(name: str, device: torch.device, channels_last: bool):
@@ -143,8 +143,7 @@ def main() -> int:
         if args.pipeline:
             report["pipeline"] = measure_pipeline(args)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, report)
     return 0
 
 

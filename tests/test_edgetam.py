@@ -225,3 +225,32 @@ def test_without_sam2_the_error_is_one_line_naming_the_extra(monkeypatch):
             build()
         assert str(err.value) == INSTALL_HINT and "\n" not in INSTALL_HINT
         assert "repvit-pytorch[edgetam]" in INSTALL_HINT
+
+
+def test_sam_predict_model_edgetam_gives_the_official_image_masks(sam2, reference, official_file, frames, tmp_path,
+                                                                  capsys):
+    """Image mode from the command line: `repvit sam predict --model edgetam` (fused, through the prompt
+    code RepViT-SAM uses) picks the official code's best candidate mask for the same clicks."""
+    from PIL import Image
+    from repvit.cli import main
+    meta, ref = reference
+    (fg, bg), labels = SCRIPT.IMAGE_PROMPT["points"], SCRIPT.IMAGE_PROMPT["labels"]
+    assert labels == [1, 0]
+    out = tmp_path / "out"
+    assert main(["sam", "predict", str(frames / "00000.jpg"), "--model", "edgetam", "--checkpoint", str(official_file[0]),
+                 "--point", f"{fg[0]},{fg[1]},1", "--point", f"{bg[0]},{bg[1]},0", "--multimask", "on",
+                 "--output", str(out)]) == 0
+    record = json.loads((out / "00000_scores.json").read_text())
+    best = int(np.argmax(ref["image_iou"]))
+    (obj,) = record["objects"]
+    assert record["model"] == "edgetam" and record["fused"] and obj["chosen"] == best
+    assert_close(obj["scores"], ref["image_iou"], "predicted IoUs")
+    mask = np.asarray(Image.open(out / obj["mask"])) > 0
+    assert_same_masks(mask, ref["image_masks"][best], meta["width"], "the chosen mask")
+    capsys.readouterr()
+    # The SAM release's name or no weights at all: one clear line, nothing built.
+    assert main(["sam", "predict", str(frames / "00000.jpg"), "--model", "edgetam", "--pretrained", "repvit_sam",
+                 "--point", "10,10", "--output", str(out)]) == 2
+    assert "--pretrained edgetam" in capsys.readouterr().err
+    assert main(["sam", "predict", str(frames / "00000.jpg"), "--model", "edgetam", "--point", "10,10"]) == 2
+    assert "--checkpoint edgetam.pt" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def test_normalization_wrapper_equals_normalize_then_model(model):
     torch.testing.assert_close(wrapper(pixels), fused(normalized), atol=1e-5, rtol=0)
 
 
-@pytest.mark.skipif(not fmt_cm.available(), reason="coremltools is not installed (pip install 'repvit[coreml]')")
+@pytest.mark.skipif(not fmt_cm.available(), reason="coremltools is not installed (pip install 'repvit-pytorch[coreml]')")
 def test_coreml_image_input_with_normalization_inside(model, imagenette_root, tmp_path):
     result = export_model(model, "coreml", tmp_path, img_size=IMG, images=imagenette_root / "val", num_real=2)
     assert result.path.name == "repvit_m0_6-fused.mlpackage" and result.path.is_dir()
@@ -45,7 +45,7 @@ def test_coreml_image_input_with_normalization_inside(model, imagenette_root, tm
         assert any("macOS" in note for note in result.notes)
 
 
-@pytest.mark.skipif(not fmt_cm.available(), reason="coremltools is not installed (pip install 'repvit[coreml]')")
+@pytest.mark.skipif(not fmt_cm.available(), reason="coremltools is not installed (pip install 'repvit-pytorch[coreml]')")
 def test_coreml_tensor_input_spec(model, tmp_path):
     result = export_model(model, "coreml", tmp_path, img_size=32, num_real=0, coreml_input="tensor",
                           coreml_precision="float32")
@@ -54,7 +54,7 @@ def test_coreml_tensor_input_spec(model, tmp_path):
     assert meta["normalization"] == "by the caller" and meta["compute_precision"] == "float32"
 
 
-@pytest.mark.skipif(not fmt_et.available(), reason="executorch is not installed (pip install 'repvit[executorch]')")
+@pytest.mark.skipif(not fmt_et.available(), reason="executorch is not installed (pip install 'repvit-pytorch[executorch]')")
 def test_executorch_xnnpack_program_runs_in_executorch_runtime(model, imagenette_root, tmp_path):
     result = export_model(model, "executorch", tmp_path, img_size=IMG, images=imagenette_root / "val", num_real=3)
     assert result.path.name == "repvit_m0_6-fused.pte" and result.path.is_file()
@@ -63,3 +63,21 @@ def test_executorch_xnnpack_program_runs_in_executorch_runtime(model, imagenette
         assert report.passed and report.max_abs_diff <= 1e-4
     meta = fmt_et.read_metadata(result.path)
     assert meta["variant"] == "repvit_m0_6" and meta["delegate"] == "XNNPACK" and meta["batch_size"] == "1"
+
+
+@pytest.mark.skipif(not fmt_et.available(), reason="executorch is not installed (pip install 'repvit-pytorch[executorch]')")
+def test_executorch_int8_program_is_integer_delegated_and_agrees(model, imagenette_root, tmp_path):
+    """``--int8`` for ExecuTorch: the XNNPACK quantizer's program, every op inside the delegate, int8
+    weights (a quarter of the bytes), its predictions checked against the float model on real images."""
+    result = export_model(model, "executorch", tmp_path, img_size=IMG, images=imagenette_root / "val", num_real=8,
+                          int8=True, calib_images=imagenette_root / "train", calib_count=20)
+    assert result.int8_path == tmp_path / "repvit_m0_6-fused-int8.pte" and result.int8_path.is_file()
+    assert result.int8["nodes"]["delegate_calls"] >= 1 and result.int8["nodes"]["ops_outside_delegate"] == []
+    assert result.int8_path.stat().st_size < 0.4 * result.path.stat().st_size, "weights should be int8"
+    meta = fmt_et.read_metadata(result.int8_path)
+    assert meta["precision"].startswith("int8") and meta["variant"] == "repvit_m0_6"
+    real = result.int8["vs_float"]["real"]
+    assert real["top1_agreement"] >= 0.75 and 0 < real["relative_l2_error"] < 0.25   # quantized, yet close
+    x = torch.randn(2, 3, IMG, IMG)
+    int8_out, float_out = fmt_et.runner(result.int8_path)(x), fmt_et.runner(result.path)(x)
+    assert int8_out.shape == (2, 10) and not torch.equal(int8_out, float_out)

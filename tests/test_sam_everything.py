@@ -1,7 +1,6 @@
 """FastMaskGenerator returns segment-anything's automatic masks, record by record."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -63,19 +63,20 @@ def register(subparsers) -> None:
     ver.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails verification, "
                                                                 "renamed -UNVERIFIED")
     grammar.add_report(ver, help="write the verification report to this JSON file")
-    onnx = p.add_argument_group("ONNX, OpenVINO and LiteRT")
+    onnx = p.add_argument_group("ONNX, OpenVINO, LiteRT and ExecuTorch")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     onnx.add_argument("--fp16", action="store_true", help="ONNX: half-precision weights and compute, float32 "
                                                           "input/output")
     onnx.add_argument("--int8", action="store_true", help="also write an INT8 model (<name>-int8), calibrated on "
                                                           "--calib-images: ONNX Runtime static QDQ, OpenVINO "
-                                                          "with NNCF post-training quantization, or LiteRT full "
-                                                          "integer (PT2E)")
+                                                          "with NNCF post-training quantization, LiteRT full "
+                                                          "integer (PT2E) or ExecuTorch with the XNNPACK "
+                                                          "quantizer (PT2E)")
     onnx.add_argument("--calib-images", help="folder of training images for INT8 calibration")
     onnx.add_argument("--calib-count", type=int, default=300, help="calibration images (spread over sub-folders)")
     onnx.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"],
                       help="ONNX activation ranges: 99.999th percentile (default), extremes, or entropy "
-                           "(OpenVINO and LiteRT use their quantizers' own ranges)")
+                           "(OpenVINO, LiteRT and ExecuTorch use their quantizers' own ranges)")
     cm = p.add_argument_group("Core ML")
     cm.add_argument("--coreml-input", default="image", choices=["image", "tensor"],
                     help="image: RGB image input, normalization inside the model; tensor: normalized float input")

@@ -6,7 +6,6 @@ segmentation data options default to the official ADE20K pipeline (the defaults 
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
 
 from ..runtime.timing import threads_option
 from ..engine import option_table as base

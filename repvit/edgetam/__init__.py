@@ -10,5 +10,6 @@ Importing this package does not import ``sam2``; building a model does.
 from __future__ import annotations
 
 from .builder import build_edgetam, build_video_predictor, load_edgetam_weights, read_edgetam_state
+from .image import ImagePredictor
 
-__all__ = ["build_edgetam", "build_video_predictor", "load_edgetam_weights", "read_edgetam_state"]
+__all__ = ["ImagePredictor", "build_edgetam", "build_video_predictor", "load_edgetam_weights", "read_edgetam_state"]

@@ -6,7 +6,8 @@ model, writes the artifact with its metadata, then checks it against the fused P
 on random and real images (``verify.py``). An artifact outside its tolerance is removed (or
 kept under an ``-UNVERIFIED`` name on request) and ``ParityError`` is raised. One module per
 format holds the format's specifics; ``quantize.py`` adds INT8 for ONNX (ONNX Runtime) and
-``openvino.py`` and ``litert.py`` their own for OpenVINO (NNCF) and LiteRT (PT2E, full integer). The downstream models
+``openvino.py``, ``litert.py`` and ``executorch.py`` their own for OpenVINO (NNCF), LiteRT (PT2E, full
+integer) and ExecuTorch (PT2E with the XNNPACK quantizer). The downstream models
 use the same format modules: ``dense.py`` (Semantic FPN, backbone + FPN, detectors) and ``sam.py``
 with ``sam_decoder.py`` and ``sam_parity.py`` (RepViT-SAM's encoder and prompt decoder).
 """
@@ -27,7 +28,7 @@ from .verify import (REL_TOLERANCES, TOLERANCES, ParityError, ParityReport, comp
 
 INT8_MAX_REL_ERROR = 0.25  # mean relative L2 error of INT8 logits vs float ones, on real images
 INT8_MIN_TOP1_AGREEMENT = 0.75  # INT8 vs float top-1 on real images (checked from 4 images on)
-INT8_FORMATS = ("onnx", "openvino", "litert")
+INT8_FORMATS = ("onnx", "openvino", "litert", "executorch")
 
 
 @dataclass
@@ -222,6 +223,16 @@ def _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, c
         run_int8 = fmt_lt.runner(int8_path)
         facts = fmt_lt.describe(int8_path)
         nodes = {"input": facts["input"], "output": facts["output"], "ops": facts["ops"]}
+    elif result.format == "executorch":
+        from . import executorch as fmt_et
+        batch = int(result.facts.get("batch_size", 1))
+        log(f"  INT8: XNNPACK quantizer (PT2E) on {len(arrays)} images from {calib_images} -> {int8_path}")
+        _, facts = fmt_et.export_executorch(fused, int8_path, img_size=preprocessing["input_size"][-1],
+                                            metadata=fmt_et.read_metadata(result.path), batch_size=batch,
+                                            calibration=arrays)
+        run_int8 = fmt_et.runner(int8_path)
+        inputs = _multiple_of(inputs, batch)
+        nodes = {"delegate_calls": facts["delegate_calls"], "ops_outside_delegate": facts["ops_outside_delegate"]}
     else:
         from . import onnx as fmt_onnx
         from .quantize import count_quantized, quantize_onnx

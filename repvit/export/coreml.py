@@ -59,7 +59,7 @@ def _require():
     try:
         import coremltools as ct
     except ImportError:
-        raise ValueError("Core ML export needs coremltools: pip install 'repvit[coreml]'") from None
+        raise ValueError("Core ML export needs coremltools: pip install 'repvit-pytorch[coreml]'") from None
     return ct
 
 

@@ -5,6 +5,11 @@ captured with ``torch.export`` at a fixed input shape (batch 1 by default; mobil
 one image at a time), lowered with the XNNPACK partitioner and checked with ExecuTorch's
 own Python runtime. The metadata is embedded as a constant method ``metadata`` that
 returns the JSON text, so an app can read it with ``module.execute("metadata")``.
+
+INT8 (``calibration=``) goes through ExecuTorch's XNNPACK quantizer with PyTorch's PT2E flow:
+symmetric per-channel int8 weights and per-tensor int8 activations whose ranges are observed on the
+calibration images, then the quantized graph is lowered to XNNPACK's integer kernels like the float
+one (float input and output; the program quantizes at its entry and dequantizes at its exit).
 """
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -31,21 +38,42 @@ def available() -> bool:
 
 def _require():
     if not available():
-        raise ValueError("ExecuTorch export needs the executorch package: pip install 'repvit[executorch]'")
+        raise ValueError("ExecuTorch export needs the executorch package: pip install 'repvit-pytorch[executorch]'")
+
+
+def _quantized(fused: nn.Module, example: tuple, calibration: Sequence[np.ndarray]) -> nn.Module:
+    """``fused`` with XNNPACK-quantizer INT8 observers calibrated on ``calibration`` (1x3xSxS arrays,
+    fed in batches of the program's fixed batch size) and converted to quantize/dequantize pairs."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                        get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    graph = prepare_pt2e(torch.export.export(fused, example).module(), quantizer)
+    batch = example[0].shape[0]
+    arrays = np.concatenate([np.asarray(a, dtype=np.float32) for a in calibration])
+    if len(arrays) < batch:
+        raise ValueError(f"INT8 calibration of a batch-{batch} program needs at least {batch} images, got {len(arrays)}")
+    for start in range(0, len(arrays) - batch + 1, batch):
+        graph(torch.from_numpy(arrays[start:start + batch]))
+    return convert_pt2e(graph)
 
 
 def export_executorch(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: int, metadata: dict[str, str],
-                      batch_size: int = 1) -> tuple[Path, dict]:
-    """Write the ``.pte``; returns ``(path, facts)`` where facts counts delegated and leftover ops."""
+                      batch_size: int = 1, calibration: Optional[Sequence[np.ndarray]] = None) -> tuple[Path, dict]:
+    """Write the ``.pte``; returns ``(path, facts)`` where facts counts delegated and leftover ops. With
+    ``calibration`` (preprocessed 1x3xSxS arrays) the program is INT8 (see the module docstring)."""
     _require()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     example = (torch.randn(batch_size, 3, img_size, img_size),)
     meta = {**metadata, "input": f"float32 tensor {batch_size}x3x{img_size}x{img_size}, normalized as in 'preprocessing'",
             "delegate": "XNNPACK", "batch_size": str(batch_size)}
-    with warnings.catch_warnings():
+    if calibration is not None:
+        meta["precision"] = "int8 (XNNPACK quantizer, per-channel weights, static activations)"
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.export.export(fused, example)
+        model = fused if calibration is None else _quantized(fused, example, calibration)
+        program = torch.export.export(model, example)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                               constant_methods={METADATA_METHOD: json.dumps(meta)})
         et_program = lowered.to_executorch()

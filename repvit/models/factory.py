@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence, Union
 
-import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, describe_state_dict, load_state_dict, matching_variants, read_checkpoint

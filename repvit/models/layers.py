@@ -11,7 +11,6 @@ the ones they replace, so fusing a half-precision or channels_last model stays f
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -288,7 +288,7 @@ def _optimize_cpu(fused, example, reference, *, candidates, compile, channels_la
                 report["candidates"][kind] = {"skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
                 log(f"  {kind}: skipped ({report['candidates'][kind]['skipped']})")
                 continue
-            entry = report["candidates"][kind] = {"max_abs_diff": diff, "faithful": diff <= tolerance}
+            report["candidates"][kind] = {"max_abs_diff": diff, "faithful": diff <= tolerance}
             if diff <= tolerance:
                 runners[kind] = (run, cl, x)
             else:

@@ -10,9 +10,32 @@ from .. import _grammar as grammar
 from ._common import add_sam_weights, load_sam
 
 
+EDGETAM = "edgetam"
+
+
 def _predictor(args):
-    from segment_anything import SamPredictor
-    return SamPredictor(load_sam(args))
+    """segment-anything's SamPredictor on RepViT-SAM, or EdgeTAM's image predictor (same calls)."""
+    if getattr(args, "model", "repvit_sam") != EDGETAM:
+        from segment_anything import SamPredictor
+        return SamPredictor(load_sam(args))
+    import torch
+    from ...engine.distributed import pick_device
+    try:
+        from ...edgetam import ImagePredictor, build_edgetam
+    except ImportError as err:
+        raise ImportError(f"--model edgetam needs Meta's sam2 package: pip install 'repvit-pytorch[edgetam]' ({err})") from None
+    pretrained = args.pretrained is not None
+    if pretrained and args.pretrained not in (EDGETAM, f"{EDGETAM}:default"):
+        raise ValueError(f"--pretrained {args.pretrained}: with --model edgetam the official weights are "
+                         f"--pretrained {EDGETAM}")
+    if not (args.checkpoint or pretrained or args.random_weights):
+        raise ValueError(f"say which weights to use: --checkpoint edgetam.pt, --pretrained {EDGETAM} (official) or "
+                         "--random-weights (pipeline check only)")
+    if args.random_weights:
+        torch.manual_seed(0)
+    device = pick_device(args.device)
+    args.device = str(device)
+    return ImagePredictor(build_edgetam(args.checkpoint, pretrained=pretrained, fused=not args.unfused, device=device))
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -42,7 +65,8 @@ def run_predict(args: argparse.Namespace) -> int:
     decode_s = time.perf_counter() - start
     out = Path(args.output)
     stem = Path(args.image).stem
-    record = {"image": str(args.image), "size": [image.shape[1], image.shape[0]], "encoder_seconds": round(encode_s, 4),
+    record = {"image": str(args.image), "model": args.model, "size": [image.shape[1], image.shape[0]],
+              "encoder_seconds": round(encode_s, 4),
               "decoder_seconds": round(decode_s, 4), "fused": not args.unfused, "objects": []}
     for k, r in enumerate(results):
         name = f"{stem}_mask.png" if len(results) == 1 else f"{stem}_mask_{k}.png"
@@ -119,6 +143,10 @@ def register(actions) -> None:
     p.add_argument("--prompts", metavar="FILE.json", help="many objects at once (see above)")
     p.add_argument("--multimask", choices=("auto", "on", "off"), default="auto",
                    help="auto: three candidates for a lone point (keeps the best), one otherwise")
+    p.add_argument("--model", choices=("repvit_sam", EDGETAM), default="repvit_sam",
+                   help="repvit_sam (RepViT-M2.3 encoder, segment-anything's decoder; default) or edgetam (the "
+                        "RepViT-M1 EdgeTAM model of `repvit track`, in image mode; needs the [edgetam] extra). "
+                        "Its weights: --checkpoint edgetam.pt, --pretrained edgetam or --random-weights")
     grammar.add(p, "--output", default="sam-out", help="folder for <image>_mask.png, _overlay.png and _scores.json")
     grammar.add_report(p, help="write the scores JSON here instead of OUTPUT/<image>_scores.json")
     add_sam_weights(p)
