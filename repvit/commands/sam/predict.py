@@ -143,10 +143,10 @@ def register(actions) -> None:
     p.add_argument("--prompts", metavar="FILE.json", help="many objects at once (see above)")
     p.add_argument("--multimask", choices=("auto", "on", "off"), default="auto",
                    help="auto: three candidates for a lone point (keeps the best), one otherwise")
-    p.add_argument("--model", choices=("repvit_sam", EDGETAM), default="repvit_sam",
-                   help="repvit_sam (RepViT-M2.3 encoder, segment-anything's decoder; default) or edgetam (the "
-                        "RepViT-M1 EdgeTAM model of `repvit track`, in image mode; needs the [edgetam] extra). "
-                        "Its weights: --checkpoint edgetam.pt, --pretrained edgetam or --random-weights")
+    grammar.add(p, "--model", choices=("repvit_sam", EDGETAM), default="repvit_sam",
+                help="repvit_sam (RepViT-M2.3 encoder, segment-anything's decoder; default) or edgetam (the "
+                     "RepViT-M1 EdgeTAM model of `repvit track`, in image mode; needs the [edgetam] extra). "
+                     "Its weights: --checkpoint edgetam.pt, --pretrained edgetam or --random-weights")
     grammar.add(p, "--output", default="sam-out", help="folder for <image>_mask.png, _overlay.png and _scores.json")
     grammar.add_report(p, help="write the scores JSON here instead of OUTPUT/<image>_scores.json")
     add_sam_weights(p)
