@@ -16,6 +16,13 @@ from typing import Optional
 import pytest
 import torch
 
+# Under pytest-xdist (`make test` runs two workers on a 2-core machine) each worker computes with one
+# thread: two workers with two spinning OpenMP threads each would oversubscribe the cores (a
+# 2-thread PyTorch job slows about 3x beside one more busy thread). Subprocesses inherit the limit.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REPVIT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 IMAGENETTE = Path(os.environ.get("REPVIT_IMAGENETTE", SHARED_DATA / "imagenette-96"))

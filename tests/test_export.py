@@ -13,7 +13,7 @@ from repvit.cli import main
 from repvit.export import ParityError, artifact_path, export_model
 from repvit.export import onnx as fmt_onnx
 from repvit.export import torchscript as fmt_ts
-from repvit.export.quantize import count_quantized
+from repvit.export.quantize import agreement, count_quantized
 from repvit.export.verify import find_images, load_crop, real_batch
 from repvit.testing import randomize_batchnorm
 
@@ -95,8 +95,35 @@ def test_onnx_int8_is_quantized_and_close(model, tiny_imagenette, tmp_path):
     assert nodes["QuantizeLinear"] > 10 and nodes["DequantizeLinear"] > 10
     meta = fmt_onnx.read_metadata(result.int8_path)
     assert meta["precision"] == "int8" and json.loads(meta["quantization"])["calibration"]["images"] == 40
+    assert json.loads(meta["quantization"])["weights"].startswith("int7")   # the default: no u8s8 saturation
     real = result.int8["vs_float"]["real"]
     assert real["relative_l2_error"] < 0.25 and real["cosine"] > 0.95
+
+
+@pytest.mark.parametrize("weights, dtype, low, high", [("uint8", np.uint8, 0, 255), ("int8", np.int8, -127, 127),
+                                                       ("int7", np.int8, -64, 64)])
+def test_onnx_int8_weight_encodings(model, tmp_path, weights, dtype, low, high):
+    """int7 (the default, ORT's reduce_range) and uint8 weights (neither saturates in u8s8 kernels on x86 CPUs
+    without VNNI), and int8."""
+    from onnx import numpy_helper
+    from repvit.export.quantize import quantize_onnx
+    result = export_model(model, "onnx", tmp_path / "m.onnx", img_size=IMG, num_real=0)
+    calib = [torch.randn(1, 3, IMG, IMG, generator=torch.Generator().manual_seed(i)).numpy() for i in range(8)]
+    path = quantize_onnx(result.path, tmp_path / f"m-{weights}.onnx", calib, weights=weights)
+    proto = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    conv_weights = [inits[n.input[0]] for n in proto.graph.node
+                    if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert len(conv_weights) > 10 and all(w.dtype == dtype for w in conv_weights)
+    assert min(int(w.min()) for w in conv_weights) >= low and max(int(w.max()) for w in conv_weights) <= high
+    if weights == "int8":   # the full int8 range is used (int7 stops at 64)
+        assert max(int(np.abs(w).max()) for w in conv_weights) > 100
+    assert json.loads(fmt_onnx.read_metadata(path)["quantization"])["weights"].startswith(weights)
+    x = torch.randn(2, 3, IMG, IMG)
+    stats = agreement(reparameterize(model)(x).detach(), fmt_onnx.runner(path, threads=1)(x))
+    assert stats["cosine"] > 0.95
+    with pytest.raises(ValueError, match="int7, uint8, int8"):
+        quantize_onnx(result.path, tmp_path / "bad.onnx", calib, weights="int4")
 
 
 def test_torchscript_export_parity_and_extra_files(model, val_images, tmp_path):

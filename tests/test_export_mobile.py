@@ -55,22 +55,18 @@ def test_coreml_tensor_input_spec(model, tmp_path):
 
 
 @pytest.mark.skipif(not fmt_et.available(), reason="executorch is not installed (pip install 'repvit-pytorch[executorch]')")
-def test_executorch_xnnpack_program_runs_in_executorch_runtime(model, imagenette_root, tmp_path):
-    result = export_model(model, "executorch", tmp_path, img_size=IMG, images=imagenette_root / "val", num_real=3)
+def test_executorch_float_and_int8_programs_run_in_executorch_runtime(model, imagenette_root, tmp_path):
+    """The float program (whole graph delegated to XNNPACK, parity 1e-4) and ``--int8``'s XNNPACK-quantizer
+    program (every op inside the delegate, int8 weights: a third of the bytes or less), its predictions
+    checked against the float model on real images. One export serves both (lowering is slow)."""
+    result = export_model(model, "executorch", tmp_path, img_size=IMG, images=imagenette_root / "val", num_real=6,
+                          int8=True, calib_images=imagenette_root / "train", calib_count=12)
     assert result.path.name == "repvit_m0_6-fused.pte" and result.path.is_file()
     assert result.facts["delegate_calls"] >= 1 and result.facts["ops_outside_delegate"] == []
     for report in result.reports:
         assert report.passed and report.max_abs_diff <= 1e-4
     meta = fmt_et.read_metadata(result.path)
     assert meta["variant"] == "repvit_m0_6" and meta["delegate"] == "XNNPACK" and meta["batch_size"] == "1"
-
-
-@pytest.mark.skipif(not fmt_et.available(), reason="executorch is not installed (pip install 'repvit-pytorch[executorch]')")
-def test_executorch_int8_program_is_integer_delegated_and_agrees(model, imagenette_root, tmp_path):
-    """``--int8`` for ExecuTorch: the XNNPACK quantizer's program, every op inside the delegate, int8
-    weights (a quarter of the bytes), its predictions checked against the float model on real images."""
-    result = export_model(model, "executorch", tmp_path, img_size=IMG, images=imagenette_root / "val", num_real=8,
-                          int8=True, calib_images=imagenette_root / "train", calib_count=20)
     assert result.int8_path == tmp_path / "repvit_m0_6-fused-int8.pte" and result.int8_path.is_file()
     assert result.int8["nodes"]["delegate_calls"] >= 1 and result.int8["nodes"]["ops_outside_delegate"] == []
     assert result.int8_path.stat().st_size < 0.4 * result.path.stat().st_size, "weights should be int8"

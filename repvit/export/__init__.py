@@ -55,7 +55,8 @@ def export_model(model: nn.Module, fmt: str, output: Union[str, os.PathLike, Non
                  img_size: Optional[int] = None, images=None, num_random: int = 4, num_real: int = 8,
                  tolerance: Optional[float] = None, keep_failed: bool = False, opset: Optional[int] = None,
                  fp16: bool = False, int8: bool = False, calib_images=None, calib_count: int = 300,
-                 calib_method: str = "percentile", coreml_input: str = "image", coreml_precision: str = "float16",
+                 calib_method: str = "percentile", int8_weights: str = "int7", coreml_input: str = "image",
+                 coreml_precision: str = "float16",
                  batch_size: int = 1, log: Callable[[str], None] = lambda _: None) -> ExportResult:
     """Fuse ``model``, write it as ``fmt`` and verify it; see the module docstring."""
     if fmt not in FORMATS:
@@ -125,7 +126,7 @@ def export_model(model: nn.Module, fmt: str, output: Union[str, os.PathLike, Non
         from .verify import require
         require(result.reports)
     if int8:
-        _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, calib_method, log)
+        _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, calib_method, int8_weights, log)
     return result
 
 
@@ -204,7 +205,8 @@ def _remove(path: Path, fmt: str) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, calib_method, log) -> None:
+def _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, calib_method, int8_weights,
+              log) -> None:
     from .quantize import agreement, calibration_batches
     if calib_images is None:
         raise ValueError("INT8 calibration needs real training images: pass calib_images / --calib-images DIR")
@@ -236,8 +238,10 @@ def _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, c
     else:
         from . import onnx as fmt_onnx
         from .quantize import count_quantized, quantize_onnx
-        log(f"  INT8: calibrating on {len(arrays)} images from {calib_images} ({calib_method}) -> {int8_path}")
-        quantize_onnx(result.path, int8_path, arrays, method=calib_method, calibration_source=str(calib_images))
+        log(f"  INT8: calibrating on {len(arrays)} images from {calib_images} ({calib_method}, {int8_weights} "
+            f"weights) -> {int8_path}")
+        quantize_onnx(result.path, int8_path, arrays, method=calib_method, calibration_source=str(calib_images),
+                      weights=int8_weights)
         run_int8 = fmt_onnx.runner(int8_path)
         nodes = count_quantized(int8_path)
     stats = {}

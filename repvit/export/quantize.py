@@ -2,9 +2,19 @@
 
 Quantize-dequantize (QDQ) format: every quantized tensor is wrapped in QuantizeLinear /
 DequantizeLinear pairs, which ONNX Runtime fuses into integer kernels (QLinearConv,
-integer MatMul) on CPUs with int8 dot-product instructions. Weights are quantized per
-output channel (int8, symmetric), activations per tensor (uint8), with ranges calibrated
-on a few hundred real training images preprocessed exactly as at inference. Activation
+integer MatMul). Weights are quantized per output channel (symmetric), activations per tensor
+(uint8), with ranges calibrated on a few hundred real training images preprocessed exactly as at
+inference.
+
+The weights' encoding (``weights=``) decides whether the model computes what it says on every
+x86 CPU. With int8 weights (u8s8), ONNX Runtime's kernels for x86 CPUs without VNNI (AVX2 and
+plain AVX-512: AMD Zen 3 and older, Intel before Cascade Lake) multiply uint8 by int8 with an
+instruction that saturates pairs of products at 16 bits: on a 2-vCPU Zen 3 the Imagenette model
+lost 1.1 top-1 points that way, while the same file run as float emulation of its QDQ ops lost
+0.03. int7 weights (int8 in 7 bits, ONNX Runtime's ``reduce_range``; the default) cannot
+saturate and kept int8's speed there (-0.19 points, 1.06x int8's time on RepViT-M1.1); uint8
+weights (u8u8) take a kernel without saturation too (-0.10 points, but 1.22x int8's time). int8
+is for CPUs with VNNI and ARM. See benchmarks/deployment.md, section 2. Activation
 ranges default to the 99.999th percentile rather than the extremes: on Imagenette it kept
 about half of the top-1 that min/max ranges lost (see benchmarks/deployment.md). Starting from
 the fused model matters: folding BatchNorm after quantization would rescale the int8
@@ -26,6 +36,7 @@ import torch
 from .verify import find_images, normalize, load_crop
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+WEIGHT_ENCODINGS = ("int7", "uint8", "int8")   # see the module docstring; the first is the default
 
 
 def calibration_batches(images: Union[str, os.PathLike, Sequence, None], preprocessing: dict, count: int = 300
@@ -38,13 +49,16 @@ def calibration_batches(images: Union[str, os.PathLike, Sequence, None], preproc
 
 def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
                   calibration: Sequence[np.ndarray], *, method: str = "percentile", per_channel: bool = True,
-                  op_types: Optional[Sequence[str]] = None, calibration_source: str = "") -> Path:
+                  op_types: Optional[Sequence[str]] = None, calibration_source: str = "",
+                  weights: str = "int7") -> Path:
     """Write the INT8 QDQ model for ``fp32_path``; the metadata of the float model is carried over."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    if weights not in WEIGHT_ENCODINGS:
+        raise ValueError(f"INT8 weights must be one of {', '.join(WEIGHT_ENCODINGS)}, got {weights!r}")
     calibration = list(calibration)
     if len(calibration) == 0:
         raise ValueError("INT8 quantization needs calibration images")
@@ -78,7 +92,8 @@ def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             quantize_static(
                 prepared, str(out_path), Feed(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8, reduce_range=weights == "int7",
+                weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                                   "entropy": CalibrationMethod.Entropy}[method],
                 op_types_to_quantize=list(op_types) if op_types else None,
@@ -88,7 +103,7 @@ def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
     meta = {p.key: p.value for p in source.metadata_props}
     meta["precision"] = "int8"
     meta["quantization"] = json.dumps({
-        "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8, symmetric, "
+        "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": f"{weights}, symmetric, "
         + ("per output channel" if per_channel else "per tensor"), "activations": "uint8, per tensor",
         "calibration": {"method": method, "images": len(calibration), "source": calibration_source},
         "op_types": list(op_types) if op_types else "all supported"})
