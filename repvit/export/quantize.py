@@ -12,8 +12,8 @@ plain AVX-512: AMD Zen 3 and older, Intel before Cascade Lake) multiply uint8 by
 instruction that saturates pairs of products at 16 bits: on a 2-vCPU Zen 3 the Imagenette model
 lost 1.1 top-1 points that way, while the same file run as float emulation of its QDQ ops lost
 0.03. int7 weights (int8 in 7 bits, ONNX Runtime's ``reduce_range``; the default) cannot
-saturate and kept int8's speed there (-0.19 points, 1.06x int8's time on RepViT-M1.1); uint8
-weights (u8u8) take a kernel without saturation too (-0.10 points, but 1.22x int8's time). int8
+saturate and kept int8's speed there (-0.19 points, 0.98-1.03x int8's time); uint8 weights
+(u8u8) take a kernel without saturation too (-0.10 points, but 1.11-1.16x int8's time). int8
 is for CPUs with VNNI and ARM. See benchmarks/deployment.md, section 2. Activation
 ranges default to the 99.999th percentile rather than the extremes: on Imagenette it kept
 about half of the top-1 that min/max ranges lost (see benchmarks/deployment.md). Starting from
