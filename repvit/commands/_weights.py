@@ -1,4 +1,5 @@
-"""``--checkpoint PATH`` / ``--pretrained NAME[:TAG]``: the two ways a classifier command names its weights."""
+"""``--checkpoint PATH`` / ``--pretrained NAME[:TAG]``: the two ways a classifier command names its weights,
+and how the EdgeTAM commands (``repvit track``, ``repvit sam predict --model edgetam``) read theirs."""
 from __future__ import annotations
 
 from . import _grammar as grammar
@@ -12,3 +13,24 @@ def add_weights_options(parser, *, required: bool, checkpoint_help: str) -> None
     group = parser.add_mutually_exclusive_group(required=required)
     grammar.add(group, "--checkpoint", help=checkpoint_help)
     grammar.add(group, "--pretrained", help=PRETRAINED_HELP)
+
+
+EDGETAM_RELEASE = "edgetam"
+
+
+def edgetam_weights(args):
+    """``(pretrained, device)`` of an EdgeTAM command's ``--checkpoint`` / ``--pretrained edgetam`` /
+    ``--random-weights`` and ``--device``; seeds the generator for random weights. One clear line when
+    the release named is not EdgeTAM's or no weights are named."""
+    import torch
+    from ..engine.distributed import pick_device
+    pretrained = args.pretrained is not None
+    if pretrained and args.pretrained not in (EDGETAM_RELEASE, f"{EDGETAM_RELEASE}:default"):
+        raise ValueError(f"--pretrained {args.pretrained}: EdgeTAM's official weights are "
+                         f"--pretrained {EDGETAM_RELEASE}")
+    if not (args.checkpoint or pretrained or args.random_weights):
+        raise ValueError(f"say which weights to use: --checkpoint edgetam.pt, --pretrained {EDGETAM_RELEASE} "
+                         "(official) or --random-weights (pipeline check only)")
+    if args.random_weights:
+        torch.manual_seed(0)
+    return pretrained, pick_device(args.device)

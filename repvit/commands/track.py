@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..progress_bar import Progress
 from . import _grammar as grammar
+from ._weights import EDGETAM_RELEASE as RELEASE, edgetam_weights
 
-RELEASE = "edgetam"
 EXTRA = "pip install 'repvit-pytorch[edgetam]'"
 
 
@@ -53,21 +53,11 @@ def prompts_from_args(args) -> list:
 
 
 def load_predictor(args):
-    import torch
-    from ..engine.distributed import pick_device
     try:
         from ..edgetam import build_video_predictor
     except ImportError as err:
         raise ImportError(f"repvit track needs Meta's sam2 package: {EXTRA} ({err})") from None
-    pretrained = args.pretrained is not None
-    if pretrained and args.pretrained not in (RELEASE, f"{RELEASE}:default"):
-        raise ValueError(f"--pretrained {args.pretrained}: the EdgeTAM release is --pretrained {RELEASE}")
-    if not (args.checkpoint or pretrained or args.random_weights):
-        raise ValueError(f"say which weights to use: --checkpoint edgetam.pt, --pretrained {RELEASE} (official) or "
-                         "--random-weights (pipeline check only)")
-    if args.random_weights:
-        torch.manual_seed(0)
-    device = pick_device(args.device)
+    pretrained, device = edgetam_weights(args)
     return build_video_predictor(args.checkpoint, pretrained=pretrained, fused=not args.unfused,
                                  device=str(device)), device
 

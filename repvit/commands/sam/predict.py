@@ -7,10 +7,8 @@ from pathlib import Path
 
 from ...progress_bar import Progress
 from .. import _grammar as grammar
+from .._weights import EDGETAM_RELEASE as EDGETAM, edgetam_weights
 from ._common import add_sam_weights, load_sam
-
-
-EDGETAM = "edgetam"
 
 
 def _predictor(args):
@@ -18,22 +16,11 @@ def _predictor(args):
     if getattr(args, "model", "repvit_sam") != EDGETAM:
         from segment_anything import SamPredictor
         return SamPredictor(load_sam(args))
-    import torch
-    from ...engine.distributed import pick_device
     try:
         from ...edgetam import ImagePredictor, build_edgetam
     except ImportError as err:
         raise ImportError(f"--model edgetam needs Meta's sam2 package: pip install 'repvit-pytorch[edgetam]' ({err})") from None
-    pretrained = args.pretrained is not None
-    if pretrained and args.pretrained not in (EDGETAM, f"{EDGETAM}:default"):
-        raise ValueError(f"--pretrained {args.pretrained}: with --model edgetam the official weights are "
-                         f"--pretrained {EDGETAM}")
-    if not (args.checkpoint or pretrained or args.random_weights):
-        raise ValueError(f"say which weights to use: --checkpoint edgetam.pt, --pretrained {EDGETAM} (official) or "
-                         "--random-weights (pipeline check only)")
-    if args.random_weights:
-        torch.manual_seed(0)
-    device = pick_device(args.device)
+    pretrained, device = edgetam_weights(args)
     args.device = str(device)
     return ImagePredictor(build_edgetam(args.checkpoint, pretrained=pretrained, fused=not args.unfused, device=device))
 
