@@ -61,3 +61,71 @@ def test_a_broken_export_is_removed_and_raises(tmp_path, monkeypatch):
     with pytest.raises(ParityError, match="was removed"):
         export_segmenter_onnx(model, tmp_path / "m.onnx", [torch.rand(3, 96, 128)], class_names=["a", "b", "c"])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _camvid_subset(root, count: int):
+    """The first ``count`` CamVid val frames with their labels, as a folder ``repvit segment eval`` reads."""
+    source = need("camvid") / "val"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for image in sorted((source / "images").iterdir())[:count]:
+        (root / "images" / image.name).symlink_to(image)
+        (root / "labels" / f"{image.stem}.png").symlink_to(source / "labels" / f"{image.stem}.png")
+    return root
+
+
+def test_segment_int8_copies_are_checked_and_the_exported_files_score_like_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=11)).eval()
+    ckpt = save_segmenter(model, tmp_path / "seg.pth", class_names=CAMVID, ignore_index=11)
+    report = tmp_path / "r.json"
+    assert main(["segment", "export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "m.onnx"),
+                 "--neck-output", str(tmp_path / "neck.onnx"), "--images", str(need("camvid") / "val" / "images"),
+                 "--int8", "--calib-images", str(need("camvid") / "train" / "images"), "--calib-count", "4",
+                 "--report", str(report)]) == 0
+    result = json.loads(report.read_text())
+    int8 = result["int8"]
+    assert int8["passed"] and int8["calibration_images"] == 4 and int8["pixel_agreement"] >= 0.9
+    assert int8["path"] == str(tmp_path / "m-int8.onnx") and (tmp_path / "neck-int8.onnx").is_file()
+    assert result["neck"]["int8"]["pixel_agreement"] is None and result["neck"]["int8"]["relative_l2_error"] < 0.25
+    import onnx
+    proto = onnx.load(int8["path"])
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["precision"] == "int8" and json.loads(meta["ignore_index"]) == 11
+    assert sum(n.op_type == "QuantizeLinear" for n in proto.graph.node) > 20
+
+    data = _camvid_subset(tmp_path / "val", 3)
+    scores = {}
+    for name, path in (("pytorch", ckpt), ("onnx", tmp_path / "m.onnx"), ("int8", tmp_path / "m-int8.onnx")):
+        out = tmp_path / f"{name}.json"
+        assert main(["segment", "eval", "--checkpoint", str(path), "--data", str(data), "--report", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())
+    assert scores["int8"]["precision"] == "int8" and scores["onnx"]["runtime"] == "ONNX Runtime"
+    # The float file scores what the fused checkpoint scores; the INT8 file what 90%+ equal pixels allow.
+    assert abs(scores["onnx"]["aAcc"] - scores["pytorch"]["aAcc"]) < 1e-3
+    assert abs(scores["onnx"]["mIoU"] - scores["pytorch"]["mIoU"]) < 1e-3
+    assert abs(scores["int8"]["aAcc"] - scores["pytorch"]["aAcc"]) < 0.1
+
+
+def test_an_int8_copy_outside_the_limits_is_removed(tmp_path, monkeypatch):
+    from repvit.export import dense
+    model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=3)).eval()
+    images = [torch.rand(3, 96, 128)]
+    export_segmenter_onnx(model, tmp_path / "m.onnx", images, class_names=["a", "b", "c"])
+    monkeypatch.setattr(dense, "INT8_MIN_PIXEL_AGREEMENT", 1.01)          # nothing can pass
+    with pytest.raises(ParityError, match="keep their class"):
+        dense.quantize_dense(dense._fused(model), tmp_path / "m.onnx", images, [images[0][None].numpy()])
+    assert not (tmp_path / "m-int8.onnx").exists() and (tmp_path / "m.onnx").exists()
+
+
+def test_segment_eval_refuses_what_an_exported_file_cannot_do(tmp_path, capsys):
+    model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=3)).eval()
+    export_segmenter_onnx(model, tmp_path / "m.onnx", [torch.rand(3, 96, 128)], class_names=["a", "b", "c"])
+    from repvit.export.dense import _export_dynamic_onnx
+    _export_dynamic_onnx(torch.nn.Conv2d(3, 2, 1), tmp_path / "other.onnx", ["y"], {"task": "classification"}, 18)
+    for extra, message in ((["--unfused"], "--unfused and --ema apply to checkpoints only"),
+                           ([], "does not record the ignored label value"),
+                           (["--checkpoint", str(tmp_path / "other.onnx")], "not a segmentation export")):
+        assert main(["segment", "eval", "--checkpoint", str(tmp_path / "m.onnx"), "--data", str(tmp_path)]
+                    + extra) == 2
+        assert message in capsys.readouterr().err

@@ -68,3 +68,57 @@ def test_missing_litert_is_one_line_naming_the_extra(tmp_path, monkeypatch, caps
                  "--output", str(tmp_path / "m.tflite"), "--img-size", "32", "--num-real", "0"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.endswith("pip install 'repvit-pytorch[litert]'"), err
+
+
+def test_segmenter_tflite_float_and_int8_score_like_the_checkpoint(tmp_path, capsys):
+    """`repvit segment export --format litert --int8` on CamVid frames at a fixed size, then `segment
+    eval` of both files (through their .json records) against the checkpoint."""
+    import json
+    from repvit.segmentation.semantic_fpn import SemanticFPN, save_segmenter
+    from .test_dense_cli import CAMVID
+    from .test_dense_data import need
+    from .test_dense_export import _camvid_subset
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=11)).eval()
+    ckpt = save_segmenter(model, tmp_path / "seg.pth", class_names=CAMVID, ignore_index=11)
+    report = tmp_path / "r.json"
+    assert main(["segment", "export", "--checkpoint", str(ckpt), "--format", "litert", "--output",
+                 str(tmp_path / "m.tflite"), "--images", str(need("camvid") / "val" / "images"), "--int8",
+                 "--calib-images", str(need("camvid") / "train" / "images"), "--calib-count", "4",
+                 "--report", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["max_abs_diff"] <= 1e-3 and result["image_sizes"][0] == [360, 480]
+    # int8 weights: about a quarter of the float file (the converter keeps this graph's input float32,
+    # unlike the classifier's)
+    assert result["int8"]["pixel_agreement"] >= 0.9
+    assert (tmp_path / "m-int8.tflite").stat().st_size < 0.4 * (tmp_path / "m.tflite").stat().st_size
+    data = _camvid_subset(tmp_path / "val", 2)
+    scores = {}
+    for name, path in (("pytorch", ckpt), ("float", tmp_path / "m.tflite"), ("int8", tmp_path / "m-int8.tflite")):
+        out = tmp_path / f"{name}.json"
+        assert main(["segment", "eval", "--checkpoint", str(path), "--data", str(data), "--report", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())
+    assert scores["float"]["runtime"] == "LiteRT" and scores["int8"]["precision"] == "int8"
+    assert abs(scores["float"]["mIoU"] - scores["pytorch"]["mIoU"]) < 1e-3
+    assert abs(scores["int8"]["aAcc"] - scores["pytorch"]["aAcc"]) < 0.1
+    (tmp_path / "m.json").unlink()
+    capsys.readouterr()
+    assert main(["segment", "eval", "--checkpoint", str(tmp_path / "m.tflite"), "--data", str(data)]) == 2
+    assert "its record m.json is missing" in capsys.readouterr().err
+
+
+def test_nearest_resizes_at_uneven_ratios_convert_exactly(tmp_path):
+    """An FPN's top-down resize on a frame whose sides are not multiples of 32 (12x15 -> 23x30): the
+    converter's own kernel picks other source pixels for a quarter of the outputs; ours are PyTorch's."""
+    import torch.nn.functional as F
+
+    class TopDown(torch.nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, size=(23, 30), mode="nearest") + F.interpolate(x, size=(24, 30), mode="nearest")[
+                ..., :23, :]
+
+    x = torch.randn(1, 3, 12, 15)
+    fmt_lt.export_litert(TopDown().eval(), tmp_path / "up.tflite", img_size=(12, 15))
+    assert torch.equal(fmt_lt.runner(tmp_path / "up.tflite")(x), TopDown()(x))
+    assert fmt_lt._nearest_index(12, 23).tolist() == F.interpolate(
+        torch.arange(12.0).view(1, 1, 12, 1), size=(23, 1), mode="nearest").flatten().long().tolist()

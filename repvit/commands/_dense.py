@@ -32,8 +32,9 @@ def load_for_inference(load, args):
     return (model if args.unfused else reparameterize(model)), pick_device(args.device)
 
 
-def add_common(p, what: str) -> None:
-    grammar.add(p, "--checkpoint", required=True, help=f"a {what} saved by this library (self-describing)")
+def add_common(p, what: str, exported: str = "") -> None:
+    grammar.add(p, "--checkpoint", required=True, help=f"a {what} saved by this library (self-describing)"
+                + (f", {exported}" if exported else ""))
     grammar.add(p, "--device")
     grammar.add(p, "--unfused")
     grammar.add(p, "--ema")

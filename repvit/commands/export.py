@@ -66,21 +66,15 @@ def register(subparsers) -> None:
     onnx.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     onnx.add_argument("--fp16", action="store_true", help="ONNX: half-precision weights and compute, float32 "
                                                           "input/output")
-    onnx.add_argument("--int8", action="store_true", help="also write an INT8 model (<name>-int8), calibrated on "
-                                                          "--calib-images: ONNX Runtime static QDQ, OpenVINO "
-                                                          "with NNCF post-training quantization, LiteRT full "
-                                                          "integer (PT2E) or ExecuTorch with the XNNPACK "
-                                                          "quantizer (PT2E)")
-    onnx.add_argument("--calib-images", help="folder of training images for INT8 calibration")
-    onnx.add_argument("--calib-count", type=int, default=300, help="calibration images (spread over sub-folders)")
+    grammar.add(onnx, "--int8", help="also write an INT8 model (<name>-int8), calibrated on --calib-images: ONNX "
+                                     "Runtime static QDQ, OpenVINO with NNCF post-training quantization, LiteRT full "
+                                     "integer (PT2E) or ExecuTorch with the XNNPACK quantizer (PT2E)")
+    grammar.add(onnx, "--calib-images", help="folder of training images for INT8 calibration")
+    grammar.add(onnx, "--calib-count", default=300, help="calibration images (spread over sub-folders)")
     onnx.add_argument("--calib-method", default="percentile", choices=["minmax", "percentile", "entropy"],
                       help="ONNX activation ranges: 99.999th percentile (default), extremes, or entropy "
                            "(OpenVINO, LiteRT and ExecuTorch use their quantizers' own ranges)")
-    onnx.add_argument("--int8-weights", default="int7", choices=["int7", "uint8", "int8"],
-                      help="ONNX INT8 weights: int7 (default) never saturates in ONNX Runtime's x86 kernels and "
-                           "is about as fast as int8; uint8 never saturates either, slower; int8 is for CPUs with "
-                           "VNNI and ARM (on x86 CPUs without VNNI, e.g. AMD Zen 3, its kernels saturate: -1.1 "
-                           "top-1 points measured)")
+    grammar.add(onnx, "--int8-weights")
     cm = p.add_argument_group("Core ML")
     cm.add_argument("--coreml-input", default="image", choices=["image", "tensor"],
                     help="image: RGB image input, normalization inside the model; tensor: normalized float input")

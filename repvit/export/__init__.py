@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from .artifact import FORMATS, artifact_path, export_metadata, fused_for_export, resolved_preprocessing, variant_name
+from .quantize import INT8_MAX_REL_ERROR, INT8_MIN_TOP1_AGREEMENT
 from .verify import (REL_TOLERANCES, TOLERANCES, ParityError, ParityReport, compare, random_batch,
                      verification_inputs)
 
-INT8_MAX_REL_ERROR = 0.25  # mean relative L2 error of INT8 logits vs float ones, on real images
-INT8_MIN_TOP1_AGREEMENT = 0.75  # INT8 vs float top-1 on real images (checked from 4 images on)
 INT8_FORMATS = ("onnx", "openvino", "litert", "executorch")
 
 

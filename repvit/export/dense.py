@@ -7,6 +7,14 @@
   OpenVINO's CPU plugin in float32 the same way.
 * A torchvision detector -> TorchScript (scripted, so any image size and count), checked on real
   images: the same boxes, labels and scores.
+* Semantic FPN -> LiteRT (``.tflite`` at a fixed size, float or full-integer INT8), checked with the
+  LiteRT interpreter; the flatbuffer carries no metadata here, so the record goes beside it
+  (``<name>.json``).
+* INT8 copies of the ONNX and OpenVINO exports (``quantize_dense``): ONNX Runtime static QDQ or
+  NNCF, calibrated on real images, kept only if they stay close to the float model on real images
+  (segmenters: the class of at least 90% of the pixels unchanged).
+* ``ExportedSegmenter``: an exported Semantic FPN (float or INT8, ONNX or OpenVINO) behind the
+  PyTorch model's interface, so ``repvit segment eval`` scores the file itself.
 
 Every export is of the fused model; a failed check removes the file (both files of an IR) and raises
 ``ParityError``.
@@ -17,14 +25,15 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..models.reparam import is_fused, reparameterize
-from .onnx import DEFAULT_OPSET, save_with_metadata, session
+from .onnx import DEFAULT_OPSET, read_metadata, save_with_metadata, session
+from .quantize import INT8_MAX_REL_ERROR, INT8_MIN_PIXEL_AGREEMENT, WEIGHT_ENCODINGS
 from .verify import ParityError
 
 SEG_TOLERANCE = 1e-3        # max |logit difference| for float32 ONNX Runtime vs PyTorch
@@ -97,12 +106,21 @@ def _check(reference: nn.Module, run, images: Sequence[torch.Tensor], tolerance:
     return report
 
 
+def _segmenter_metadata(model: nn.Module, class_names: Sequence[str]) -> dict:
+    """What scoring the file needs besides its graph: classes, the ignored label, the evaluation size."""
+    eval_size = getattr(model, "eval_size", None)
+    return {"producer": "repvit", "task": "segmentation", "class_names": list(class_names),
+            "config": getattr(model, "repvit_config", {}), "input": "float32 RGB in 0..1, NCHW, any size",
+            "ignore_index": getattr(model, "ignore_index", None),
+            "reduce_zero_label": bool(getattr(model, "reduce_zero_label", False)),
+            "eval_size": list(eval_size) if eval_size else None}
+
+
 def export_segmenter_onnx(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
                           class_names: Sequence[str], opset: int = DEFAULT_OPSET) -> dict:
     """Fused Semantic FPN -> ONNX (input ``image`` float 0..1 NCHW of any size, output ``logits`` at that size)."""
     fused, path = _fused(model), Path(path)
-    meta = {"producer": "repvit", "task": "segmentation", "class_names": list(class_names),
-            "config": getattr(model, "repvit_config", {}), "input": "float32 RGB in 0..1, NCHW, any size"}
+    meta = _segmenter_metadata(model, class_names)
     _export_dynamic_onnx(fused, path, ["logits"], meta, opset)
     return {"path": str(path), **_check_onnx(fused, path, images, SEG_TOLERANCE)}
 
@@ -136,8 +154,7 @@ def export_segmenter_openvino(model: nn.Module, path: Union[str, os.PathLike], i
                               class_names: Sequence[str]) -> dict:
     """Fused Semantic FPN -> OpenVINO IR with the ONNX export's input, output and dynamic sizes."""
     fused, path = _fused(model), Path(path)
-    meta = {"producer": "repvit", "task": "segmentation", "class_names": list(class_names),
-            "config": getattr(model, "repvit_config", {}), "input": "float32 RGB in 0..1, NCHW, any size"}
+    meta = _segmenter_metadata(model, class_names)
     _export_dynamic_openvino(fused, path, ["logits"], meta, "Semantic FPN")
     return {"path": str(path), **_check_openvino(fused, path, images, SEG_TOLERANCE)}
 
@@ -150,6 +167,168 @@ def export_neck_openvino(neck: nn.Module, path: Union[str, os.PathLike], images:
     _export_dynamic_openvino(_LevelsAsTuple(fused), path, [f"p{i}" for i in range(len(levels))],
                              {"producer": "repvit", "task": "backbone+fpn", "levels": levels}, "backbone + FPN")
     return {"path": str(path), **_check_openvino(fused, path, images, SEG_TOLERANCE)}
+
+
+def litert_record_path(path: Union[str, os.PathLike]) -> Path:
+    """The JSON record beside a ``.tflite`` segmenter (LiteRT files carry no metadata of ours)."""
+    return Path(path).with_suffix(".json")
+
+
+def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
+                            class_names: Sequence[str], size: Sequence[int],
+                            calibration: Optional[Sequence[np.ndarray]] = None) -> dict:
+    """Fused Semantic FPN -> ``.tflite`` at 1x3x``size`` (LiteRT has no dynamic sizes), float32 or, with
+    ``calibration`` (1x3xHxW float 0..1 arrays at ``size``), full-integer INT8; checked with the LiteRT
+    interpreter on ``images`` resized to ``size``. Float: logits within 1e-3 of PyTorch; INT8: the
+    limits of ``quantize_dense``. The record goes beside the file as ``<name>.json``."""
+    from . import litert as fmt_lt
+    fused, path = _fused(model), Path(path)
+    if path.suffix != ".tflite":
+        raise ValueError(f"a LiteRT file is named .tflite, got {str(path)!r}")
+    size = (int(size[0]), int(size[1]))
+    fmt_lt.export_litert(fused, path, img_size=size, calibration=calibration)
+    meta = _segmenter_metadata(model, class_names)
+    meta.update(precision="int8" if calibration is not None else "float32", input_size=list(size))
+    record = litert_record_path(path)
+    record.write_text(json.dumps(meta, indent=2) + "\n")
+    run = fmt_lt.runner(path)
+    resized = [torch.nn.functional.interpolate(im[None], size=size, mode="bilinear", align_corners=False)[0]
+               for im in images]
+
+    def remove():
+        path.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+    if calibration is None:
+        report = _check(fused, lambda x: [run(torch.from_numpy(x)).numpy()], resized, SEG_TOLERANCE, path,
+                        "LiteRT", remove)
+    else:
+        report = _int8_check(fused, lambda x: [run(torch.from_numpy(x)).numpy()], resized, path, remove)
+        report["calibration_images"] = len(calibration)
+        report["tool"] = "LiteRT full-integer PT2E"
+    return {"path": str(path), "record": str(record), **report}
+
+
+def int8_path_for(path: Union[str, os.PathLike]) -> Path:
+    """Where the INT8 copy of an exported file goes: ``<stem>-int8`` beside it, same suffix."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-int8{path.suffix}")
+
+
+def _file_runner(path: Path, threads: Optional[int] = None):
+    """``run(array) -> [arrays]`` for an ONNX file (ONNX Runtime) or an OpenVINO IR, and how to delete it."""
+    if path.suffix == ".xml":
+        from . import openvino as fmt_ov
+        return fmt_ov.array_runner(path, threads), lambda: fmt_ov.remove(path)
+    if path.suffix == ".onnx":
+        sess = session(path, threads)
+        name = sess.get_inputs()[0].name
+        return (lambda x: sess.run(None, {name: x})), lambda: path.unlink(missing_ok=True)
+    if path.suffix == ".tflite":
+        from . import litert as fmt_lt
+        run = fmt_lt.runner(path, threads)
+        return (lambda x: [run(torch.from_numpy(x)).numpy()]), lambda: path.unlink(missing_ok=True)
+    raise ValueError(f"{path}: not an exported dense model (.onnx, an OpenVINO .xml or a LiteRT .tflite); export "
+                     "one with repvit segment export")
+
+
+def quantize_dense(reference: nn.Module, float_path: Union[str, os.PathLike], images: Sequence[torch.Tensor],
+                   calibration: Sequence[np.ndarray], *, weights: str = WEIGHT_ENCODINGS[0],
+                   calibration_source: str = "") -> dict:
+    """The INT8 copy of an exported Semantic FPN or backbone + FPN, written beside it (``<stem>-int8``).
+
+    ``.onnx``: ONNX Runtime static QDQ (``weights``: see ``quantize.py``); ``.xml``: NNCF post-training
+    quantization. ``calibration``: 1x3xHxW float 0..1 arrays of real images at the size the model
+    runs at. The copy is checked on ``images`` against ``reference`` (the fused float model): the
+    mean relative L2 error of every output, and for a segmenter the share of pixels whose class
+    (argmax) is unchanged. Outside the limits the copy is removed and ``ParityError`` raised."""
+    float_path = Path(float_path)
+    out = int8_path_for(float_path)
+    calibration = [np.ascontiguousarray(a, dtype=np.float32) for a in calibration]
+    if float_path.suffix == ".xml":
+        from . import openvino as fmt_ov
+        fmt_ov.quantize_openvino(float_path, out, calibration, calibration_source=calibration_source)
+        tool = "NNCF post-training quantization"
+    elif float_path.suffix == ".onnx":
+        from .quantize import quantize_onnx
+        quantize_onnx(float_path, out, calibration, weights=weights, calibration_source=calibration_source)
+        tool = f"ONNX Runtime static QDQ, {weights} weights"
+    else:
+        raise ValueError(f"INT8 copies are made of .onnx and .xml exports, got {str(float_path)!r}")
+    run, remove = _file_runner(out)
+    report = _int8_check(reference, run, images, out, remove)
+    return {"path": str(out), "tool": tool, "calibration_images": len(calibration), **report}
+
+
+def _int8_check(reference: nn.Module, run, images: Sequence[torch.Tensor], path: Path, remove) -> dict:
+    """Mean relative L2 error of every output of ``run`` vs ``reference`` on ``images``, and for a
+    segmenter the share of pixels whose class is unchanged; outside the limits ``remove()`` and raise."""
+    errors, agreement, shapes = [], [], []
+    with torch.no_grad():
+        for image in images:
+            want = reference(image[None])
+            segmenter = not isinstance(want, dict)
+            want = [want] if segmenter else list(want.values())
+            got = [torch.from_numpy(np.asarray(g)) for g in run(image[None].float().contiguous().numpy())]
+            for w, g in zip(want, got):
+                errors.append(((g - w).norm() / w.norm().clamp_min(1e-12)).item())
+            if segmenter:
+                agreement.append((got[0].argmax(1) == want[0].argmax(1)).float().mean().item())
+            shapes.append(list(image.shape[-2:]))
+    report = {"image_sizes": shapes, "relative_l2_error": float(np.mean(errors)),
+              "pixel_agreement": float(np.mean(agreement)) if agreement else None}
+    problems = []
+    if report["relative_l2_error"] > INT8_MAX_REL_ERROR:
+        problems.append(f"relative L2 error {report['relative_l2_error']:.3f} > {INT8_MAX_REL_ERROR}")
+    if agreement and report["pixel_agreement"] < INT8_MIN_PIXEL_AGREEMENT:
+        problems.append(f"{report['pixel_agreement']:.1%} of the pixels keep their class "
+                        f"(< {INT8_MIN_PIXEL_AGREEMENT:.0%})")
+    report["passed"] = not problems
+    if problems:
+        remove()
+        raise ParityError(f"the INT8 copy is too far from the float model on real images ({'; '.join(problems)}); "
+                          f"{path} was removed. Try more calibration images (--calib-count), or keep the float file")
+    return report
+
+
+class ExportedSegmenter(nn.Module):
+    """An exported Semantic FPN (``.onnx`` through ONNX Runtime, an OpenVINO ``.xml`` or a LiteRT ``.tflite``
+    with its ``.json`` record; float or INT8)
+    with the loaded PyTorch model's interface: image tensor in, logits out, and the recorded
+    ``class_names``, ``num_classes``, ``ignore_index``, ``reduce_zero_label`` and ``eval_size``, so
+    ``evaluate_segmenter`` scores the deployed file itself. Files exported before the ignore value
+    and evaluation size were recorded have ``ignore_index`` None (the caller must supply it)."""
+
+    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None):
+        super().__init__()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such file")
+        if self.path.suffix == ".xml":
+            from . import openvino as fmt_ov
+            meta, self.runtime = fmt_ov.read_metadata(self.path), "OpenVINO"
+        elif self.path.suffix == ".tflite":
+            record = litert_record_path(self.path)
+            if not record.is_file():
+                raise FileNotFoundError(f"{self.path}: its record {record.name} is missing (a LiteRT segmenter is "
+                                        "the .tflite and the .json that repvit segment export writes beside it)")
+            meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in json.loads(record.read_text()).items()}
+            self.runtime = "LiteRT"
+        else:
+            meta, self.runtime = (read_metadata(self.path) if self.path.suffix == ".onnx" else {}), "ONNX Runtime"
+        if meta.get("task") != "segmentation":
+            raise ValueError(f"{self.path} is not a segmentation export of this library (task "
+                             f"{meta.get('task', 'not recorded')!r}); write one with repvit segment export")
+        self._run, _ = _file_runner(self.path, threads)
+        field = lambda key: json.loads(meta[key]) if key in meta else None  # noqa: E731
+        self.class_names = list(field("class_names"))
+        self.num_classes = len(self.class_names)
+        self.ignore_index = field("ignore_index")
+        self.reduce_zero_label = bool(field("reduce_zero_label"))
+        self.eval_size = tuple(field("eval_size")) if field("eval_size") else None
+        self.precision = meta.get("precision", "float32")
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self._run(image.detach().cpu().float().contiguous().numpy())[0]))
 
 
 def export_detector_torchscript(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,

@@ -10,6 +10,12 @@ quantizer: int8 weights symmetric per output channel, int8 activations per tenso
 ranges from real calibration images), so input and output are int8 too; ``runner`` quantizes
 the float input and dequantizes the logits with the scales stored in the file.
 
+PyTorch's nearest-neighbour resize to a size that is not a whole multiple of the input (an FPN's
+top-down path on an image whose sides are not multiples of 32) picks source pixels that the
+converter's resize kernel does not: 26% of the outputs of a 12x15 -> 23x30 resize differ (litert-torch
+2026-12). During conversion such resizes are written as gathers of exactly the rows and columns
+PyTorch picks (``_exact_nearest``), so the file computes what the model computes.
+
 Not done: the export metadata is not embedded in the flatbuffer (TFLite metadata needs the
 TensorFlow metadata writer); the variant and preprocessing are in the file name and
 ``repvit export --report``.
@@ -55,15 +61,45 @@ def _quiet():
         yield
 
 
-def export_litert(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: int,
+def _nearest_index(src: int, dst: int) -> torch.Tensor:
+    """The source index PyTorch's "nearest" mode reads for each of ``dst`` outputs: floor(i * src / dst)
+    in float32, as its CPU kernel computes it."""
+    scale = torch.tensor(src / dst, dtype=torch.float32)
+    return (torch.arange(dst, dtype=torch.float32) * scale).floor().clamp(max=src - 1).long()
+
+
+@contextlib.contextmanager
+def _exact_nearest():
+    """Trace ``F.interpolate(..., mode="nearest", size=...)`` at a non-integer ratio as two index_selects."""
+    original = torch.nn.functional.interpolate
+
+    def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                    recompute_scale_factor=None, antialias=False):
+        if mode == "nearest" and size is not None and input.dim() == 4:
+            src = [int(v) for v in input.shape[-2:]]
+            dst = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
+            if any(d % s for s, d in zip(src, dst)):
+                return input.index_select(2, _nearest_index(src[0], dst[0])).index_select(
+                    3, _nearest_index(src[1], dst[1]))
+        return original(input, size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                        recompute_scale_factor=recompute_scale_factor, antialias=antialias)
+    torch.nn.functional.interpolate = interpolate
+    try:
+        yield
+    finally:
+        torch.nn.functional.interpolate = original
+
+
+def export_litert(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: Union[int, Sequence[int]],
                   calibration: Optional[Sequence[np.ndarray]] = None) -> Path:
-    """Write ``fused`` as ``.tflite`` at 1x3x``img_size``x``img_size``; with ``calibration`` (preprocessed
-    1x3xSxS arrays) as a full-integer INT8 model."""
+    """Write ``fused`` as ``.tflite`` at 1x3x``img_size``x``img_size`` (or 1x3xHxW for ``img_size=(H, W)``);
+    with ``calibration`` (preprocessed 1x3xHxW arrays) as a full-integer INT8 model."""
     litert_torch = _require()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = (torch.randn(1, 3, img_size, img_size),)
-    with _quiet(), torch.no_grad():
+    height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
+    example = (torch.randn(1, 3, height, width),)
+    with _quiet(), torch.no_grad(), _exact_nearest():
         if calibration is None:
             edge = litert_torch.convert(fused, example)
         else:
@@ -104,9 +140,10 @@ def describe(path: Union[str, os.PathLike]) -> dict:
 
 def runner(path: Union[str, os.PathLike], threads: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Float batch in, float logits out, one image at a time; int8 inputs/outputs are (de)quantized with the
-    file's own scales."""
+    file's own scales. The images must have the file's fixed size (``input_size``)."""
     interp = interpreter(path, threads)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    size = tuple(int(v) for v in inp["shape"][-2:])
     in_scale, in_zero = inp["quantization"]
     out_scale, out_zero = out["quantization"]
     integer_in = np.dtype(inp["dtype"]).kind == "i"
@@ -122,9 +159,18 @@ def runner(path: Union[str, os.PathLike], threads: Optional[int] = None) -> Call
         return (y.astype(np.float32) - out_zero) * out_scale if integer_out else y.copy()
 
     def run(batch: torch.Tensor) -> torch.Tensor:
+        if tuple(batch.shape[-2:]) != size:
+            raise ValueError(f"{path} takes {size[0]}x{size[1]} images (LiteRT files have a fixed size), got "
+                             f"{tuple(batch.shape[-2:])}: resize first, or export at this size")
         arrays = batch.detach().cpu().float().contiguous().numpy()
         return torch.from_numpy(np.concatenate([one(arrays[k:k + 1]) for k in range(arrays.shape[0])]))
     return run
 
 
-__all__ = ["available", "export_litert", "runner", "describe", "interpreter"]
+def input_size(path: Union[str, os.PathLike]) -> tuple[int, int]:
+    """The fixed (height, width) a ``.tflite`` file takes."""
+    shape = interpreter(path, 1).get_input_details()[0]["shape"]
+    return int(shape[-2]), int(shape[-1])
+
+
+__all__ = ["available", "export_litert", "runner", "describe", "interpreter", "input_size"]

@@ -1,24 +1,44 @@
-"""``repvit segment eval``: mIoU, aAcc, mAcc and per-class IoU, fused by default."""
+"""``repvit segment eval``: mIoU, aAcc, mAcc and per-class IoU of a checkpoint (fused by default) or of an
+exported file (ONNX, OpenVINO or LiteRT; float or INT8) run by its runtime."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import _grammar as grammar
 from .._dense import add_common, load_for_inference
+
+EXPORTED = (".onnx", ".xml", ".tflite")   # files of `repvit segment export`, run by their runtimes
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from ...segmentation.semantic_fpn import load_segmenter
     from ...segmentation.data import EvalResize, SemanticFolder
     from ...segmentation.evaluation import evaluate_segmenter
-    model, device = load_for_inference(load_segmenter, args)
+    exported = Path(args.checkpoint).suffix in EXPORTED
+    if exported:
+        from ...export.dense import ExportedSegmenter
+        if args.unfused or args.ema:
+            raise ValueError(f"{args.checkpoint} is an exported (fused) model: --unfused and --ema apply to "
+                             "checkpoints only")
+        import torch
+        model, device = ExportedSegmenter(args.checkpoint), torch.device("cpu")
+    else:
+        model, device = load_for_inference(load_segmenter, args)
     ignore = model.ignore_index if args.ignore_index is None else args.ignore_index
+    if ignore is None:
+        raise ValueError(f"{args.checkpoint} does not record the ignored label value (exported before it was "
+                         "recorded): pass --ignore-index N")
     data = SemanticFolder(args.data, num_classes=model.num_classes, ignore_index=ignore, skip_bad=args.skip_bad,
                           reduce_zero_label=model.reduce_zero_label, transforms=EvalResize(model.eval_size))
     result = evaluate_segmenter(model, data, device=device, class_names=model.class_names)
     result.update(checkpoint=str(args.checkpoint), fused=not args.unfused, data=str(args.data), ignore_index=ignore)
+    what = f"{'unfused' if args.unfused else 'fused'} model"
+    if exported:
+        result.update(runtime=model.runtime, precision=model.precision)
+        what = f"{model.runtime}, {model.precision}"
     print(f"{result['images']} images: mIoU {result['mIoU']:.4f}  aAcc {result['aAcc']:.4f}  mAcc {result['mAcc']:.4f} "
-          f"({'unfused' if args.unfused else 'fused'} model)")
+          f"({what})")
     for name, iou in result["IoU"].items():
         print(f"  {name:<20} {'-' if iou is None else f'{iou:.4f}'}")
     if args.report:
@@ -28,7 +48,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def register(actions) -> None:
     ev = actions.add_parser("eval", help="mIoU, aAcc and per-class IoU on a folder of images/ and labels/")
-    add_common(ev, "segmentation model")
+    add_common(ev, "segmentation model", exported="or a file of `repvit segment export` (.onnx, OpenVINO .xml, "
+                                                  "LiteRT .tflite; float or INT8), run by its runtime")
     grammar.add(ev, "--data", required=True, help="folder with images/ and labels/ (index PNGs)")
     ev.add_argument("--ignore-index", type=int, default=None, help="label value to ignore (default: the checkpoint's)")
     grammar.add(ev, "--skip-bad", help="skip (and count) bad image/label pairs")

@@ -1,26 +1,64 @@
-"""``repvit segment export``: the fused model as ONNX or an OpenVINO IR (dynamic size), checked on real images."""
+"""``repvit segment export``: the fused model as ONNX or an OpenVINO IR (dynamic size) or LiteRT (fixed
+size), checked on real images; with ``--int8`` also its INT8 copy, calibrated on real images and
+checked pixel by pixel."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import torch
+
 from .. import _grammar as grammar
 from .._dense import real_images
 
-ENGINES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
-SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
+ENGINES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT"}
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}
 
 
 def run_export(args: argparse.Namespace) -> int:
     from ...export import dense
+    from ...models.reparam import reparameterize
+    from ...segmentation.data import EvalResize
     from ...segmentation.semantic_fpn import load_segmenter
     fmt = args.format
     output = args.output or f"segmenter-fused{SUFFIXES[fmt]}"
     for path in (output, args.neck_output):
         if path and Path(path).suffix != SUFFIXES[fmt]:
             raise ValueError(f"--format {fmt} writes {SUFFIXES[fmt]} files, got {path!r}")
+    if fmt == "litert" and args.neck_output:
+        raise ValueError("--neck-output: the backbone + FPN is exported to ONNX or OpenVINO only (--format onnx or "
+                         "openvino)")
+    if args.input_size and fmt != "litert":
+        raise ValueError(f"--input-size fixes the size of a LiteRT file; --format {fmt} exports dynamic sizes")
+    if args.int8 and not args.calib_images:
+        raise ValueError("--int8 calibrates on real images: pass --calib-images DIR (training images, e.g. "
+                         "../shared/data/camvid/train/images)")
     model = load_segmenter(args.checkpoint)
+    fused = reparameterize(model)
     images = real_images(args.images, args.num_real)
+    calibration = []
+    if args.int8:
+        # Calibrate on what the model sees at evaluation: the recorded aligned resize, or the raw size
+        # (LiteRT: resized to the file's fixed size).
+        resize = EvalResize(model.eval_size)
+        calibration = [resize(im, None)[0][None] for im in real_images(args.calib_images, args.calib_count)]
+    if fmt == "litert":
+        size = tuple(args.input_size or images[0].shape[-2:])
+        calibration = [torch.nn.functional.interpolate(c, size=size, mode="bilinear", align_corners=False).numpy()
+                       for c in calibration]
+        report = dense.export_segmenter_litert(model, output, images, class_names=model.class_names, size=size)
+        report["format"] = fmt
+        print(f"verified: {report['path']} (litert, fused, {size[0]}x{size[1]}; LiteRT max |diff| "
+              f"{report['max_abs_diff']:.3g}; record {report['record']})")
+        if args.int8:
+            int8_path = dense.int8_path_for(output)
+            report["int8"] = dense.export_segmenter_litert(model, int8_path, images, class_names=model.class_names,
+                                                           size=size, calibration=calibration)
+            _say_int8(report["int8"])
+        if args.report:
+            grammar.write_report(args.report, report)
+        return 0
+    calibration = [c.numpy() for c in calibration]
     # Two sizes: the images as they are and a crop whose sides are not multiples of 32.
     images = images + [im[:, : im.shape[1] * 2 // 3, : im.shape[2] * 3 // 4] for im in images[:1]]
     export_model = dense.export_segmenter_onnx if fmt == "onnx" else dense.export_segmenter_openvino
@@ -33,22 +71,48 @@ def run_export(args: argparse.Namespace) -> int:
         neck = export_neck(model.backbone, args.neck_output, images)
         report["neck"] = neck
         print(f"verified: {neck['path']} (backbone + FPN; max |diff| {neck['max_abs_diff']:.3g})")
+    if args.int8:
+        report["int8"] = dense.quantize_dense(fused, report["path"], images, calibration, weights=args.int8_weights,
+                                              calibration_source=str(args.calib_images))
+        _say_int8(report["int8"])
+        if args.neck_output:
+            report["neck"]["int8"] = dense.quantize_dense(fused.backbone, args.neck_output, images, calibration,
+                                                          weights=args.int8_weights,
+                                                          calibration_source=str(args.calib_images))
+            _say_int8(report["neck"]["int8"])
     if args.report:
         grammar.write_report(args.report, report)
     return 0
 
 
+def _say_int8(int8: dict) -> None:
+    agreement = "" if int8["pixel_agreement"] is None else f", {int8['pixel_agreement']:.1%} of pixels keep their class"
+    print(f"verified: {int8['path']} (INT8: {int8['tool']}, {int8['calibration_images']} calibration images; on the "
+          f"real images: relative L2 error {int8['relative_l2_error']:.3f}{agreement})")
+
+
 def register(actions) -> None:
-    ex = actions.add_parser("export", help="the fused model to ONNX or OpenVINO (dynamic size), checked on real "
-                                           "images")
+    ex = actions.add_parser("export", help="the fused model to ONNX or OpenVINO (dynamic size) or LiteRT (fixed "
+                                           "size), float or INT8, checked on real images")
     grammar.add(ex, "--checkpoint", required=True, help="a segmentation model saved by this library")
     ex.add_argument("--format", default="onnx", choices=list(SUFFIXES),
-                    help="onnx (checked with ONNX Runtime) or openvino (an IR .xml with its .bin beside it, "
-                         "checked with OpenVINO) [onnx]")
-    grammar.add(ex, "--output", default=None, help="file to write, used as given [segmenter-fused.onnx or .xml]")
+                    help="onnx (checked with ONNX Runtime), openvino (an IR .xml with its .bin beside it, "
+                         "checked with OpenVINO) or litert (.tflite at a fixed size with its .json record beside "
+                         "it, checked with the LiteRT interpreter) [onnx]")
+    ex.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="LiteRT: the file's fixed input size [the size of the first check image]")
+    grammar.add(ex, "--output", default=None, help="file to write, used as given [segmenter-fused.onnx, .xml or .tflite]")
     ex.add_argument("--neck-output", default=None, help="also export backbone + FPN to this file (same format)")
     grammar.add(ex, "--images", help="folder of real images to check the export on (default: two photos shipped "
                                      "with matplotlib)")
     grammar.add(ex, "--num-real", default=2)
+    q = ex.add_argument_group("INT8")
+    grammar.add(q, "--int8", help="also write INT8 copies (<name>-int8, of the neck too): ONNX Runtime static QDQ, "
+                                  "NNCF post-training quantization or LiteRT full integer, calibrated on "
+                                  "--calib-images and kept only if "
+                                  "90%% of the pixels of the real images keep their class")
+    grammar.add(q, "--calib-images", help="folder of training images to calibrate on (at the model's evaluation size)")
+    grammar.add(q, "--calib-count", default=100)
+    grammar.add(q, "--int8-weights")
     grammar.add_report(ex, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)
