@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,6 +26,7 @@ from repvit.detection.detectors import build_detector  # noqa: E402
 from repvit.models.profile import count_macs, count_params  # noqa: E402
 from repvit.models.reparam import reparameterize  # noqa: E402
 from repvit.models.variants import VARIANTS  # noqa: E402
+from repvit.runtime.module_bench import Subject, mobilenet_v3_large_fpn, prepare  # noqa: E402
 from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 
@@ -36,20 +36,10 @@ MODERN = [n for n, v in VARIANTS.items() if not v.legacy]
 def torchvision_necks() -> dict:
     """torchvision's backbones + FPN as its detectors build them, plus MobileNetV3-Large with an FPN on
     the same four strides as ours (4-32) and without any FPN, for a like-for-like comparison."""
-    from torchvision.models import mobilenet_v3_large
     from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
-    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-    # torchvision's "stages" of MobileNetV3-Large are [stem, first block at stride 4, 8, 16, 32, last block]:
-    # 1, 2, 3 and 5 give strides 4, 8, 16 and 32 (the last one the 960-channel end of the network).
-    features = mobilenet_v3_large(weights=None).features
-    stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
-    assert len(stages) == 6, stages
     return {"resnet50_fpn": resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=0).eval(),
-            "mobilenet_v3_large_fpn": mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True,
-                                                         trainable_layers=0).eval(),
-            "mobilenet_v3_large_fpn_4_levels": mobilenet_backbone(
-                backbone_name="mobilenet_v3_large", weights=None, fpn=True, trainable_layers=0,
-                returned_layers=[1, 2, 3, 5], extra_blocks=LastLevelMaxPool()).eval(),
+            "mobilenet_v3_large_fpn": mobilenet_v3_large_fpn(levels=2),
+            "mobilenet_v3_large_fpn_4_levels": mobilenet_v3_large_fpn(levels=4),
             "mobilenet_v3_large_backbone": mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None,
                                                               fpn=False, trainable_layers=0).eval()}
 
@@ -101,49 +91,15 @@ def mask_rcnn_size(name: str) -> dict:
             "gmacs_mask_rcnn_800x1333": round(detector_macs(model, 800, 1333) / 1e9, 1)}
 
 
-class _Levels(torch.nn.Module):
-    """A neck's dict of pyramid levels as a tuple (what exporters take)."""
-
-    def __init__(self, neck: torch.nn.Module):
-        super().__init__()
-        self.neck = neck
-
-    def forward(self, x):
-        return tuple(self.neck(x).values())
+# This script's runtime names -> repvit bench's (the same preparation and checks as `repvit bench --task dense`).
+RUNTIMES = {"channels-last": "eager-fused-cl", "onnxruntime": "onnxruntime", "openvino": "openvino",
+            "int8": "int8", "openvino-int8": "openvino-int8"}
 
 
 def runtime_runner(module, runtime: str, x: torch.Tensor, threads: int, tmp: Path):
     """A no-argument call of ``module`` on ``x`` through ``runtime``, checked against eager first."""
-    module = module.eval()
-    with torch.inference_mode():
-        expected = [t.numpy() for t in _Levels(module)(x)]
-    if runtime == "channels-last":
-        import copy
-        cl = copy.deepcopy(module).to(memory_format=torch.channels_last)
-        xcl = x.contiguous(memory_format=torch.channels_last)
-        return lambda: cl(xcl)
-    if runtime == "onnxruntime":
-        from repvit.export.onnx import session
-        path = tmp / f"neck{len(list(tmp.iterdir()))}.onnx"
-        with torch.no_grad():
-            torch.onnx.export(_Levels(module), (x,), str(path), input_names=["image"], dynamo=False, opset_version=17)
-        sess = session(path, threads)
-        feed = {"image": x.numpy()}
-        got = sess.run(None, feed)
-        run = lambda: sess.run(None, feed)  # noqa: E731
-    else:
-        from repvit.export.openvino import compile_model, convert
-        compiled = compile_model(convert(_Levels(module), (x,), output_names=[f"p{i}" for i in range(len(expected))]),
-                                 threads)
-        request = compiled.create_infer_request()
-        feed = [x.numpy()]
-        request.infer(feed)
-        got = [request.get_output_tensor(i).data.copy() for i in range(len(expected))]
-        run = lambda: request.infer(feed)  # noqa: E731
-    worst = max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
-    if worst > 1e-3:
-        raise SystemExit(f"{runtime} disagrees with eager PyTorch by {worst:.3g}")
-    return run
+    return prepare(Subject(type(module).__name__, "", module.eval(), module.eval()), RUNTIMES[runtime], x, threads,
+                   str(tmp))
 
 
 def main() -> None:
@@ -156,7 +112,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument("--sizes-only", action="store_true", help="only the Mask R-CNN sizes (no timing)")
-    p.add_argument("--runtimes", nargs="*", default=[], choices=["channels-last", "onnxruntime", "openvino"],
+    p.add_argument("--runtimes", nargs="*", default=[], choices=list(RUNTIMES),
                    help="also time the fused RepViT necks and torchvision's MobileNetV3-Large necks through these "
                         "(same graph, same threads, interleaved with the eager ones)")
     args = p.parse_args()

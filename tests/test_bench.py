@@ -113,3 +113,52 @@ def test_cli_bench_reads_the_variant_from_a_checkpoint(tmp_path, capsys):
     assert code == 0
     data = json.loads(capsys.readouterr().out)  # stdout is pure JSON with --json -
     assert [r["model"] for r in data["results"]] == ["repvit_m0_6"]
+
+
+def test_dense_task_times_repvit_and_mobilenet_through_the_same_runtimes():
+    from repvit.runtime.bench import installed_runtimes
+    from repvit.runtime.module_bench import dense_subjects, goal_ratios, module_latency
+    runtimes = ["eager-unfused", "eager-fused", "torchscript", "onnxruntime", "int8"]
+    runtimes += [r for r in ("openvino", "openvino-int8") if r in installed_runtimes()]
+    report = module_latency(dense_subjects(["repvit_m0_6"]), task="dense", img_size=64, threads=1,
+                            runtimes=runtimes, warmup=1, rounds=1, iters=2)
+    rows = {(r.model, r.source, r.runtime, r.fused) for r in report.results}
+    timed = ["eager", "torchscript", "onnxruntime", "onnxruntime-int8"] + [r for r in runtimes if "openvino" in r]
+    # MobileNetV3's frozen BatchNorm has nothing to fold: no unfused row of its own.
+    assert rows == ({("repvit_m0_6 + FPN", "repvit", rt, True) for rt in timed}
+                    | {("mobilenet_v3_large + FPN", "torchvision", rt, True) for rt in timed}
+                    | {("repvit_m0_6 + FPN", "repvit", "eager", False)})
+    assert all(r.samples == 2 and r.median_ms > 0 and r.img_size == 64 and r.cpu for r in report.results)
+    assert report.settings["task"] == "dense"
+    ratios = {(g["model"], g["runtime"], g["dtype"]): g for g in goal_ratios(report)}
+    own = ratios[("repvit_m0_6 + FPN", "onnxruntime", "float32")]
+    eager = [r for r in report.results if r.model == "repvit_m0_6 + FPN" and r.runtime == "eager" and r.fused][0]
+    ort = [r for r in report.results if r.model == "repvit_m0_6 + FPN" and r.runtime == "onnxruntime"][0]
+    mobilenet = [r for r in report.results if r.source == "torchvision" and r.runtime == "onnxruntime"][0]
+    assert own["vs_own_fused_eager"] == pytest.approx(ort.median_ms / eager.median_ms)
+    assert own["vs_mobilenet_v3_large_same_runtime"] == pytest.approx(ort.median_ms / mobilenet.median_ms)
+    assert "vs_mobilenet_v3_large_same_runtime" not in ratios[("mobilenet_v3_large + FPN", "onnxruntime", "float32")]
+
+
+def test_a_runtime_that_disagrees_with_eager_is_not_timed():
+    import numpy as np
+    from repvit.runtime.module_bench import _check
+    _check(lambda: [np.ones(3) + 1e-4], [np.ones(3)], "close enough")
+    with pytest.raises(ValueError, match="disagrees with eager PyTorch"):
+        _check(lambda: [np.zeros(3)], [np.ones(3)], "broken")
+
+
+def test_cli_bench_sam_task_and_what_it_refuses(tmp_path, capsys):
+    out = tmp_path / "sam.json"
+    assert main(["bench", "--task", "sam", "--img-size", "128", "--runtimes", "eager-fused,eager-fused-cl",
+                 "--warmup", "1", "--rounds", "1", "--iters", "1", "--threads", "1", "--report", str(out),
+                 "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert [(r["model"], r["memory_format"]) for r in data["results"]] == [("repvit_sam encoder", "NCHW"),
+                                                                           ("repvit_sam encoder", "channels_last")]
+    assert data["settings"]["task"] == "sam" and data["ratios"][0]["vs_own_fused_eager"] == 1.0
+    capsys.readouterr()
+    assert main(["bench", "--task", "dense", "--compare-timm"]) == 2
+    assert "--compare-timm: the classifier's options" in capsys.readouterr().err
+    assert main(["bench", "--task", "sam", "--model", "repvit_m0_9"]) == 2
+    assert "drop --model" in capsys.readouterr().err

@@ -1,4 +1,6 @@
-"""``repvit bench``: CPU batch-1 latency or GPU throughput, every figure with its conditions."""
+"""``repvit bench``: CPU batch-1 latency or GPU throughput, every figure with its conditions; the
+classifier (``--task classify``, beside timm), the dense backbone + FPN (``--task dense``, beside
+MobileNetV3-Large with the same FPN) or RepViT-SAM's image encoder (``--task sam``)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,8 @@ def run(args) -> int:
     if args.device == "auto":
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.task != "classify":
+        return run_module_task(args)
     if args.pretrained:
         name, tag = parse_spec(args.pretrained)
         if args.model and args.model != [name]:
@@ -43,14 +47,14 @@ def run(args) -> int:
                              "on CPU choose runtimes with --runtimes (use optimize_for_inference for compile)")
         from ..runtime.bench import cpu_latency
         runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else installed_runtimes()
-        report = cpu_latency(models, img_size=args.img_size, threads=resolve_threads(args.threads)[0],
+        report = cpu_latency(models, img_size=args.img_size or 224, threads=resolve_threads(args.threads)[0],
                              runtimes=runtimes,
                              compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
                              batch=args.batch_size or 1, checkpoint=args.checkpoint, calib_images=args.calib_images,
                              calib_count=args.calib_count, log=log)
     else:
         from ..runtime.bench import gpu_throughput
-        report = gpu_throughput(models, device=args.device, batch=args.batch_size or 256, img_size=args.img_size,
+        report = gpu_throughput(models, device=args.device, batch=args.batch_size or 256, img_size=args.img_size or 224,
                                 dtype=args.dtype or "float16",
                                 channels_last=args.channels_last, fused=not args.unfused, compile=args.compile,
                                 cuda_graphs=args.cuda_graphs, compare_timm=args.compare_timm,
@@ -70,6 +74,60 @@ def run(args) -> int:
     return 0
 
 
+def run_module_task(args) -> int:
+    """``--task dense`` or ``--task sam``: random weights through every requested CPU runtime."""
+    import sys
+
+    from ..models.variants import VARIANTS
+    from ..runtime import module_bench
+    from ..runtime.timing import resolve_threads
+    not_here = [flag for flag, given in (("--checkpoint", args.checkpoint), ("--pretrained", args.pretrained),
+                                         ("--compare-timm", args.compare_timm), ("--calib-images", args.calib_images),
+                                         ("--optimized", args.optimized)) if given]
+    if not_here:
+        raise ValueError(f"{', '.join(not_here)}: the classifier's options (--task classify); --task {args.task} "
+                         "times random weights, which latency does not depend on, and calibrates INT8 on random "
+                         "inputs")
+    if args.device != "cpu":
+        raise ValueError(f"--task {args.task} is measured on the CPU (--device cpu); GPU throughput is measured for "
+                         "the classifier (--task classify)")
+    if args.compile or args.cuda_graphs or args.dtype not in (None, "float32") or args.channels_last:
+        raise ValueError("--compile/--cuda-graphs/--dtype/--channels-last are GPU throughput options; on CPU choose "
+                         "runtimes with --runtimes (compile, eager-fused-cl)")
+    img_size = args.img_size or module_bench.TASK_IMG_SIZE[args.task]
+    if args.task == "sam":
+        if args.model and args.model != [module_bench.SAM_VARIANT]:
+            raise ValueError(f"--task sam times RepViT-SAM's encoder ({module_bench.SAM_VARIANT}): drop --model")
+        subjects = module_bench.sam_subjects(img_size)
+    else:
+        models = args.model or ["repvit_m0_9"]
+        unknown = [m for m in models if m not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        subjects = module_bench.dense_subjects(models)
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else installed_runtimes()
+    out = sys.stderr if args.json else sys.stdout
+    log = (lambda line: print(line, file=out)) if not args.quiet else (lambda _: None)
+    report = module_bench.module_latency(subjects, task=args.task, img_size=img_size,
+                                         threads=resolve_threads(args.threads)[0], runtimes=runtimes,
+                                         warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+                                         batch=args.batch_size or 1, log=log)
+    print(format_report(report), file=out)
+    goals = module_bench.goal_ratios(report)
+    for row in goals:
+        vs = [f"{row['vs_own_fused_eager']:.2f}x its fused eager time"] if "vs_own_fused_eager" in row else []
+        if "vs_mobilenet_v3_large_same_runtime" in row:
+            vs.append(f"{row['vs_mobilenet_v3_large_same_runtime']:.2f}x MobileNetV3-Large + FPN's")
+        print(f"{row['model']} {row['runtime']} ({row['dtype']}): {row['median_ms']:.1f} ms, " + ", ".join(vs),
+              file=out)
+    payload = {**report.as_dict(), "ratios": goals}
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    if args.report:
+        grammar.write_report(args.report, payload)
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="latency (CPU, batch 1) or throughput (GPU) with the conditions stated")
     grammar.add(p, "--model", action="append", help="variant (repeat for several; default repvit_m0_9)")
@@ -77,15 +135,19 @@ def register(subparsers) -> None:
                                                            "weights")
     grammar.add(p, "--device", help="cpu: batch-1 latency; cuda or cuda:N: throughput; auto: cuda when a GPU is "
                                     "visible, else cpu [auto]")
-    grammar.add(p, "--img-size", default=224)
+    p.add_argument("--task", default="classify", choices=["classify", "dense", "sam"],
+                   help="classify: the classifier (beside timm with --compare-timm); dense: backbone + FPN (P2-P6, "
+                        "256 channels) beside MobileNetV3-Large with the same FPN; sam: RepViT-SAM's image encoder. "
+                        "dense and sam time random weights on the CPU [classify]")
+    grammar.add(p, "--img-size", help="input resolution (square side, pixels) [224 classify, 512 dense, 1024 sam]")
     grammar.add(p, "--batch-size", help="default 1 on CPU, 256 on GPU")
     grammar.add(p, "--threads", help="CPU threads for PyTorch, ONNX Runtime and OpenVINO: a count, or auto (the "
                                      "cores idle when the command starts) [auto]")
     p.add_argument("--runtimes", help=f"CPU: comma-separated subset of {','.join(CPU_RUNTIMES)} (default: every "
                                       "installed one; int8 is ONNX Runtime's)")
-    p.add_argument("--calib-images", help="CPU INT8: calibrate on these images (default random inputs, "
+    grammar.add(p, "--calib-images", help="CPU INT8: calibrate on these images (default random inputs, "
                                           "latency only)")
-    p.add_argument("--calib-count", type=int, default=300)
+    grammar.add(p, "--calib-count", default=300)
     gpu = p.add_argument_group("GPU throughput")
     gpu.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                      help="GPU compute dtype (default float16); the CPU benchmark is float32 (and INT8)")

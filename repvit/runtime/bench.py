@@ -376,13 +376,14 @@ def format_report(report: Report) -> str:
              f"load avg (1 min) {report.load_before} before, {report.load_after} after",
              f"versions: {versions}",
              f"settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items())]
-    header = (f"{'model':<12} {'source':<6} {'runtime':<17} {'fused':<5} {'dtype':<11} {'memory':<13} {'batch':>5} "
+    width = max([12] + [len(r.model) for r in report.results])
+    header = (f"{'model':<{width}} {'source':<11} {'runtime':<17} {'fused':<5} {'dtype':<11} {'memory':<13} {'batch':>5} "
               f"{'thr':>3} {'median ms':>10} {'p10-p90 ms':>15} {'img/s':>9}   {'paper iPhone 12 ms':>18}")
     lines += [header, "-" * len(header)]
     for r in report.results:
         paper = f"{r.paper_iphone12_ms:.1f} (paper)" if r.paper_iphone12_ms is not None else "-"
         runtime = r.runtime + ("+graphs" if r.cuda_graphs and "optimize" not in r.runtime else "")
-        lines.append(f"{r.model:<12} {r.source:<6} {runtime[:17]:<17} {'yes' if r.fused else 'no':<5} {r.dtype:<11} "
+        lines.append(f"{r.model:<{width}} {r.source:<11} {runtime[:17]:<17} {'yes' if r.fused else 'no':<5} {r.dtype:<11} "
                      f"{r.memory_format:<13} {r.batch:>5} {r.threads:>3} {r.median_ms:>10.3f} "
                      f"{r.p10_ms:>7.3f}-{r.p90_ms:<7.3f} {r.img_per_s:>9.1f}   {paper:>18}")
     notes = sorted({r.note for r in report.results if r.note})
