@@ -100,12 +100,19 @@ def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
-        try:
-            quant_pre_process(str(fp32_path), prepared, skip_symbolic_shape=False)
-        except Exception:
-            # Symbolic shape inference gives up on some graphs with dynamic height and width (the dense
-            # exports'); ONNX's own shape inference is enough for static quantization.
-            quant_pre_process(str(fp32_path), prepared, skip_symbolic_shape=True)
+        # ONNX Runtime's symbolic shape inference gives up on graphs with a dynamic height and width (the
+        # dense exports'), and when it gives up it writes its state into the working directory: it runs
+        # only for fixed-size inputs, inside the temporary folder. ONNX's own shape inference is enough
+        # for static quantization.
+        dims = source.graph.input[0].type.tensor_type.shape.dim
+        fixed_size = all(d.HasField("dim_value") for d in dims[2:])
+        with contextlib.chdir(tmp):
+            try:
+                quant_pre_process(str(Path(fp32_path).resolve()), prepared, skip_symbolic_shape=not fixed_size)
+            except Exception:
+                if not fixed_size:
+                    raise
+                quant_pre_process(str(Path(fp32_path).resolve()), prepared, skip_symbolic_shape=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             quantize_static(
                 prepared, str(out_path), Feed(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
