@@ -63,10 +63,12 @@ SHARED: tuple = (
                               "--calib-images and kept only if it stays close to the float model on real images"),
     Shared(("--calib-images",), "PATH", "a folder of real (training) images to calibrate INT8 ranges on"),
     Shared(("--calib-count",), "N", "calibration images taken from --calib-images", default=PER_COMMAND, type=int),
-    Shared(("--int8-weights",), "ENCODING", "ONNX Runtime INT8 weights: int7 never saturates in its x86 kernels and "
-                                            "is about as fast as int8; uint8 never saturates either, slower; int8 is "
-                                            "for CPUs with VNNI and ARM (on x86 without VNNI, e.g. AMD Zen 3, its "
-                                            "kernels saturate: -1.1 top-1 points measured)", default="int7",
+    Shared(("--int8-weights",), "ENCODING", "INT8 weights of ONNX Runtime and OpenVINO: int7 (7-bit range) never "
+                                            "saturates in their x86 kernels and is about as fast as int8; int8 is "
+                                            "for CPUs with VNNI and ARM (on x86 without VNNI, e.g. AMD Zen 3, the "
+                                            "kernels saturate: -1.1 top-1 points measured with ONNX Runtime); "
+                                            "uint8 (ONNX Runtime only) never saturates either, slower",
+           default="int7",
            choices=("int7", "uint8", "int8")),
     Shared(("--ema",), None, "use the EMA weights stored in the checkpoint"),
     Shared(("--unfused",), None, "run the training-form model (default: fused)"),

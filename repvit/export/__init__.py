@@ -214,7 +214,8 @@ def _quantize(result, fused, preprocessing, inputs, calib_images, calib_count, c
     if result.format == "openvino":
         from . import openvino as fmt_ov
         log(f"  INT8: NNCF post-training quantization on {len(arrays)} images from {calib_images} -> {int8_path}")
-        fmt_ov.quantize_openvino(result.path, int8_path, arrays, calibration_source=str(calib_images))
+        fmt_ov.quantize_openvino(result.path, int8_path, arrays, calibration_source=str(calib_images),
+                                 weights=int8_weights)
         run_int8 = fmt_ov.runner(int8_path)
         nodes = {"FakeQuantize": fmt_ov.check_graph(int8_path)["fake_quantize"]}
     elif result.format == "litert":

@@ -236,8 +236,8 @@ def quantize_dense(reference: nn.Module, float_path: Union[str, os.PathLike], im
                    calibration_source: str = "") -> dict:
     """The INT8 copy of an exported Semantic FPN or backbone + FPN, written beside it (``<stem>-int8``).
 
-    ``.onnx``: ONNX Runtime static QDQ (``weights``: see ``quantize.py``); ``.xml``: NNCF post-training
-    quantization. ``calibration``: 1x3xHxW float 0..1 arrays of real images at the size the model
+    ``.onnx``: ONNX Runtime static QDQ; ``.xml``: NNCF post-training quantization (``weights``: see
+    ``quantize.py`` and ``openvino.quantize_openvino``; OpenVINO takes int7 or int8). ``calibration``: 1x3xHxW float 0..1 arrays of real images at the size the model
     runs at. The copy is checked on ``images`` against ``reference`` (the fused float model): the
     mean relative L2 error of every output, and for a segmenter the share of pixels whose class
     (argmax) is unchanged. Outside the limits the copy is removed and ``ParityError`` raised."""
@@ -246,8 +246,9 @@ def quantize_dense(reference: nn.Module, float_path: Union[str, os.PathLike], im
     calibration = [np.ascontiguousarray(a, dtype=np.float32) for a in calibration]
     if float_path.suffix == ".xml":
         from . import openvino as fmt_ov
-        fmt_ov.quantize_openvino(float_path, out, calibration, calibration_source=calibration_source)
-        tool = "NNCF post-training quantization"
+        fmt_ov.quantize_openvino(float_path, out, calibration, calibration_source=calibration_source,
+                                 weights=weights)
+        tool = f"NNCF post-training quantization, {weights} weights"
     elif float_path.suffix == ".onnx":
         from .quantize import quantize_onnx
         quantize_onnx(float_path, out, calibration, weights=weights, calibration_source=calibration_source)
