@@ -285,10 +285,15 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
         report.load_before = load_average()
         samples = time_interleaved(candidates, warmup=warmup, rounds=rounds, iters=iters)
         report.load_after = load_average()
+    return add_rows(report, samples, meta, batch)
+
+
+def add_rows(report: Report, samples: dict, meta: dict, batch: int) -> Report:
+    """Fill each candidate's ``Result`` (``meta[key]``) with the statistics of its timings and the run's
+    conditions, and append it to ``report``."""
     for key, values in samples.items():
         result = meta[key]
-        stats = summarize(values)
-        for k, v in stats.items():
+        for k, v in summarize(values).items():
             setattr(result, k, v)
         result.img_per_s = batch * 1e3 / result.median_ms
         _conditions(result, report)
@@ -357,14 +362,7 @@ def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 
         samples = time_interleaved(candidates, warmup=warmup, rounds=rounds, iters=iters, per_call=False,
                                    sync=torch.cuda.synchronize)
         report.load_after = load_average()
-    for key, values in samples.items():
-        result = meta[key]
-        for k, v in summarize(values).items():
-            setattr(result, k, v)
-        result.img_per_s = batch * 1e3 / result.median_ms
-        _conditions(result, report)
-        report.results.append(result)
-    return report
+    return add_rows(report, samples, meta, batch)
 
 
 # --------------------------------------------------------------------------- printing

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..models.reparam import reparameterize
-from .bench import CPU_RUNTIMES, Report, Result, _conditions
-from .timing import environment, load_average, summarize, time_interleaved, torch_threads
+from .bench import CPU_RUNTIMES, Report, Result, add_rows
+from .timing import environment, load_average, time_interleaved, torch_threads
 
 TASK_IMG_SIZE = {"classify": 224, "dense": 512, "sam": 1024}
 SAM_VARIANT = "repvit_m2_3"        # RepViT-SAM's encoder
@@ -203,14 +203,7 @@ def module_latency(subjects: Sequence[Subject], *, task: str, img_size: int, thr
         with torch.inference_mode():
             samples = time_interleaved(candidates, warmup=warmup, rounds=rounds, iters=iters)
         report.load_after = load_average()
-    for key, values in samples.items():
-        result = meta[key]
-        for k, v in summarize(values).items():
-            setattr(result, k, v)
-        result.img_per_s = batch * 1e3 / result.median_ms
-        _conditions(result, report)
-        report.results.append(result)
-    return report
+    return add_rows(report, samples, meta, batch)
 
 
 def goal_ratios(report: Report) -> list[dict]:
