@@ -161,12 +161,22 @@ def test_fusing_the_trunk_keeps_the_outputs(sam2, official_file):
     from repvit.models.reparam import is_fused
     plain, fused = build_edgetam(official_file[0]), build_edgetam(official_file[0], fused=True)
     assert is_fused(fused.image_encoder.trunk) and not is_fused(plain.image_encoder.trunk)
+    # the inference form stores convolution weights channels_last, in the trunk and beyond it
+    for module in (fused.image_encoder.trunk, fused.memory_encoder):
+        convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+        assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     x = torch.randn(1, 3, 256, 320)
     with torch.no_grad():
         a, b = plain.forward_image(x), fused.forward_image(x)
+        # the memory encoder (convolutions on 64x64 maps) gives the same memory in either layout
+        pix, masks = a["vision_features"], torch.randn(1, 1, 256, 320)
+        mem_a = plain.memory_encoder(pix, masks, skip_mask_sigmoid=False)
+        mem_b = fused.memory_encoder(pix, masks, skip_mask_sigmoid=False)
     for level, (p, f) in enumerate(zip(a["backbone_fpn"], b["backbone_fpn"])):
         torch.testing.assert_close(f, p, rtol=1e-4, atol=1e-4, msg=f"FPN level {level}")
     assert a["vision_features"].abs().mean() > 0.1
+    torch.testing.assert_close(mem_b["vision_features"], mem_a["vision_features"], rtol=1e-4, atol=1e-4)
+    assert mem_a["vision_features"].abs().mean() > 0.01
 
 
 def test_strict_loading_names_the_wrong_tensor(sam2, official_file, tmp_path):
