@@ -122,3 +122,34 @@ def test_nearest_resizes_at_uneven_ratios_convert_exactly(tmp_path):
     assert torch.equal(fmt_lt.runner(tmp_path / "up.tflite")(x), TopDown()(x))
     assert fmt_lt._nearest_index(12, 23).tolist() == F.interpolate(
         torch.arange(12.0).view(1, 1, 12, 1), size=(23, 1), mode="nearest").flatten().long().tolist()
+
+
+def test_sam_encoder_and_two_point_decoder_tflite_match_sam_predictor(tmp_path):
+    """RepViT-SAM through LiteRT: the encoder on a real photo, and the fixed two-point decoder (one click +
+    padding, one box, a click with a previous mask) upscaled like an app does, against SamPredictor."""
+    pytest.importorskip("segment_anything")
+    from repvit.export import sam_litert
+    from repvit.export.sam import export_sam
+    from repvit.sam.builder import sam_with_encoder
+    from repvit.sam.encoder import RepViTSamEncoder
+    from .conftest import SHARED_DATA, shared_data
+    photo = shared_data("coco128-instances/images/val2017/000000000139.jpg",
+                        path=SHARED_DATA / "coco128-instances" / "images" / "val2017" / "000000000139.jpg")
+    torch.manual_seed(0)
+    small = sam_with_encoder(RepViTSamEncoder("repvit_m0_6", img_size=256), img_size=256).eval()
+    report = export_sam(small, tmp_path, formats="litert", images=photo, max_images=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repvit_sam_decoder.tflite", "repvit_sam_encoder.tflite"]
+    enc, dec = report["formats"]["litert"]["encoder"], report["formats"]["litert"]["decoder"]
+    assert enc["passed"] and enc["max_abs_diff"] <= 1e-3 and enc["largest_embedding"] > 0.1
+    assert enc["input"]["shape"] == [1, 3, 256, 256]
+    assert dec["passed"] and dec["point_counts"] == [2]
+    assert {c["prompt"] for c in dec["cases"]} == {"one click", "box", "click with previous mask"}
+    assert dec["vs_sam_predictor"]["max_abs_diff"] <= 1e-3 and all(c["mask_pixels"] > 0 for c in dec["cases"])
+    # another point count is refused with what to use instead, not answered wrongly
+    run = sam_litert.decoder_runner(tmp_path / "repvit_sam_decoder.tflite", small)
+    feed = {"image_embeddings": np.zeros((1, 256, 16, 16), np.float32),
+            "point_coords": np.zeros((1, 3, 2), np.float32), "point_labels": np.ones((1, 3), np.float32),
+            "mask_input": np.zeros((1, 1, 64, 64), np.float32), "has_mask_input": np.zeros(1, np.float32),
+            "orig_im_size": np.array([426.0, 640.0], np.float32)}
+    with pytest.raises(ValueError, match="exactly 2 prompt points.*ONNX or OpenVINO"):
+        run(feed)

@@ -90,15 +90,19 @@ def _exact_nearest():
         torch.nn.functional.interpolate = original
 
 
-def export_litert(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: Union[int, Sequence[int]],
-                  calibration: Optional[Sequence[np.ndarray]] = None) -> Path:
+def export_litert(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: Union[int, Sequence[int], None] = None,
+                  calibration: Optional[Sequence[np.ndarray]] = None,
+                  example: Optional[Sequence[torch.Tensor]] = None) -> Path:
     """Write ``fused`` as ``.tflite`` at 1x3x``img_size``x``img_size`` (or 1x3xHxW for ``img_size=(H, W)``);
-    with ``calibration`` (preprocessed 1x3xHxW arrays) as a full-integer INT8 model."""
+    with ``calibration`` (preprocessed 1x3xHxW arrays) as a full-integer INT8 model. A module with other
+    inputs passes ``example`` (its arguments, whose shapes the file fixes) instead of ``img_size``."""
     litert_torch = _require()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
-    example = (torch.randn(1, 3, height, width),)
+    if example is None:
+        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
+        example = (torch.randn(1, 3, height, width),)
+    example = tuple(example)
     with _quiet(), torch.no_grad(), _exact_nearest():
         if calibration is None:
             edge = litert_torch.convert(fused, example)
@@ -167,10 +171,25 @@ def runner(path: Union[str, os.PathLike], threads: Optional[int] = None) -> Call
     return run
 
 
+def arrays_runner(path: Union[str, os.PathLike], threads: Optional[int] = None
+                  ) -> Callable[..., list[np.ndarray]]:
+    """``run(*arrays) -> [arrays]`` for a float ``.tflite`` file with several inputs and outputs, in the
+    order of the module's ``forward`` arguments and returned values (the converter names them
+    ``args_0``... and ``output_0``...)."""
+    interp = interpreter(path, threads)
+    signature = interp.get_signature_runner()
+    outputs = sorted(interp.get_signature_list()["serving_default"]["outputs"], key=lambda n: int(n.rsplit("_", 1)[1]))
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        got = signature(**{f"args_{i}": np.ascontiguousarray(a, dtype=np.float32) for i, a in enumerate(arrays)})
+        return [np.array(got[name]) for name in outputs]
+    return run
+
+
 def input_size(path: Union[str, os.PathLike]) -> tuple[int, int]:
     """The fixed (height, width) a ``.tflite`` file takes."""
     shape = interpreter(path, 1).get_input_details()[0]["shape"]
     return int(shape[-2]), int(shape[-1])
 
 
-__all__ = ["available", "export_litert", "runner", "describe", "interpreter", "input_size"]
+__all__ = ["available", "export_litert", "runner", "arrays_runner", "describe", "interpreter", "input_size"]

@@ -55,6 +55,12 @@ image (the expensive part), the prompt decoder once per click. This module write
   and checked with ExecuTorch's runtime.
 * OpenVINO (``repvit_sam_encoder.xml`` / ``repvit_sam_decoder.xml``, each with its ``.bin``): the
   ONNX files' inputs and outputs, checked with OpenVINO's CPU plugin (``sam_openvino.py``).
+* LiteRT (``repvit_sam_encoder.tflite`` / ``repvit_sam_decoder.tflite``, litert-torch, checked with
+  the LiteRT interpreter): the encoder with the fixed 1x3x1024x1024 input; the decoder with the
+  Core ML decoder's inputs and outputs at exactly two prompt points (one click + the padding
+  point, or one box): LiteRT files have fixed shapes, and SAM's masks change with every extra
+  padding point, so other prompts need the ONNX or OpenVINO decoder. Its low-resolution masks are
+  checked after ``Sam.postprocess_masks`` against ``SamPredictor.predict`` (``sam_litert.py``).
 
 Every file is checked against PyTorch on real photographs (the encoder on each image, the
 decoder on that image's embedding with one click, a box, a box with a background click and a
@@ -89,14 +95,15 @@ from .sam_decoder import (COREML_DECODER_INPUTS, COREML_DECODER_OUTPUTS, DECODER
 from .sam_parity import check_decoder, check_encoder, discard_failed, encode_images, parity_images
 from .verify import ParityError, max_abs_diff
 
-FORMATS = ("onnx", "coreml", "executorch", "openvino")
+FORMATS = ("onnx", "coreml", "executorch", "openvino", "litert")
 ENCODER_INPUTS, ENCODER_OUTPUTS = ("image",), ("image_embeddings",)
 COREML_MAX_POINTS = 16
 FILE_NAMES = {("onnx", "encoder"): "repvit_sam_encoder.onnx", ("onnx", "decoder"): "repvit_sam_decoder.onnx",
               ("coreml", "encoder"): "repvit_sam_encoder.mlpackage",
               ("coreml", "decoder"): "repvit_sam_decoder.mlpackage",
               ("executorch", "encoder"): "repvit_sam_encoder.pte",
-              ("openvino", "encoder"): "repvit_sam_encoder.xml", ("openvino", "decoder"): "repvit_sam_decoder.xml"}
+              ("openvino", "encoder"): "repvit_sam_encoder.xml", ("openvino", "decoder"): "repvit_sam_decoder.xml",
+              ("litert", "encoder"): "repvit_sam_encoder.tflite", ("litert", "decoder"): "repvit_sam_decoder.tflite"}
 
 MACOS_ONLY = "Core ML predictions need macOS; on {system} the conversion and the file's inputs and outputs are checked"
 
@@ -309,7 +316,8 @@ def format_available(fmt: str) -> Optional[str]:
     import importlib.util
     needs = {"onnx": [("onnx", "onnx"), ("onnxruntime", "onnx"), ("onnxscript", "onnx")],
              "coreml": [("coremltools", "coreml")], "executorch": [("executorch", "executorch")],
-             "openvino": [("openvino", "deploy")]}[fmt]
+             "openvino": [("openvino", "deploy")],
+             "litert": [("litert_torch", "litert"), ("ai_edge_litert", "litert")]}[fmt]
     for module, extra in needs:
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed: pip install 'repvit-pytorch[{extra}]'"
@@ -351,7 +359,7 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
                                for name, a in images]
     report["parity_on"] = "a synthetic test card (no photograph found)" if synthetic else "real photographs"
     encoded = []
-    if {"onnx", "executorch", "openvino"} & set(formats):  # Core ML alone predicts nothing here
+    if {"onnx", "executorch", "openvino", "litert"} & set(formats):  # Core ML alone predicts nothing here
         log(f"parity on {report['parity_on']}: " + ", ".join(n for n, _ in images))
         encoded = encode_images(sam, images)
     else:
@@ -412,6 +420,19 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
         check = check_decoder(ov.decoder_runner(path), sam, encoded, return_single_mask=return_single_mask,
                               use_stability_score=use_stability_score)
         record("openvino", "decoder", ov.discard_failed({**facts, **check}, path))
+    if "litert" in formats:
+        from . import sam_litert as lt
+        path = out / FILE_NAMES["litert", "encoder"]
+        facts = lt.export_encoder_litert(sam, path)
+        record("litert", "encoder", discard_failed({**facts, **check_encoder(lt.encoder_runner(path), encoded)},
+                                                   path))
+        path = out / FILE_NAMES["litert", "decoder"]
+        facts = lt.export_decoder_litert(sam, path)
+        check = check_decoder(lt.decoder_runner(path, sam), sam, encoded, prompts=lt.parity_prompts_for_litert)
+        record("litert", "decoder", discard_failed({**facts, **check}, path))
+        if return_single_mask or use_stability_score:
+            log("litert decoder: --return-single-mask / --use-stability-score apply to the ONNX and OpenVINO "
+                "decoders; the LiteRT one returns the four masks and their predicted IoU")
     report["passed"] = not failures
     report["failures"] = failures
     if failures and strict:

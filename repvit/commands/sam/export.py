@@ -1,4 +1,4 @@
-"""``repvit sam export``: the fused encoder and the prompt decoder as ONNX / Core ML / ExecuTorch / OpenVINO,
+"""``repvit sam export``: the fused encoder and the prompt decoder as ONNX / Core ML / ExecuTorch / OpenVINO / LiteRT,
 each checked."""
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ Writes the fused image encoder and the prompt decoder into the --output folder a
 PyTorch on photographs: repvit_sam_encoder.onnx (input 'image' 1x3x1024x1024, output
 'image_embeddings' 1x256x64x64), repvit_sam_decoder.onnx (segment-anything's SamOnnxModel layout),
 repvit_sam_encoder.mlpackage / repvit_sam_decoder.mlpackage (Core ML), repvit_sam_encoder.pte
-(ExecuTorch, XNNPACK) and repvit_sam_encoder.xml / repvit_sam_decoder.xml (OpenVINO IRs, each with its
-.bin; the ONNX files' inputs and outputs), plus a JSON report with every parity figure. A file that fails its check is
+(ExecuTorch, XNNPACK), repvit_sam_encoder.xml / repvit_sam_decoder.xml (OpenVINO IRs, each with its
+.bin; the ONNX files' inputs and outputs) and repvit_sam_encoder.tflite / repvit_sam_decoder.tflite (LiteRT;
+the decoder takes exactly 2 points: one click + the padding point, or one box), plus a JSON report with every parity figure. A file that fails its check is
 removed and the command exits with status 1.
 
 Encoder input: RGB resized so the longest side is 1024 (segment-anything's ResizeLongestSide),
@@ -75,13 +76,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def register(actions) -> None:
-    p = actions.add_parser("export", help="export the encoder and prompt decoder (ONNX, Core ML, ExecuTorch, "
+    p = actions.add_parser("export", help="export the encoder and prompt decoder (ONNX, Core ML, ExecuTorch, LiteRT, "
                                           "OpenVINO) with parity checks", description=DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     grammar.add(p, "--output", default="repvit_sam_export", help="folder for the files and the report")
     grammar.add_deprecated(p, "--output-dir", "--output", dest="output")
     p.add_argument("--formats", metavar="LIST",
-                   help="comma-separated: onnx, coreml, executorch, openvino (default: all whose package is "
+                   help="comma-separated: onnx, coreml, executorch, openvino, litert (default: all whose package is "
                         "installed; "
                         "the others are listed as skipped)")
     grammar.add(p, "--images",
