@@ -71,8 +71,8 @@ def test_missing_litert_is_one_line_naming_the_extra(tmp_path, monkeypatch, caps
 
 
 def test_segmenter_tflite_float_and_int8_score_like_the_checkpoint(tmp_path, capsys):
-    """`repvit segment export --format litert --int8` on CamVid frames at a fixed size, then `segment
-    eval` of both files (through their .json records) against the checkpoint."""
+    """`repvit segment export --format litert --int8 --neck-output` on CamVid frames at a fixed size, then
+    `segment eval` of both segmenter files (through their .json records) against the checkpoint."""
     import json
     from repvit.segmentation.semantic_fpn import SemanticFPN, save_segmenter
     from .test_dense_cli import CAMVID
@@ -85,9 +85,16 @@ def test_segmenter_tflite_float_and_int8_score_like_the_checkpoint(tmp_path, cap
     assert main(["segment", "export", "--checkpoint", str(ckpt), "--format", "litert", "--output",
                  str(tmp_path / "m.tflite"), "--images", str(need("camvid") / "val" / "images"), "--int8",
                  "--calib-images", str(need("camvid") / "train" / "images"), "--calib-count", "4",
-                 "--report", str(report)]) == 0
+                 "--neck-output", str(tmp_path / "neck.tflite"), "--report", str(report)]) == 0
     result = json.loads(report.read_text())
     assert result["max_abs_diff"] <= 1e-3 and result["image_sizes"][0] == [360, 480]
+    # backbone + FPN: every pyramid level an output of the file, float within 1e-3, INT8 within the L2 limit
+    neck = result["neck"]
+    assert neck["max_abs_diff"] <= 1e-3 and len(neck["levels"]) == 4
+    assert json.loads((tmp_path / "neck.json").read_text())["outputs"] == ["p0", "p1", "p2", "p3"]
+    levels = fmt_lt.arrays_runner(tmp_path / "neck-int8.tflite")(np.zeros((1, 3, 360, 480), np.float32))
+    assert [lv.shape[-2:] for lv in levels][:2] == [(90, 120), (45, 60)] and levels[0].dtype == np.float32
+    assert neck["int8"]["relative_l2_error"] <= 0.25 and neck["int8"]["pixel_agreement"] is None
     # int8 weights: about a quarter of the float file (the converter keeps this graph's input float32,
     # unlike the classifier's)
     assert result["int8"]["pixel_agreement"] >= 0.9

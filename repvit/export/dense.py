@@ -208,6 +208,40 @@ def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], ima
     return {"path": str(path), "record": str(record), **report}
 
 
+def export_neck_litert(neck: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
+                       size: Sequence[int], calibration: Optional[Sequence[np.ndarray]] = None) -> dict:
+    """Fused backbone + FPN -> ``.tflite`` at 1x3x``size``, one output per pyramid level (``p0`` ... finest
+    first, as the ONNX file's); float32, or full-integer INT8 with ``calibration``. Checked with the
+    LiteRT interpreter on ``images`` resized to ``size`` (float: 1e-3; INT8: ``quantize_dense``'s
+    relative L2 limit). The record (levels, size, precision) goes beside it as ``<name>.json``."""
+    from . import litert as fmt_lt
+    fused, path = _fused(neck), Path(path)
+    if path.suffix != ".tflite":
+        raise ValueError(f"a LiteRT file is named .tflite, got {str(path)!r}")
+    size = (int(size[0]), int(size[1]))
+    with torch.no_grad():
+        levels = list(fused(torch.rand(1, 3, *size)))
+    fmt_lt.export_litert(_LevelsAsTuple(fused), path, img_size=size, calibration=calibration)
+    record = litert_record_path(path)
+    record.write_text(json.dumps({"producer": "repvit", "task": "backbone+fpn", "levels": levels,
+                                  "outputs": [f"p{i}" for i in range(len(levels))], "input_size": list(size),
+                                  "precision": "int8" if calibration is not None else "float32"}, indent=2) + "\n")
+    run = fmt_lt.arrays_runner(path)
+    resized = [torch.nn.functional.interpolate(im[None], size=size, mode="bilinear", align_corners=False)[0]
+               for im in images]
+
+    def remove():
+        path.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+    if calibration is None:
+        report = _check(fused, run, resized, SEG_TOLERANCE, path, "LiteRT", remove)
+    else:
+        report = _int8_check(fused, run, resized, path, remove)
+        report["calibration_images"] = len(calibration)
+        report["tool"] = "LiteRT full-integer PT2E"
+    return {"path": str(path), "record": str(record), "levels": levels, **report}
+
+
 def int8_path_for(path: Union[str, os.PathLike]) -> Path:
     """Where the INT8 copy of an exported file goes: ``<stem>-int8`` beside it, same suffix."""
     path = Path(path)

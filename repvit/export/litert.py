@@ -171,18 +171,40 @@ def runner(path: Union[str, os.PathLike], threads: Optional[int] = None) -> Call
     return run
 
 
+def _position(name: str) -> int:
+    return int(name.rsplit("_", 1)[1])
+
+
 def arrays_runner(path: Union[str, os.PathLike], threads: Optional[int] = None
                   ) -> Callable[..., list[np.ndarray]]:
-    """``run(*arrays) -> [arrays]`` for a float ``.tflite`` file with several inputs and outputs, in the
+    """``run(*arrays) -> [float arrays]`` for a ``.tflite`` file with several inputs and outputs, in the
     order of the module's ``forward`` arguments and returned values (the converter names them
-    ``args_0``... and ``output_0``...)."""
+    ``args_0``... and ``output_0``...); integer inputs and outputs of a full-integer file are
+    (de)quantized with the file's own scales."""
     interp = interpreter(path, threads)
     signature = interp.get_signature_runner()
-    outputs = sorted(interp.get_signature_list()["serving_default"]["outputs"], key=lambda n: int(n.rsplit("_", 1)[1]))
+    in_details, out_details = signature.get_input_details(), signature.get_output_details()
+    inputs, outputs = sorted(in_details, key=_position), sorted(out_details, key=_position)
+
+    def quantize(a: np.ndarray, d: dict) -> np.ndarray:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if np.dtype(d["dtype"]).kind != "i":
+            return a
+        scale, zero = d["quantization"]
+        info = np.iinfo(d["dtype"])
+        return np.clip(np.round(a / scale) + zero, info.min, info.max).astype(d["dtype"])
+
+    def dequantize(a: np.ndarray, d: dict) -> np.ndarray:
+        if np.dtype(d["dtype"]).kind != "i":
+            return np.array(a)
+        scale, zero = d["quantization"]
+        return (a.astype(np.float32) - zero) * scale
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
-        got = signature(**{f"args_{i}": np.ascontiguousarray(a, dtype=np.float32) for i, a in enumerate(arrays)})
-        return [np.array(got[name]) for name in outputs]
+        if len(arrays) != len(inputs):
+            raise ValueError(f"{path} takes {len(inputs)} inputs, got {len(arrays)}")
+        got = signature(**{name: quantize(a, in_details[name]) for name, a in zip(inputs, arrays)})
+        return [dequantize(got[name], out_details[name]) for name in outputs]
     return run
 
 

@@ -25,9 +25,6 @@ def run_export(args: argparse.Namespace) -> int:
     for path in (output, args.neck_output):
         if path and Path(path).suffix != SUFFIXES[fmt]:
             raise ValueError(f"--format {fmt} writes {SUFFIXES[fmt]} files, got {path!r}")
-    if fmt == "litert" and args.neck_output:
-        raise ValueError("--neck-output: the backbone + FPN is exported to ONNX or OpenVINO only (--format onnx or "
-                         "openvino)")
     if args.input_size and fmt != "litert":
         raise ValueError(f"--input-size fixes the size of a LiteRT file; --format {fmt} exports dynamic sizes")
     if args.int8 and not args.calib_images:
@@ -55,6 +52,14 @@ def run_export(args: argparse.Namespace) -> int:
             report["int8"] = dense.export_segmenter_litert(model, int8_path, images, class_names=model.class_names,
                                                            size=size, calibration=calibration)
             _say_int8(report["int8"])
+        if args.neck_output:
+            report["neck"] = dense.export_neck_litert(model.backbone, args.neck_output, images, size=size)
+            print(f"verified: {report['neck']['path']} (backbone + FPN, {len(report['neck']['levels'])} levels; "
+                  f"LiteRT max |diff| {report['neck']['max_abs_diff']:.3g}; record {report['neck']['record']})")
+            if args.int8:
+                report["neck"]["int8"] = dense.export_neck_litert(model.backbone, dense.int8_path_for(args.neck_output),
+                                                                  images, size=size, calibration=calibration)
+                _say_int8(report["neck"]["int8"])
         if args.report:
             grammar.write_report(args.report, report)
         return 0
@@ -102,7 +107,7 @@ def register(actions) -> None:
     ex.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                     help="LiteRT: the file's fixed input size [the size of the first check image]")
     grammar.add(ex, "--output", default=None, help="file to write, used as given [segmenter-fused.onnx, .xml or .tflite]")
-    ex.add_argument("--neck-output", default=None, help="also export backbone + FPN to this file (same format)")
+    ex.add_argument("--neck-output", default=None, help="also export the fused backbone + FPN (one output per pyramid level) to this file, same format as --output")
     grammar.add(ex, "--images", help="folder of real images to check the export on (default: two photos shipped "
                                      "with matplotlib)")
     grammar.add(ex, "--num-real", default=2)
