@@ -162,3 +162,13 @@ def test_cli_bench_sam_task_and_what_it_refuses(tmp_path, capsys):
     assert "--compare-timm: the classifier's options" in capsys.readouterr().err
     assert main(["bench", "--task", "sam", "--model", "repvit_m0_9"]) == 2
     assert "drop --model" in capsys.readouterr().err
+
+
+def test_a_missing_litert_runtime_is_one_line_naming_the_extra(monkeypatch, capsys):
+    import sys
+    from repvit.runtime.bench import installed_runtimes
+    monkeypatch.setitem(sys.modules, "litert_torch", None)   # "import litert_torch" now fails
+    assert "litert" not in installed_runtimes() and "litert-int8" not in installed_runtimes()
+    code = main(["bench", "--runtimes", "eager-fused,litert-int8", "--img-size", "32", "--threads", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.endswith("pip install 'repvit-pytorch[litert]'"), err

@@ -160,3 +160,51 @@ def test_sam_encoder_and_two_point_decoder_tflite_match_sam_predictor(tmp_path):
             "orig_im_size": np.array([426.0, 640.0], np.float32)}
     with pytest.raises(ValueError, match="exactly 2 prompt points.*ONNX or OpenVINO"):
         run(feed)
+
+
+def test_bench_rows_for_litert_float_and_int8(tiny_imagenette):
+    import json
+    from repvit.runtime.bench import cpu_latency, installed_runtimes
+    assert {"litert", "litert-int8"} <= set(installed_runtimes())
+    report = cpu_latency(["repvit_m0_6"], runtimes=["eager-fused", "litert", "litert-int8"], img_size=IMG,
+                         warmup=1, rounds=2, iters=2, threads=1, calib_images=tiny_imagenette / "train",
+                         calib_count=10)
+    rows = [(r.runtime, r.dtype, r.memory_format) for r in report.results]
+    assert rows == [("eager", "float32", "NCHW"), ("litert", "float32", "NHWC (XNNPACK)"),
+                    ("litert-int8", "int8 (full integer, PT2E)", "NHWC (XNNPACK)")]
+    data = json.loads(json.dumps(report.as_dict()))
+    assert all(row["median_ms"] > 0 and row["samples"] == 4 and row["threads"] == 1 for row in data["results"])
+    assert "10 images" in data["results"][2]["note"]
+    # a .tflite file has batch 1: a throughput batch leaves LiteRT out rather than timing something else
+    batched = cpu_latency(["repvit_m0_6"], runtimes=["eager-fused", "litert"], img_size=IMG, batch=2,
+                          warmup=1, rounds=1, iters=1, threads=1)
+    assert [r.runtime for r in batched.results] == ["eager"]
+
+
+def test_dense_bench_times_the_neck_through_litert_after_checking_it():
+    from repvit.runtime.module_bench import dense_subjects, module_latency
+    report = module_latency(dense_subjects(["repvit_m0_6"]), task="dense", img_size=64, threads=1,
+                            runtimes=["eager-fused", "litert", "litert-int8"], warmup=1, rounds=1, iters=2)
+    rows = [("eager", "float32"), ("litert", "float32"), ("litert-int8", "int8 (full integer, PT2E)")]
+    assert [(r.model, r.runtime, r.dtype) for r in report.results] == (
+        [("repvit_m0_6 + FPN", *row) for row in rows] + [("mobilenet_v3_large + FPN", *row) for row in rows])
+
+
+def test_optimize_for_inference_offers_litert_and_it_is_faithful(model, monkeypatch):
+    from repvit.runtime import optimize as opt
+    stub = {"eager": 3.0, "litert": 1.0}
+    monkeypatch.setattr(opt, "time_interleaved", lambda candidates, **_: {k: [stub[k]] * 3 for k in candidates})
+    best = opt.optimize_for_inference(model, "cpu", img_size=IMG, threads=1, candidates=["eager", "litert"])
+    assert best.report["chosen"] == "litert" and best.path == "fused+litert"
+    assert best.report["candidates"]["litert"]["max_abs_diff"] <= 1e-4
+    x = torch.randn(3, 3, IMG, IMG)   # a batch of 3 through a batch-1 file: one image at a time
+    with torch.no_grad():
+        torch.testing.assert_close(best(x), reparameterize(model)(x), atol=1e-4, rtol=0)
+    built = []
+    monkeypatch.setattr(opt, "_cpu_candidate", lambda kind, fused, *_: (built.append(kind), (fused, False))[1])
+    opt.optimize_for_inference(model, "cpu", img_size=IMG, measure=False)
+    assert "litert" in built
+    built.clear()
+    monkeypatch.setattr(opt, "_has_litert", lambda: False)
+    opt.optimize_for_inference(model, "cpu", img_size=IMG, measure=False)
+    assert built and "litert" not in built

@@ -34,13 +34,15 @@ from .optimize import DTYPES, optimize_for_inference, prepare_gpu
 from .timing import environment, load_average, summarize, time_interleaved, torch_threads
 
 CPU_RUNTIMES = ("eager-unfused", "eager-fused", "eager-fused-cl", "torchscript", "compile", "onnxruntime", "int8",
-                "openvino", "openvino-int8")
+                "openvino", "openvino-int8", "litert", "litert-int8")
 # Asked for by name only: torch.compile spends a minute or more compiling each model before timing.
 OPT_IN_RUNTIMES = ("compile",)
 # The package each optional runtime needs, and the extra that installs it.
 RUNTIME_PACKAGES = {"onnxruntime": (("onnx", "onnxscript", "onnxruntime"), "onnx"),
                     "int8": (("onnx", "onnxscript", "onnxruntime"), "onnx"),
-                    "openvino": (("openvino",), "deploy"), "openvino-int8": (("openvino", "nncf"), "deploy")}
+                    "openvino": (("openvino",), "deploy"), "openvino-int8": (("openvino", "nncf"), "deploy"),
+                    "litert": (("litert_torch", "ai_edge_litert"), "litert"),
+                    "litert-int8": (("litert_torch", "ai_edge_litert"), "litert")}
 TIMM_RUNTIMES = ("timm-eager-unfused", "timm-eager-fused")
 
 
@@ -166,6 +168,18 @@ def _openvino_runner(fused: nn.Module, img_size: int, threads: int, tmp: str, in
     return request, note
 
 
+def _litert_runner(fused: nn.Module, img_size: int, threads: int, tmp: str, int8: bool,
+                   calib_images, calib_count: int, preprocessing: dict) -> tuple[Callable, str]:
+    """The LiteRT interpreter (XNNPACK) on the fused model's ``.tflite`` (batch 1: the file's shape is fixed)."""
+    from ..export import litert as fmt_lt
+    note, calibration = "", None
+    if int8:
+        calibration, note = _calibration(img_size, calib_images, calib_count, preprocessing)
+    path = os.path.join(tmp, "fused-int8.tflite" if int8 else "fused.tflite")
+    fmt_lt.export_litert(fused, path, img_size=img_size, calibration=calibration)
+    return fmt_lt.runner(path, threads), note
+
+
 def _calibration(img_size: int, calib_images, calib_count: int, preprocessing: dict) -> tuple[list, str]:
     from ..export.quantize import calibration_batches
     from ..export.verify import random_batch
@@ -266,6 +280,21 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
                 candidates[(name, rt)] = lambda r=request: r.infer([x_np])
                 meta[(name, rt)] = Result(runtime=rt, source="repvit", dtype="int8 (NNCF)" if int8 else "float32",
                                           memory_format="NCHW", fused=True, note=note, **base)
+            for rt, int8 in (("litert", False), ("litert-int8", True)):
+                if rt not in runtimes:
+                    continue
+                if batch != 1:
+                    log(f"{rt}: skipped at batch {batch} (a .tflite file has a fixed batch of 1)")
+                    continue
+                log(f"preparing {name} {rt} ...")
+                sub = os.path.join(tmp, name)
+                os.makedirs(sub, exist_ok=True)
+                run, note = _litert_runner(fused, img_size, used, sub, int8, calib_images, calib_count,
+                                           dict(model.preprocessing, input_size=[3, img_size, img_size]))
+                candidates[(name, rt)] = lambda r=run: r(x)
+                meta[(name, rt)] = Result(runtime=rt, source="repvit",
+                                          dtype="int8 (full integer, PT2E)" if int8 else "float32",
+                                          memory_format="NHWC (XNNPACK)", fused=True, note=note, **base)
             if compare_timm:
                 theirs = build_timm(name)
                 if theirs is None:
@@ -336,6 +365,21 @@ def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 
                         batch=batch, img_size=img_size, dtype=dtype, memory_format=memory, compiled=compile,
                         cuda_graphs=cuda_graphs, paper_iphone12_ms=VARIANTS[name].iphone12_ms if name in VARIANTS else None)
             sources = [("repvit", build_ours(name, checkpoint))]
+            for rt, int8 in (("litert", False), ("litert-int8", True)):
+                if rt not in runtimes:
+                    continue
+                if batch != 1:
+                    log(f"{rt}: skipped at batch {batch} (a .tflite file has a fixed batch of 1)")
+                    continue
+                log(f"preparing {name} {rt} ...")
+                sub = os.path.join(tmp, name)
+                os.makedirs(sub, exist_ok=True)
+                run, note = _litert_runner(fused, img_size, used, sub, int8, calib_images, calib_count,
+                                           dict(model.preprocessing, input_size=[3, img_size, img_size]))
+                candidates[(name, rt)] = lambda r=run: r(x)
+                meta[(name, rt)] = Result(runtime=rt, source="repvit",
+                                          dtype="int8 (full integer, PT2E)" if int8 else "float32",
+                                          memory_format="NHWC (XNNPACK)", fused=True, note=note, **base)
             if compare_timm:
                 theirs = build_timm(name)
                 if theirs is not None:

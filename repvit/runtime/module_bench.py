@@ -29,7 +29,9 @@ TASK_IMG_SIZE = {"classify": 224, "dense": 512, "sam": 1024}
 SAM_VARIANT = "repvit_m2_3"        # RepViT-SAM's encoder
 RUNTIME_LABEL = {"eager-unfused": "eager", "eager-fused": "eager", "eager-fused-cl": "eager-channels-last",
                  "compile": "torch.compile", "torchscript": "torchscript", "onnxruntime": "onnxruntime",
-                 "int8": "onnxruntime-int8", "openvino": "openvino", "openvino-int8": "openvino-int8"}
+                 "int8": "onnxruntime-int8", "openvino": "openvino", "openvino-int8": "openvino-int8",
+                 "litert": "litert", "litert-int8": "litert-int8"}
+INT8_DTYPE = {"int8": "int8 (QDQ)", "openvino-int8": "int8 (NNCF)", "litert-int8": "int8 (full integer, PT2E)"}
 
 
 @dataclass
@@ -163,6 +165,18 @@ def prepare(subject: Subject, runtime: str, x: torch.Tensor, threads: int, tmp: 
             run = fmt_ov.array_runner(fmt_ov.quantize_openvino(path, stem + "-int8.xml", _random_calibration(x)),
                                       threads)
         return lambda: run(x_np)
+    if runtime in ("litert", "litert-int8"):
+        from ..export import litert as fmt_lt
+        if x.shape[0] != 1:
+            raise ValueError(f"{runtime} takes batch 1 only (a .tflite file has a fixed shape), got {x.shape[0]}")
+        fmt_lt.export_litert(flat, stem + ".tflite", img_size=tuple(x.shape[-2:]), example=(x,))
+        run = fmt_lt.arrays_runner(stem + ".tflite", threads)
+        _check(lambda: run(x_np), expected, what)
+        if runtime == "litert-int8":
+            fmt_lt.export_litert(flat, stem + "-int8.tflite", img_size=tuple(x.shape[-2:]),
+                                 calibration=_random_calibration(x), example=(x,))
+            run = fmt_lt.arrays_runner(stem + "-int8.tflite", threads)
+        return lambda: run(x_np)
     raise ValueError(f"unknown CPU runtime {runtime!r}; choose from {', '.join(CPU_RUNTIMES)}")
 
 
@@ -188,11 +202,12 @@ def module_latency(subjects: Sequence[Subject], *, task: str, img_size: int, thr
                 if run is None:
                     continue
                 candidates[(subject.label, runtime)] = run
-                int8 = runtime in ("int8", "openvino-int8")
+                int8 = runtime in INT8_DTYPE
                 meta[(subject.label, runtime)] = Result(
                     model=subject.label, runtime=RUNTIME_LABEL[runtime], source=subject.source, device="cpu",
-                    threads=used, dtype=("int8 (QDQ)" if runtime == "int8" else "int8 (NNCF)") if int8 else "float32",
-                    memory_format="channels_last" if runtime == "eager-fused-cl" else "NCHW", batch=batch,
+                    threads=used, dtype=INT8_DTYPE.get(runtime, "float32"),
+                    memory_format={"eager-fused-cl": "channels_last", "litert": "NHWC (XNNPACK)",
+                                   "litert-int8": "NHWC (XNNPACK)"}.get(runtime, "NCHW"), batch=batch,
                     img_size=img_size, fused=runtime != "eager-unfused", compiled=runtime == "compile",
                     note="INT8 calibrated on random inputs (latency only)" if int8 else "")
         if not candidates:

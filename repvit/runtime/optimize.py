@@ -9,7 +9,7 @@ float32 paths; a tolerance relative to the largest logit for half precision on G
   model this small). These are known wins on GPUs, so they are applied, not raced.
 * CPU: which path is fastest depends on the CPU, the thread count and the resolution, so
   the faithful candidates (eager, eager channels_last, frozen TorchScript, ONNX Runtime,
-  OpenVINO and, on request, ``torch.compile``; runtimes that are not installed are left out)
+  OpenVINO, LiteRT and, on request, ``torch.compile``; runtimes that are not installed are left out)
   are timed at the requested batch size in interleaved rounds and the fastest is returned.
   INT8 is not a candidate: it changes the outputs (see ``repvit export --int8`` and
   ``repvit bench``).
@@ -33,7 +33,7 @@ from ..models.reparam import is_fused, reparameterize
 from .timing import summarize, time_interleaved, torch_threads
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-CPU_CANDIDATES = ("eager", "eager-channels-last", "torchscript-frozen", "onnxruntime", "openvino", "compile")
+CPU_CANDIDATES = ("eager", "eager-channels-last", "torchscript-frozen", "onnxruntime", "openvino", "litert", "compile")
 HALF_REL_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 6e-2}
 CUDA_GRAPH_MAX_BATCH = 32
 
@@ -134,6 +134,22 @@ class OpenVINOModule(nn.Module):
                                input_shapes=[(-1, 3, img_size, img_size)])
         self.threads = threads or torch.get_num_threads()
         self.run = fmt_ov.runner(model, self.threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+
+class LiteRTModule(nn.Module):
+    """The fused model as a float32 ``.tflite`` (LiteRT interpreter, XNNPACK, ``threads``) at a fixed
+    ``img_size``; a batch runs one image at a time."""
+
+    def __init__(self, fused: nn.Module, *, img_size: int, threads: Optional[int] = None):
+        super().__init__()
+        from ..export import litert as fmt_lt
+        self.threads = threads or torch.get_num_threads()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = fmt_lt.export_litert(fused, os.path.join(tmp, "fused.tflite"), img_size=img_size)
+            self.run = fmt_lt.runner(path, self.threads)  # the interpreter holds the model in memory
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
@@ -253,6 +269,8 @@ def _cpu_candidate(kind: str, fused: nn.Module, img_size: int, threads: int) -> 
         return OnnxRuntimeModule(fused, img_size=img_size, threads=threads), False
     if kind == "openvino":
         return OpenVINOModule(fused, img_size=img_size, threads=threads), False
+    if kind == "litert":
+        return LiteRTModule(fused, img_size=img_size, threads=threads), False
     if kind == "compile":
         return torch.compile(copy.deepcopy(fused), dynamic=False), False
     raise ValueError(f"unknown CPU candidate {kind!r}; choose from {', '.join(CPU_CANDIDATES)}")
@@ -268,6 +286,8 @@ def _optimize_cpu(fused, example, reference, *, candidates, compile, channels_la
             candidates.remove("onnxruntime")
         if not _has_openvino():
             candidates.remove("openvino")
+        if not _has_litert():
+            candidates.remove("litert")
     elif compile is False:
         candidates = [c for c in candidates if c != "compile"]
     unknown = set(candidates) - set(CPU_CANDIDATES)
@@ -322,4 +342,9 @@ def _has_onnxruntime() -> bool:
 
 def _has_openvino() -> bool:
     from ..export.openvino import available
+    return available()
+
+
+def _has_litert() -> bool:
+    from ..export.litert import available
     return available()
