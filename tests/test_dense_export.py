@@ -151,3 +151,44 @@ def test_segment_openvino_int8_keeps_the_pixels_with_7_bit_weights(tmp_path):
     assert int8["pixel_agreement"] >= 0.9 and int8["relative_l2_error"] < 0.25 and "int7" in int8["tool"]
     from repvit.export.openvino import read_metadata
     assert "7-bit range (overflow fix on every layer)" in read_metadata(tmp_path / "m-int8.xml")["quantization"]
+
+
+def test_segmenter_executorch_float_and_int8_score_like_the_checkpoint(tmp_path, capsys):
+    """`repvit segment export --format executorch --int8` at the CamVid frame size, then `segment eval` of
+    both programs (their record embedded as the program's metadata method) against the checkpoint."""
+    from repvit.export import executorch as fmt_et
+    if not fmt_et.available():
+        pytest.skip("the executorch extra is not installed: pip install 'repvit-pytorch[executorch]'")
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=11)).eval()
+    ckpt = save_segmenter(model, tmp_path / "seg.pth", class_names=CAMVID, ignore_index=11)
+    report = tmp_path / "r.json"
+    assert main(["segment", "export", "--checkpoint", str(ckpt), "--format", "executorch", "--output",
+                 str(tmp_path / "m.pte"), "--images", str(need("camvid") / "val" / "images"), "--int8",
+                 "--calib-images", str(need("camvid") / "train" / "images"), "--calib-count", "4",
+                 "--report", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["max_abs_diff"] <= 1e-3 and result["image_sizes"][0] == [360, 480]
+    # XNNPACK takes every operator but the FPN's nearest upsampling, which runs in ExecuTorch's own kernel
+    assert result["delegate_calls"] >= 1 and all("upsample_nearest" in op for op in result["ops_outside_delegate"])
+    assert result["int8"]["pixel_agreement"] >= 0.9 and result["int8"]["calibration_images"] == 4
+    assert (tmp_path / "m-int8.pte").stat().st_size < 0.4 * (tmp_path / "m.pte").stat().st_size
+    meta = fmt_et.read_metadata(tmp_path / "m-int8.pte")
+    assert json.loads(meta["input_size"]) == [360, 480] and json.loads(meta["ignore_index"]) == 11
+    data = _camvid_subset(tmp_path / "val", 2)
+    scores = {}
+    for name, path in (("pytorch", ckpt), ("float", tmp_path / "m.pte"), ("int8", tmp_path / "m-int8.pte")):
+        out = tmp_path / f"{name}.json"
+        assert main(["segment", "eval", "--checkpoint", str(path), "--data", str(data), "--report", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())
+    assert scores["float"]["runtime"] == "ExecuTorch" and scores["int8"]["precision"] == "int8"
+    assert abs(scores["float"]["mIoU"] - scores["pytorch"]["mIoU"]) < 1e-3
+    assert abs(scores["int8"]["aAcc"] - scores["pytorch"]["aAcc"]) < 0.1
+    # a frame of another size is refused with what to do, not silently resized
+    run = fmt_et.runner(tmp_path / "m.pte")
+    with pytest.raises(ValueError, match="takes 360x480 images.*resize first"):
+        run(torch.rand(1, 3, 180, 240))
+    capsys.readouterr()
+    assert main(["segment", "export", "--checkpoint", str(ckpt), "--format", "executorch", "--output",
+                 str(tmp_path / "n.pte"), "--neck-output", str(tmp_path / "neck.pte")]) == 2
+    assert "ExecuTorch takes the whole segmenter" in capsys.readouterr().err

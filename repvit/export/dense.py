@@ -10,10 +10,12 @@
 * Semantic FPN -> LiteRT (``.tflite`` at a fixed size, float or full-integer INT8), checked with the
   LiteRT interpreter; the flatbuffer carries no metadata here, so the record goes beside it
   (``<name>.json``).
+* Semantic FPN -> ExecuTorch (``.pte`` delegated to XNNPACK at a fixed size, float or INT8 through the
+  XNNPACK quantizer), checked with ExecuTorch's runtime; the record is the program's ``metadata``.
 * INT8 copies of the ONNX and OpenVINO exports (``quantize_dense``): ONNX Runtime static QDQ or
   NNCF, calibrated on real images, kept only if they stay close to the float model on real images
   (segmenters: the class of at least 90% of the pixels unchanged).
-* ``ExportedSegmenter``: an exported Semantic FPN (float or INT8, ONNX or OpenVINO) behind the
+* ``ExportedSegmenter``: an exported Semantic FPN (float or INT8, any of these formats) behind the
   PyTorch model's interface, so ``repvit segment eval`` scores the file itself.
 
 Every export is of the fused model; a failed check removes the file (both files of an IR) and raises
@@ -208,6 +210,40 @@ def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], ima
     return {"path": str(path), "record": str(record), **report}
 
 
+def export_segmenter_executorch(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
+                                class_names: Sequence[str], size: Sequence[int],
+                                calibration: Optional[Sequence[np.ndarray]] = None) -> dict:
+    """Fused Semantic FPN -> ExecuTorch ``.pte`` (whole graph delegated to XNNPACK) at 1x3x``size``, float32
+    or, with ``calibration`` (1x3xHxW float 0..1 arrays at ``size``), INT8 through the XNNPACK quantizer;
+    checked with ExecuTorch's runtime on ``images`` resized to ``size`` (float: 1e-3; INT8: the limits of
+    ``quantize_dense``). The record (classes, ignored label, size) is embedded as the program's
+    ``metadata`` method."""
+    from . import executorch as fmt_et
+    fused, path = _fused(model), Path(path)
+    if path.suffix != ".pte":
+        raise ValueError(f"an ExecuTorch program is named .pte, got {str(path)!r}")
+    size = (int(size[0]), int(size[1]))
+    meta = _segmenter_metadata(model, class_names)
+    meta.update(precision="int8" if calibration is not None else "float32", input_size=list(size))
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    _, facts = fmt_et.export_executorch(fused, path, img_size=size, metadata=meta, calibration=calibration,
+                                        input_note="float32 RGB in 0..1")
+    run = fmt_et.runner(path)
+    resized = [torch.nn.functional.interpolate(im[None], size=size, mode="bilinear", align_corners=False)[0]
+               for im in images]
+
+    def remove():
+        path.unlink(missing_ok=True)
+    if calibration is None:
+        report = _check(fused, lambda x: [run(torch.from_numpy(x)).numpy()], resized, SEG_TOLERANCE, path,
+                        "ExecuTorch", remove)
+    else:
+        report = _int8_check(fused, lambda x: [run(torch.from_numpy(x)).numpy()], resized, path, remove)
+        report["calibration_images"] = len(calibration)
+        report["tool"] = "ExecuTorch XNNPACK quantizer (PT2E)"
+    return {"path": str(path), **facts, **report}
+
+
 def export_neck_litert(neck: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
                        size: Sequence[int], calibration: Optional[Sequence[np.ndarray]] = None) -> dict:
     """Fused backbone + FPN -> ``.tflite`` at 1x3x``size``, one output per pyramid level (``p0`` ... finest
@@ -261,8 +297,12 @@ def _file_runner(path: Path, threads: Optional[int] = None):
         from . import litert as fmt_lt
         run = fmt_lt.runner(path, threads)
         return (lambda x: [run(torch.from_numpy(x)).numpy()]), lambda: path.unlink(missing_ok=True)
-    raise ValueError(f"{path}: not an exported dense model (.onnx, an OpenVINO .xml or a LiteRT .tflite); export "
-                     "one with repvit segment export")
+    if path.suffix == ".pte":
+        from . import executorch as fmt_et
+        run = fmt_et.runner(path)
+        return (lambda x: [run(torch.from_numpy(x)).numpy()]), lambda: path.unlink(missing_ok=True)
+    raise ValueError(f"{path}: not an exported dense model (.onnx, an OpenVINO .xml, a LiteRT .tflite or an "
+                     "ExecuTorch .pte); export one with repvit segment export")
 
 
 def quantize_dense(reference: nn.Module, float_path: Union[str, os.PathLike], images: Sequence[torch.Tensor],
@@ -326,8 +366,8 @@ def _int8_check(reference: nn.Module, run, images: Sequence[torch.Tensor], path:
 
 
 class ExportedSegmenter(nn.Module):
-    """An exported Semantic FPN (``.onnx`` through ONNX Runtime, an OpenVINO ``.xml`` or a LiteRT ``.tflite``
-    with its ``.json`` record; float or INT8)
+    """An exported Semantic FPN (``.onnx`` through ONNX Runtime, an OpenVINO ``.xml``, a LiteRT ``.tflite``
+    with its ``.json`` record or an ExecuTorch ``.pte``; float or INT8)
     with the loaded PyTorch model's interface: image tensor in, logits out, and the recorded
     ``class_names``, ``num_classes``, ``ignore_index``, ``reduce_zero_label`` and ``eval_size``, so
     ``evaluate_segmenter`` scores the deployed file itself. Files exported before the ignore value
@@ -348,6 +388,9 @@ class ExportedSegmenter(nn.Module):
                                         "the .tflite and the .json that repvit segment export writes beside it)")
             meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in json.loads(record.read_text()).items()}
             self.runtime = "LiteRT"
+        elif self.path.suffix == ".pte":
+            from . import executorch as fmt_et
+            meta, self.runtime = fmt_et.read_metadata(self.path), "ExecuTorch"
         else:
             meta, self.runtime = (read_metadata(self.path) if self.path.suffix == ".onnx" else {}), "ONNX Runtime"
         if meta.get("task") != "segmentation":

@@ -58,18 +58,21 @@ def _quantized(fused: nn.Module, example: tuple, calibration: Sequence[np.ndarra
     return convert_pt2e(graph)
 
 
-def export_executorch(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: int, metadata: dict[str, str],
-                      batch_size: int = 1, calibration: Optional[Sequence[np.ndarray]] = None) -> tuple[Path, dict]:
-    """Write the ``.pte``; returns ``(path, facts)`` where facts counts delegated and leftover ops. With
-    ``calibration`` (preprocessed 1x3xSxS arrays) the program is INT8 (see the module docstring)."""
+def export_executorch(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: Union[int, Sequence[int]],
+                      metadata: dict[str, str], batch_size: int = 1, calibration: Optional[Sequence[np.ndarray]] = None,
+                      input_note: str = "normalized as in 'preprocessing'") -> tuple[Path, dict]:
+    """Write the ``.pte`` at ``batch_size``x3x``img_size``x``img_size`` (or x``H``x``W`` for a pair); returns
+    ``(path, facts)`` where facts counts delegated and leftover ops. With ``calibration`` (preprocessed
+    1x3xHxW arrays) the program is INT8 (see the module docstring)."""
     _require()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
-    example = (torch.randn(batch_size, 3, img_size, img_size),)
-    meta = {**metadata, "input": f"float32 tensor {batch_size}x3x{img_size}x{img_size}, normalized as in 'preprocessing'",
+    height, width = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    example = (torch.randn(batch_size, 3, height, width),)
+    meta = {**metadata, "input": f"float32 tensor {batch_size}x3x{height}x{width}, {input_note}",
             "delegate": "XNNPACK", "batch_size": str(batch_size)}
     if calibration is not None:
-        meta["precision"] = "int8 (XNNPACK quantizer, per-channel weights, static activations)"
+        meta.setdefault("precision", "int8 (XNNPACK quantizer, per-channel weights, static activations)")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         model = fused if calibration is None else _quantized(fused, example, calibration)
@@ -79,8 +82,9 @@ def export_executorch(fused: nn.Module, path: Union[str, os.PathLike], *, img_si
         et_program = lowered.to_executorch()
     calls = [n for n in et_program.exported_program().graph.nodes if n.op == "call_function"]
     delegated = sum("executorch_call_delegate" in str(n.target) for n in calls)
-    leftover = sorted({str(n.target) for n in calls
-                       if "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)})
+    # memory planning's ``alloc`` calls are buffers, not operators
+    leftover = sorted({getattr(n.target, "__name__", str(n.target)) for n in calls
+                       if not any(k in str(n.target) for k in ("executorch_call_delegate", "getitem", "alloc"))})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
@@ -103,11 +107,16 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict[str, str]:
 
 def runner(path: Union[str, os.PathLike]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Batch runner over ExecuTorch's runtime; the program's fixed batch is fed one slice at a time."""
-    fixed = int(read_metadata(path).get("batch_size", 1))
+    meta = read_metadata(path)
+    fixed = int(meta.get("batch_size", 1))
+    size = tuple(json.loads(meta["input_size"])) if "input_size" in meta else None
     program = _program(path)
     method = program.load_method("forward")
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        if size and tuple(x.shape[-2:]) != size:
+            raise ValueError(f"{path} takes {size[0]}x{size[1]} images (the program's shape is fixed), got "
+                             f"{tuple(x.shape[-2:])}: resize first, or export at this size")
         if x.shape[0] % fixed:
             raise ValueError(f"the program takes batches of {fixed}; got {x.shape[0]} images")
         _ = program  # keep the program alive as long as its method

@@ -1,5 +1,5 @@
 """``repvit segment eval``: mIoU, aAcc, mAcc and per-class IoU of a checkpoint (fused by default) or of an
-exported file (ONNX, OpenVINO or LiteRT; float or INT8) run by its runtime."""
+exported file (ONNX, OpenVINO, LiteRT or ExecuTorch; float or INT8) run by its runtime."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import _grammar as grammar
 from .._dense import add_common, load_for_inference
 
-EXPORTED = (".onnx", ".xml", ".tflite")   # files of `repvit segment export`, run by their runtimes
+EXPORTED = (".onnx", ".xml", ".tflite", ".pte")   # files of `repvit segment export`, run by their runtimes
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def register(actions) -> None:
     ev = actions.add_parser("eval", help="mIoU, aAcc and per-class IoU on a folder of images/ and labels/")
     add_common(ev, "segmentation model", exported="or a file of `repvit segment export` (.onnx, OpenVINO .xml, "
-                                                  "LiteRT .tflite; float or INT8), run by its runtime")
+                                                  "LiteRT .tflite, ExecuTorch .pte; float or INT8), run by its runtime")
     grammar.add(ev, "--data", required=True, help="folder with images/ and labels/ (index PNGs)")
     ev.add_argument("--ignore-index", type=int, default=None, help="label value to ignore (default: the checkpoint's)")
     grammar.add(ev, "--skip-bad", help="skip (and count) bad image/label pairs")

@@ -1,5 +1,5 @@
-"""``repvit segment export``: the fused model as ONNX or an OpenVINO IR (dynamic size) or LiteRT (fixed
-size), checked on real images; with ``--int8`` also its INT8 copy, calibrated on real images and
+"""``repvit segment export``: the fused model as ONNX or an OpenVINO IR (dynamic size), LiteRT or
+ExecuTorch (fixed size), checked on real images; with ``--int8`` also its INT8 copy, calibrated on real images and
 checked pixel by pixel."""
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from .. import _grammar as grammar
 from .._dense import real_images
 
-ENGINES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT"}
-SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}
+ENGINES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT", "executorch": "ExecuTorch"}
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite", "executorch": ".pte"}
+FIXED_SIZE = ("litert", "executorch")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -25,8 +26,12 @@ def run_export(args: argparse.Namespace) -> int:
     for path in (output, args.neck_output):
         if path and Path(path).suffix != SUFFIXES[fmt]:
             raise ValueError(f"--format {fmt} writes {SUFFIXES[fmt]} files, got {path!r}")
-    if args.input_size and fmt != "litert":
-        raise ValueError(f"--input-size fixes the size of a LiteRT file; --format {fmt} exports dynamic sizes")
+    if args.input_size and fmt not in FIXED_SIZE:
+        raise ValueError(f"--input-size fixes the size of a LiteRT or ExecuTorch file; --format {fmt} exports "
+                         "dynamic sizes")
+    if fmt == "executorch" and args.neck_output:
+        raise ValueError("--neck-output: the backbone + FPN alone is exported to ONNX, OpenVINO or LiteRT (--format "
+                         "onnx, openvino or litert); ExecuTorch takes the whole segmenter")
     if args.int8 and not args.calib_images:
         raise ValueError("--int8 calibrates on real images: pass --calib-images DIR (training images, e.g. "
                          "../shared/data/camvid/train/images)")
@@ -39,18 +44,20 @@ def run_export(args: argparse.Namespace) -> int:
         # (LiteRT: resized to the file's fixed size).
         resize = EvalResize(model.eval_size)
         calibration = [resize(im, None)[0][None] for im in real_images(args.calib_images, args.calib_count)]
-    if fmt == "litert":
+    if fmt in FIXED_SIZE:
         size = tuple(args.input_size or images[0].shape[-2:])
         calibration = [torch.nn.functional.interpolate(c, size=size, mode="bilinear", align_corners=False).numpy()
                        for c in calibration]
-        report = dense.export_segmenter_litert(model, output, images, class_names=model.class_names, size=size)
+        export_fixed = dense.export_segmenter_litert if fmt == "litert" else dense.export_segmenter_executorch
+        report = export_fixed(model, output, images, class_names=model.class_names, size=size)
         report["format"] = fmt
-        print(f"verified: {report['path']} (litert, fused, {size[0]}x{size[1]}; LiteRT max |diff| "
-              f"{report['max_abs_diff']:.3g}; record {report['record']})")
+        record = f"record {report['record']}" if "record" in report else "record embedded"
+        print(f"verified: {report['path']} ({fmt}, fused, {size[0]}x{size[1]}; {ENGINES[fmt]} max |diff| "
+              f"{report['max_abs_diff']:.3g}; {record})")
         if args.int8:
             int8_path = dense.int8_path_for(output)
-            report["int8"] = dense.export_segmenter_litert(model, int8_path, images, class_names=model.class_names,
-                                                           size=size, calibration=calibration)
+            report["int8"] = export_fixed(model, int8_path, images, class_names=model.class_names, size=size,
+                                          calibration=calibration)
             _say_int8(report["int8"])
         if args.neck_output:
             report["neck"] = dense.export_neck_litert(model.backbone, args.neck_output, images, size=size)
@@ -97,23 +104,25 @@ def _say_int8(int8: dict) -> None:
 
 
 def register(actions) -> None:
-    ex = actions.add_parser("export", help="the fused model to ONNX or OpenVINO (dynamic size) or LiteRT (fixed "
-                                           "size), float or INT8, checked on real images")
+    ex = actions.add_parser("export", help="the fused model to ONNX or OpenVINO (dynamic size), LiteRT or "
+                                           "ExecuTorch (fixed size), float or INT8, checked on real images")
     grammar.add(ex, "--checkpoint", required=True, help="a segmentation model saved by this library")
     ex.add_argument("--format", default="onnx", choices=list(SUFFIXES),
                     help="onnx (checked with ONNX Runtime), openvino (an IR .xml with its .bin beside it, "
-                         "checked with OpenVINO) or litert (.tflite at a fixed size with its .json record beside "
-                         "it, checked with the LiteRT interpreter) [onnx]")
+                         "checked with OpenVINO), litert (.tflite at a fixed size with its .json record beside "
+                         "it, checked with the LiteRT interpreter) or executorch (.pte at a fixed size, XNNPACK, "
+                         "checked with ExecuTorch's runtime) [onnx]")
     ex.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                    help="LiteRT: the file's fixed input size [the size of the first check image]")
-    grammar.add(ex, "--output", default=None, help="file to write, used as given [segmenter-fused.onnx, .xml or .tflite]")
+                    help="LiteRT and ExecuTorch: the file's fixed input size [the size of the first check image]")
+    grammar.add(ex, "--output", default=None, help="file to write, used as given [segmenter-fused.onnx, .xml, .tflite or .pte]")
     ex.add_argument("--neck-output", default=None, help="also export the fused backbone + FPN (one output per pyramid level) to this file, same format as --output")
     grammar.add(ex, "--images", help="folder of real images to check the export on (default: two photos shipped "
                                      "with matplotlib)")
     grammar.add(ex, "--num-real", default=2)
     q = ex.add_argument_group("INT8")
     grammar.add(q, "--int8", help="also write INT8 copies (<name>-int8, of the neck too): ONNX Runtime static QDQ, "
-                                  "NNCF post-training quantization or LiteRT full integer, calibrated on "
+                                  "NNCF post-training quantization, LiteRT full integer or the ExecuTorch XNNPACK "
+                                  "quantizer, calibrated on "
                                   "--calib-images and kept only if "
                                   "90%% of the pixels of the real images keep their class")
     grammar.add(q, "--calib-images", help="folder of training images to calibrate on (at the model's evaluation size)")
