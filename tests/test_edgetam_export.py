@@ -195,7 +195,11 @@ def onnx_pos(tracker, onnx):
     return out[1]
 
 
-def test_onnx_loop_tracks_like_propagate_in_video(predictor, frame0, frames, tracker):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_onnx_loop_tracks_like_propagate_in_video(predictor, frame0, frames, tracker, exported, runtime):
+    if runtime == "openvino":   # the same ONNX files, compiled by OpenVINO
+        pytest.importorskip("openvino", reason="the deploy extra is not installed")
+        tracker = OnnxTracker(exported[0], threads=1, runtime="openvino")
     state = frame0[0]
     with torch.inference_mode():
         predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([CLICK], np.float32),
@@ -225,13 +229,15 @@ def test_numpy_helpers_match_torch():
     assert np.array_equal(round_to_bfloat16(y.numpy()), y.to(torch.bfloat16).float().numpy())
 
 
-def test_tracker_refuses_what_it_cannot_do(tracker, frames, tmp_path, predictor):
+def test_tracker_refuses_what_it_cannot_do(tracker, frames, tmp_path, predictor, exported):
     with pytest.raises(ValueError, match="frames 0-3"):
         tracker.track(frames, points=[CLICK], frame=4)
     with pytest.raises(ValueError, match="1 points but 2 labels"):
         tracker.track(frames, points=[CLICK], labels=[1, 0])
     with pytest.raises(FileNotFoundError, match=SPEC_NAME):
         OnnxTracker(tmp_path)
+    with pytest.raises(ValueError, match="onnxruntime, openvino"):
+        OnnxTracker(exported[0], runtime="tvm")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="existing file"):
         export_edgetam(predictor, tmp_path / "file")

@@ -1,4 +1,5 @@
-"""The reference tracking loop over EdgeTAM's four ONNX graphs: numpy, Pillow and ONNX Runtime only.
+"""The reference tracking loop over EdgeTAM's four ONNX graphs: numpy, Pillow and ONNX Runtime (or OpenVINO,
+which compiles the same ONNX files: ``OnnxTracker(export_dir, runtime="openvino")``) only.
 
 ``OnnxTracker(export_dir).track(frames_dir, points=[(x, y)], labels=[1])`` tracks one object
 prompted on one frame (clicks and/or a box, video pixels) forward through a folder of numbered
@@ -29,6 +30,9 @@ from PIL import Image
 
 SPEC_NAME = "edgetam_export.json"
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
+
+
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 def open_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
@@ -112,6 +116,31 @@ def choose(choice: dict, masks: np.ndarray, ious: np.ndarray, pointers: np.ndarr
     return single, pointers[:, 0]
 
 
+def open_runner(path: Union[str, os.PathLike], threads: Optional[int] = None, runtime: str = "onnxruntime"):
+    """``run(feed: {input name: array}) -> [output arrays]`` for one ONNX graph: an ONNX Runtime session, or
+    the same file compiled by OpenVINO's CPU plugin (float32 precision, one stream, ``threads`` threads)."""
+    if runtime == "onnxruntime":
+        session = open_session(path, threads)
+        return lambda feed: session.run(None, feed)
+    if runtime != "openvino":
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ImportError("the EdgeTAM loop on OpenVINO needs openvino: pip install 'repvit-pytorch[deploy]'") from None
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    count = len(compiled.outputs)
+
+    def run(feed: dict) -> list:
+        request.infer({name: np.ascontiguousarray(a) for name, a in feed.items()})
+        return [request.get_output_tensor(i).data.copy() for i in range(count)]
+    return run
+
+
 @dataclass
 class Memory:
     """One frame's entry in the bank: memory tokens (bfloat16-rounded), their encoding, the object pointer."""
@@ -124,19 +153,23 @@ class Memory:
 class OnnxTracker:
     """EdgeTAM's tracking loop over the exported graphs of ``export_dir`` (see the module docstring)."""
 
-    def __init__(self, export_dir: Union[str, os.PathLike], threads: Optional[int] = None):
+    def __init__(self, export_dir: Union[str, os.PathLike], threads: Optional[int] = None,
+                 runtime: str = "onnxruntime"):
         folder = Path(export_dir)
         spec_path = folder / SPEC_NAME
         if not spec_path.is_file():
             raise FileNotFoundError(f"{str(spec_path)!r} not found: export with repvit.export.edgetam.export_edgetam")
         self.spec = json.loads(spec_path.read_text())
-        self.sessions = {name: open_session(folder / file, threads) for name, file in self.spec["files"].items()}
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.runtime = runtime
+        self.runners = {name: open_runner(folder / file, threads, runtime) for name, file in self.spec["files"].items()}
         self.size = int(self.spec["image_size"])
         self.bank_rules = self.spec["memory_bank"]
         self.no_memory = np.asarray(self.spec["constants"]["no_memory_embedding"], np.float32).reshape(1, -1, 1, 1)
 
     def run(self, name: str, **feed) -> list:
-        return self.sessions[name].run(None, feed)
+        return self.runners[name](feed)
 
     def encode_image(self, image: np.ndarray) -> dict:
         names = self.spec["graphs"]["image_encoder"]["outputs"]
@@ -236,4 +269,4 @@ class OnnxTracker:
 
 
 __all__ = ["OnnxTracker", "choose", "use_multimask", "resize_bilinear", "round_to_bfloat16", "load_frame",
-           "frame_files", "open_session", "SPEC_NAME"]
+           "frame_files", "open_session", "open_runner", "RUNTIMES", "SPEC_NAME"]
