@@ -241,3 +241,31 @@ def test_tracker_refuses_what_it_cannot_do(tracker, frames, tmp_path, predictor,
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="existing file"):
         export_edgetam(predictor, tmp_path / "file")
+
+
+def test_coreml_programs_carry_the_graphs_tensors_and_the_loop_spec(predictor, exported, tmp_path):
+    """The four graphs as Core ML programs: the ONNX graphs' input/output names and shapes (the decoder's
+    points a flexible 1-16 axis), the same loop description; outputs compared where Core ML runs (macOS)."""
+    pytest.importorskip("coremltools", reason="the coreml extra is not installed")
+    import platform
+    from repvit.export.coreml import tensor_spec
+    from repvit.export.edgetam_coreml import COREML_FILES, COREML_SPEC_NAME, export_edgetam_coreml
+    report = export_edgetam_coreml(predictor, tmp_path / "coreml")
+    assert sorted(p.name for p in (tmp_path / "coreml").iterdir()) == sorted([*COREML_FILES.values(),
+                                                                              COREML_SPEC_NAME])
+    assert report["compared"] == (platform.system() == "Darwin")
+    onnx_spec = json.loads((exported[0] / SPEC_NAME).read_text())
+    spec = json.loads((tmp_path / "coreml" / COREML_SPEC_NAME).read_text())
+    for name in FILES:
+        program = tensor_spec(tmp_path / "coreml" / COREML_FILES[name])
+        onnx_io = onnx_spec["graphs"][name]
+        assert list(program["inputs"]) == list(onnx_io["inputs"]), name
+        assert set(program["outputs"]) == set(onnx_io["outputs"]), name
+        for n, i in onnx_io["inputs"].items():
+            if "num_points" not in i["shape"]:
+                assert program["inputs"][n] == i["shape"] == spec["graphs"][name]["inputs"][n]["shape"], (name, n)
+    decoder = tensor_spec(tmp_path / "coreml" / COREML_FILES["prompt_decoder"])["inputs"]
+    assert decoder["point_coords"] == [[1, 1], [1, 16], [2, 2]] and decoder["point_labels"] == [[1, 1], [1, 16]]
+    assert spec["format"] == "repvit-edgetam-coreml" and spec["files"] == COREML_FILES
+    for key in ("memory_bank", "choice", "constants", "preprocessing", "image_size"):
+        assert spec[key] == onnx_spec[key], key

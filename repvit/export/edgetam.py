@@ -32,7 +32,8 @@ Each graph is checked against the module it was exported from on seeded inputs (
 a graph beyond tolerance is removed and ``ParityError`` raised. The test checks the modules
 against sam2's own methods and the whole loop against ``build_video_predictor``'s masks.
 Exported with PyTorch's TorchScript-based exporter (fixed shapes; the decoder's point axis is
-traced as a shape computation, as for RepViT-SAM's decoder). Core ML: not done.
+traced as a shape computation, as for RepViT-SAM's decoder). The same four graphs as Core ML ML
+programs: ``repvit.export.edgetam_coreml``.
 """
 from __future__ import annotations
 
@@ -197,18 +198,20 @@ def check_graph(module: nn.Module, example: tuple, path: Union[str, os.PathLike]
     return {"outputs": diffs, "passed": bool(passed)}
 
 
-def export_spec(model: nn.Module, out_dir: Path, *, max_frames: int, max_pointers: int) -> dict:
-    """The JSON that tells a loop how the four graphs compose (``edgetam_loop.OnnxTracker`` reads it)."""
+def export_spec(model: nn.Module, out_dir: Path, *, max_frames: int, max_pointers: int,
+                files: Optional[dict] = None, graphs: Optional[dict] = None, fmt: str = SPEC_FORMAT) -> dict:
+    """The JSON that tells a loop how the four graphs compose (``edgetam_loop.OnnxTracker`` reads it);
+    ``files``/``graphs``/``fmt`` name another format's files and their inputs and outputs (Core ML)."""
     from ..version import __version__
     decoder = model.sam_mask_decoder
     cross = model.memory_attention.layers[0].cross_attn_image
     return {
-        "format": SPEC_FORMAT, "version": 1,
+        "format": fmt, "version": 1,
         "producer": f"repvit {__version__} (torch {torch.__version__.split('+')[0]})",
         "model": "EdgeTAM (RepViT-M1 trunk, fused; sam2 1.1.0 modules; spatial perceiver)",
         "image_size": int(model.image_size),
-        "files": dict(FILES),
-        "graphs": {name: io_table(out_dir / FILES[name]) for name in FILES},
+        "files": dict(files or FILES),
+        "graphs": graphs or {name: io_table(out_dir / FILES[name]) for name in FILES},
         "preprocessing": {"resize": "each frame resized to image_size x image_size with PIL's Image.resize default "
                                     "filter, aspect ratio not kept (as sam2's video predictor)",
                           "scale": "pixels / 255 (float64), then float32", "mean": list(MEAN), "std": list(STD),

@@ -205,10 +205,11 @@ class MemoryAttentionGraph(nn.Module):
         v = attn._separate_heads(attn.v_proj(values), attn.num_heads)
         b, heads, _, d = k.shape
         frames = memory_tokens // self.tokens_per_frame
-        memory = k[:, :, :memory_tokens].reshape(b, heads, frames, self.tokens_per_frame, d)
-        plain = memory[:, :, :, :self.tokens_per_frame - self.rope_keys]
-        windows = rotate_pairs(memory[:, :, :, self.tokens_per_frame - self.rope_keys:], self.key_cos, self.key_sin)
-        memory = torch.cat([plain, windows], dim=3).reshape(b, heads, memory_tokens, d)
+        # batch and heads merged: the rotation's pair axis then makes a rank-5 tensor (Core ML's limit), not 6
+        memory = k[:, :, :memory_tokens].reshape(b * heads, frames, self.tokens_per_frame, d)
+        plain = memory[:, :, :self.tokens_per_frame - self.rope_keys]
+        windows = rotate_pairs(memory[:, :, self.tokens_per_frame - self.rope_keys:], self.key_cos, self.key_sin)
+        memory = torch.cat([plain, windows], dim=2).reshape(b, heads, memory_tokens, d)
         k = torch.cat([memory, k[:, :, memory_tokens:]], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return attn.out_proj(attn._recombine_heads(out))
