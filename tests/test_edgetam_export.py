@@ -218,6 +218,34 @@ def test_onnx_loop_tracks_like_propagate_in_video(predictor, frame0, frames, tra
     assert (want[0] > 0).sum() != (want[3] > 0).sum()   # the object moves: later frames are not copies
 
 
+def test_onnx_loop_tracks_two_objects_prompted_on_different_frames_like_the_predictor(predictor, frames, tracker):
+    """Two objects in one pass (a click on frame 0, a box on frame 1), against one sam2 state holding both:
+    each object keeps its own memory, and the boxed one is tracked on frame 0 from its later prompt."""
+    state = predictor.init_state(video_path=str(frames))
+    with torch.inference_mode():
+        predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([CLICK], np.float32),
+                                        labels=np.array([1], np.int32))
+        predictor.add_new_points_or_box(state, frame_idx=1, obj_id=5, box=np.array(BOX, np.float32))
+        want = {t: {o: logits[i, 0].numpy() for i, o in enumerate(ids)}
+                for t, ids, logits in predictor.propagate_in_video(state)}
+    seen = []
+    got = tracker.track_objects(frames, [{"obj_id": 1, "frame": 0, "points": [CLICK], "labels": [1]},
+                                         {"obj_id": 5, "frame": 1, "box": BOX}],
+                                on_frame=lambda t, masks: seen.append((t, sorted(masks))))
+    assert seen == [(t, [1, 5]) for t in range(len(SOURCE_FRAMES))] and sorted(got) == sorted(want)
+    for t in want:
+        for obj in (1, 5):
+            a, b = got[t][obj] > 0, want[t][obj] > 0
+            iou = (a & b).sum() / max((a | b).sum(), 1)
+            print(f"frame {t} object {obj}: {b.sum()} pixels, IoU {iou:.5f}")
+            assert b.sum() > 50 and iou >= 0.99, f"frame {t}, object {obj}: IoU {iou:.4f}"
+    # two objects, not one answer twice: on the boxed frame the box's mask is far larger than the click's
+    assert (want[1][5] > 0).sum() > 10 * (want[1][1] > 0).sum()
+    with pytest.raises(ValueError, match="two prompts on frame 0"):
+        tracker.track_objects(frames, [{"obj_id": 1, "frame": 0, "points": [CLICK]},
+                                       {"obj_id": 1, "frame": 0, "box": BOX}])
+
+
 def test_numpy_helpers_match_torch():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 1, 256, 256, generator=gen) * 5

@@ -47,9 +47,13 @@ class RoPECrossAttention(RoPEAttention):
         self.table_k = self.compute_cis(end_x=self.k_sizes[0], end_y=self.k_sizes[1])
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:
+        # sam2 stores memories in bfloat16 and relies on concatenating them with float32 object pointers
+        # to promote them; a frame whose bank has memories but no pointer yet (an object tracked before
+        # its first prompt) would reach the float32 projections in bfloat16. bfloat16 -> float32 is exact.
+        dtype = self.k_proj.weight.dtype
         q = self._separate_heads(self.q_proj(q), self.num_heads)
-        k = self._separate_heads(self.k_proj(k), self.num_heads)
-        v = self._separate_heads(self.v_proj(v), self.num_heads)
+        k = self._separate_heads(self.k_proj(k.to(dtype)), self.num_heads)
+        v = self._separate_heads(self.v_proj(v.to(dtype)), self.num_heads)
         q = rotate(q, self._query_table(q.shape[-2]).to(q.device))
         k = self._rotate_keys(k, k.shape[-2] - num_k_exclude_rope)
         dropout_p = self.dropout_p if self.training else 0.0

@@ -13,9 +13,10 @@ Per frame: the image encoder; on the prompted frame its features plus the no-mem
 elsewhere the memory attention over the bank; the prompt decoder and the choice among its four
 masks; the memory encoder on the kept mask. The bank holds the prompted frame (always) and the
 tracked frames' memories (rounded to bfloat16, as sam2 stores them) and object pointers; the JSON's
-``memory_bank.rules`` say which of them fill the attention's slots. Not covered: several objects
-(run one tracker per object), corrections on later frames, tracking backward from a later prompt,
-mask prompts.
+``memory_bank.rules`` say which of them fill the attention's slots. ``track_objects`` tracks several
+objects, each with prompts on one or more frames, in one pass over the video. Not covered:
+corrections of a frame that already has a mask (sam2 feeds the previous mask back into the decoder,
+which the exported decoder has no input for), tracking backward from a later prompt, mask prompts.
 """
 from __future__ import annotations
 
@@ -237,32 +238,75 @@ class OnnxTracker:
 
     def track(self, frames: Union[str, os.PathLike], points=None, labels=None, *, box=None, frame: int = 0,
               on_frame=None) -> dict[int, np.ndarray]:
-        """``{frame index: HxW float32 mask logits}`` for the prompted frame and every later one."""
+        """``{frame index: HxW float32 mask logits}`` of one object prompted on ``frame``, for that frame and
+        every later one."""
+        callback = None if on_frame is None else (lambda t, masks: on_frame(t, masks[1]))
+        out = self.track_objects(frames, [{"obj_id": 1, "frame": frame, "points": points, "labels": labels,
+                                           "box": box}], on_frame=callback)
+        return {t: masks[1] for t, masks in out.items()}
+
+    def track_objects(self, frames: Union[str, os.PathLike], prompts: Sequence[dict],
+                      on_frame=None) -> dict[int, dict[int, np.ndarray]]:
+        """Several objects in one pass: ``{frame index: {obj_id: HxW float32 mask logits}}`` from the first
+        prompted frame to the last frame, each frame encoded once.
+
+        ``prompts``: dicts with ``obj_id``, ``frame`` and ``points`` (video pixels) + ``labels`` and/or
+        ``box``; one per (object, frame) with all of that frame's clicks, as sam2's
+        ``add_new_points_or_box`` with ``clear_old_points``. Objects are independent, as in sam2: each
+        has its own memory bank. An object prompted on several frames has all of them as conditioning
+        frames (``memory_tpos`` 0), and, as sam2 does, frames between the first prompt of the video and
+        an object's own first prompt are tracked from its (later) conditioning memories.
+        """
         files = frame_files(frames)
-        if not 0 <= frame < len(files):
-            raise ValueError(f"the prompt is on frame {frame}; the video has frames 0-{len(files) - 1}")
-        with Image.open(files[frame]) as img:
+        with Image.open(files[0]) as img:
             width, height = img.size
-        coords, marks = self.prompt_arrays(points, labels, box, (height, width))
-        pre = self.spec["preprocessing"]
-        cond: dict = {}
-        tracked: dict = {}
-        logits: dict = {}
-        choice = self.spec["choice"]
-        for t in range(frame, len(files)):
-            image, video_size = load_frame(files[t], self.size, pre["mean"], pre["std"])
-            feats = self.encode_image(image)
-            if t == frame:
+        objects: dict = {}
+        for prompt in prompts:
+            obj, t = int(prompt.get("obj_id", 1)), int(prompt.get("frame", 0))
+            if not 0 <= t < len(files):
+                raise ValueError(f"object {obj} is prompted on frame {t}; the video has frames 0-{len(files) - 1}")
+            if t in objects.setdefault(obj, {}):
+                raise ValueError(f"object {obj} has two prompts on frame {t}: give all of a frame's clicks in one")
+            objects[obj][t] = self.prompt_arrays(prompt.get("points"), prompt.get("labels"), prompt.get("box"),
+                                                 (height, width))
+        if not objects:
+            raise ValueError("give at least one prompt")
+        pre, choice = self.spec["preprocessing"], self.spec["choice"]
+        cache: dict = {}
+
+        def features(t: int) -> tuple[dict, tuple]:
+            if t not in cache:
+                image, video_size = load_frame(files[t], self.size, pre["mean"], pre["std"])
+                cache.clear()   # one frame at a time: the prompted frames are encoded again when reached
+                cache[t] = (self.encode_image(image), video_size)
+            return cache[t]
+
+        # Every prompt is decoded first (sam2 does so when the prompt is added): later objects' conditioning
+        # memories exist before propagation reaches them.
+        cond: dict = {obj: {} for obj in objects}
+        cond_masks: dict = {}
+        for obj, frame_prompts in objects.items():
+            for t, (coords, marks) in sorted(frame_prompts.items()):
+                feats, _ = features(t)
                 multimask = use_multimask(choice, marks.shape[1], prompted=True)
                 mask, pointer = self.decode(feats["features"] + self.no_memory, feats, coords, marks, multimask)
-                cond[t] = self.encode_memory(feats, mask, pointer, from_points=True)
-            else:
-                embed = self.condition(feats, t, cond, tracked, len(files))
-                multimask = use_multimask(choice, 0, prompted=False)
-                mask, pointer = self.decode(embed, feats, np.zeros((1, 1, 2), np.float32),
-                                            -np.ones((1, 1), np.float32), multimask)
-                tracked[t] = self.encode_memory(feats, mask, pointer, from_points=False)
-            logits[t] = resize_bilinear(mask[0, 0], *video_size)
+                cond[obj][t] = self.encode_memory(feats, mask, pointer, from_points=True)
+                cond_masks[(obj, t)] = mask
+        tracked: dict = {obj: {} for obj in objects}
+        logits: dict = {}
+        for t in range(min(min(p) for p in objects.values()), len(files)):
+            feats, video_size = features(t)
+            logits[t] = {}
+            for obj in objects:
+                if (obj, t) in cond_masks:
+                    mask = cond_masks[(obj, t)]
+                else:
+                    embed = self.condition(feats, t, cond[obj], tracked[obj], len(files))
+                    multimask = use_multimask(choice, 0, prompted=False)
+                    mask, pointer = self.decode(embed, feats, np.zeros((1, 1, 2), np.float32),
+                                                -np.ones((1, 1), np.float32), multimask)
+                    tracked[obj][t] = self.encode_memory(feats, mask, pointer, from_points=False)
+                logits[t][obj] = resize_bilinear(mask[0, 0], *video_size)
             if on_frame is not None:
                 on_frame(t, logits[t])
         return logits
