@@ -3,7 +3,8 @@
 Starting from the checkpoint of ``configs/camvid-cpu.yaml``:
 
 1. ``repvit segment export``'s library path for each format: fuse, export the float model (ONNX with
-   dynamic sizes, or an OpenVINO IR), checked against PyTorch on real frames; then its INT8 copy
+   dynamic sizes, an OpenVINO IR, or LiteRT / ExecuTorch at the frames' fixed size), checked against
+   PyTorch on real frames; then its INT8 copy
    (``quantize_dense``), calibrated on ``--calib-count`` training frames at the size the model is
    evaluated at, kept only if 90% of the pixels of the check frames keep their class;
 2. mIoU, aAcc and per-class IoU of the fused PyTorch model and of every exported file on the whole
@@ -40,7 +41,8 @@ CANDIDATES = [("onnxruntime", ".onnx", None), ("onnxruntime-int8 (int7 weights)"
               ("onnxruntime-int8 (uint8 weights)", ".onnx", "uint8"), ("openvino", ".xml", None),
               ("openvino-int8 (NNCF, int7 weights)", ".xml", "int7"),
               ("openvino-int8 (NNCF, int8 weights)", ".xml", "int8"), ("litert", ".tflite", None),
-              ("litert-int8 (full integer)", ".tflite", "pt2e")]
+              ("litert-int8 (full integer)", ".tflite", "pt2e"), ("executorch", ".pte", None),
+              ("executorch-int8 (XNNPACK quantizer)", ".pte", "pt2e")]
 
 
 class Recording(torch.nn.Module):
@@ -71,10 +73,11 @@ def prepare(model, fused, path: Path, weights, checks, calibration, *, size, sou
     """The file to score for one candidate (exported, and quantized when ``weights`` is set) and its checks.
     The float ONNX and OpenVINO files are exported once and reused by their INT8 candidates."""
     entry = {}
-    if path.suffix == ".tflite":   # a fixed size: the val frames' (CamVid's are all 360x480)
+    if path.suffix in (".tflite", ".pte"):   # a fixed size: the val frames' (CamVid's are all 360x480)
         target = dense.int8_path_for(path) if weights else path
-        check = dense.export_segmenter_litert(model, target, checks, class_names=model.class_names, size=size,
-                                              calibration=calibration if weights else None)
+        export = dense.export_segmenter_litert if path.suffix == ".tflite" else dense.export_segmenter_executorch
+        check = export(model, target, checks, class_names=model.class_names, size=size,
+                       calibration=calibration if weights else None)
         return target, ({"int8_check": check} if weights else entry)
     if not path.exists():
         export = dense.export_segmenter_onnx if path.suffix == ".onnx" else dense.export_segmenter_openvino
