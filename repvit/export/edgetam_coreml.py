@@ -95,7 +95,8 @@ def export_edgetam_coreml(model: nn.Module, out_dir: Union[str, Path], *, precis
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder {str(out)!r} is an existing file; name a folder")
-    fmt_cm._require()
+    if not fmt_cm.available():
+        raise ImportError("EdgeTAM's Core ML export needs coremltools: pip install 'repvit-pytorch[coreml]'")
     model = fused_copy(model)
     max_frames = int(max_memory_frames or model.num_maskmem)
     max_pointers = int(max_object_pointers or model.max_obj_ptrs_in_encoder)
