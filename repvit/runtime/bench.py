@@ -365,21 +365,6 @@ def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 
                         batch=batch, img_size=img_size, dtype=dtype, memory_format=memory, compiled=compile,
                         cuda_graphs=cuda_graphs, paper_iphone12_ms=VARIANTS[name].iphone12_ms if name in VARIANTS else None)
             sources = [("repvit", build_ours(name, checkpoint))]
-            for rt, int8 in (("litert", False), ("litert-int8", True)):
-                if rt not in runtimes:
-                    continue
-                if batch != 1:
-                    log(f"{rt}: skipped at batch {batch} (a .tflite file has a fixed batch of 1)")
-                    continue
-                log(f"preparing {name} {rt} ...")
-                sub = os.path.join(tmp, name)
-                os.makedirs(sub, exist_ok=True)
-                run, note = _litert_runner(fused, img_size, used, sub, int8, calib_images, calib_count,
-                                           dict(model.preprocessing, input_size=[3, img_size, img_size]))
-                candidates[(name, rt)] = lambda r=run: r(x)
-                meta[(name, rt)] = Result(runtime=rt, source="repvit",
-                                          dtype="int8 (full integer, PT2E)" if int8 else "float32",
-                                          memory_format="NHWC (XNNPACK)", fused=True, note=note, **base)
             if compare_timm:
                 theirs = build_timm(name)
                 if theirs is not None:
