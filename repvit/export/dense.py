@@ -176,6 +176,19 @@ def litert_record_path(path: Union[str, os.PathLike]) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def _check_fixed_size(fused: nn.Module, run, images: Sequence[torch.Tensor], size: tuple, path: Path, engine: str,
+                      remove, calibration: Optional[Sequence[np.ndarray]], tool: str) -> dict:
+    """The check of a fixed-size export (LiteRT, ExecuTorch): ``images`` resized to ``size``, then the float
+    tolerance, or with ``calibration`` the INT8 limits (whose report names ``tool``)."""
+    resized = [torch.nn.functional.interpolate(im[None], size=size, mode="bilinear", align_corners=False)[0]
+               for im in images]
+    if calibration is None:
+        return _check(fused, run, resized, SEG_TOLERANCE, path, engine, remove)
+    report = _int8_check(fused, run, resized, path, remove)
+    report.update(calibration_images=len(calibration), tool=tool)
+    return report
+
+
 def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
                             class_names: Sequence[str], size: Sequence[int],
                             calibration: Optional[Sequence[np.ndarray]] = None) -> dict:
@@ -194,19 +207,12 @@ def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], ima
     record = litert_record_path(path)
     record.write_text(json.dumps(meta, indent=2) + "\n")
     run = fmt_lt.runner(path)
-    resized = [torch.nn.functional.interpolate(im[None], size=size, mode="bilinear", align_corners=False)[0]
-               for im in images]
 
     def remove():
         path.unlink(missing_ok=True)
         record.unlink(missing_ok=True)
-    if calibration is None:
-        report = _check(fused, lambda x: [run(torch.from_numpy(x)).numpy()], resized, SEG_TOLERANCE, path,
-                        "LiteRT", remove)
-    else:
-        report = _int8_check(fused, lambda x: [run(torch.from_numpy(x)).numpy()], resized, path, remove)
-        report["calibration_images"] = len(calibration)
-        report["tool"] = "LiteRT full-integer PT2E"
+    report = _check_fixed_size(fused, lambda x: [run(torch.from_numpy(x)).numpy()], images, size, path, "LiteRT",
+                               remove, calibration, "LiteRT full-integer PT2E")
     return {"path": str(path), "record": str(record), **report}
 
 
@@ -229,18 +235,9 @@ def export_segmenter_executorch(model: nn.Module, path: Union[str, os.PathLike],
     _, facts = fmt_et.export_executorch(fused, path, img_size=size, metadata=meta, calibration=calibration,
                                         input_note="float32 RGB in 0..1")
     run = fmt_et.runner(path)
-    resized = [torch.nn.functional.interpolate(im[None], size=size, mode="bilinear", align_corners=False)[0]
-               for im in images]
-
-    def remove():
-        path.unlink(missing_ok=True)
-    if calibration is None:
-        report = _check(fused, lambda x: [run(torch.from_numpy(x)).numpy()], resized, SEG_TOLERANCE, path,
-                        "ExecuTorch", remove)
-    else:
-        report = _int8_check(fused, lambda x: [run(torch.from_numpy(x)).numpy()], resized, path, remove)
-        report["calibration_images"] = len(calibration)
-        report["tool"] = "ExecuTorch XNNPACK quantizer (PT2E)"
+    report = _check_fixed_size(fused, lambda x: [run(torch.from_numpy(x)).numpy()], images, size, path,
+                               "ExecuTorch", lambda: path.unlink(missing_ok=True), calibration,
+                               "ExecuTorch XNNPACK quantizer (PT2E)")
     return {"path": str(path), **facts, **report}
 
 
@@ -263,18 +260,12 @@ def export_neck_litert(neck: nn.Module, path: Union[str, os.PathLike], images: S
                                   "outputs": [f"p{i}" for i in range(len(levels))], "input_size": list(size),
                                   "precision": "int8" if calibration is not None else "float32"}, indent=2) + "\n")
     run = fmt_lt.arrays_runner(path)
-    resized = [torch.nn.functional.interpolate(im[None], size=size, mode="bilinear", align_corners=False)[0]
-               for im in images]
 
     def remove():
         path.unlink(missing_ok=True)
         record.unlink(missing_ok=True)
-    if calibration is None:
-        report = _check(fused, run, resized, SEG_TOLERANCE, path, "LiteRT", remove)
-    else:
-        report = _int8_check(fused, run, resized, path, remove)
-        report["calibration_images"] = len(calibration)
-        report["tool"] = "LiteRT full-integer PT2E"
+    report = _check_fixed_size(fused, run, images, size, path, "LiteRT", remove, calibration,
+                               "LiteRT full-integer PT2E")
     return {"path": str(path), "record": str(record), "levels": levels, **report}
 
 

@@ -86,6 +86,24 @@ def fused_copy(model: nn.Module) -> nn.Module:
     return model
 
 
+def output_folder(out_dir: Union[str, os.PathLike]) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output folder {str(out)!r} is an existing file; name a folder")
+    return out
+
+
+def bank_sizes(model: nn.Module, max_memory_frames: Optional[int], max_object_pointers: Optional[int]
+               ) -> tuple[int, int]:
+    """The memory attention's frame and pointer slots (default ``num_maskmem`` and ``max_obj_ptrs_in_encoder``)."""
+    max_frames = int(max_memory_frames or model.num_maskmem)
+    max_pointers = int(max_object_pointers or model.max_obj_ptrs_in_encoder)
+    if max_frames < 2 or max_pointers < 1:
+        raise ValueError(f"the memory attention needs at least 2 frame slots and 1 pointer slot, got "
+                         f"{max_frames} and {max_pointers}")
+    return max_frames, max_pointers
+
+
 def graph_modules(model: nn.Module, *, max_frames: int, max_pointers: int) -> dict[str, nn.Module]:
     return {"image_encoder": ImageEncoderGraph(model).eval(), "prompt_decoder": PromptDecoderGraph(model).eval(),
             "memory_encoder": MemoryEncoderGraph(model).eval(),
@@ -266,15 +284,9 @@ def export_edgetam(model: nn.Module, out_dir: Union[str, os.PathLike], *, opset:
     copy is exported, ``model`` is untouched). ``max_memory_frames`` / ``max_object_pointers``:
     the memory attention's slots (default ``num_maskmem`` and ``max_obj_ptrs_in_encoder``).
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output folder {str(out)!r} is an existing file; name a folder")
+    out = output_folder(out_dir)
     model = fused_copy(model)
-    max_frames = int(max_memory_frames or model.num_maskmem)
-    max_pointers = int(max_object_pointers or model.max_obj_ptrs_in_encoder)
-    if max_frames < 2 or max_pointers < 1:
-        raise ValueError(f"the memory attention needs at least 2 frame slots and 1 pointer slot, got "
-                         f"{max_frames} and {max_pointers}")
+    max_frames, max_pointers = bank_sizes(model, max_memory_frames, max_object_pointers)
     modules = graph_modules(model, max_frames=max_frames, max_pointers=max_pointers)
     inputs = examples(model, max_frames=max_frames, max_pointers=max_pointers)
     import onnx
@@ -308,5 +320,6 @@ def export_edgetam(model: nn.Module, out_dir: Union[str, os.PathLike], *, opset:
     return report
 
 
-__all__ = ["export_edgetam", "export_spec", "fused_copy", "graph_modules", "examples", "check_graph", "FILES", "NAMES",
+__all__ = ["export_edgetam", "export_spec", "fused_copy", "graph_modules", "bank_sizes", "output_folder", "examples",
+           "check_graph", "FILES", "NAMES",
            "SPEC_NAME"]

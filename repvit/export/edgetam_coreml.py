@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from . import coreml as fmt_cm
-from .edgetam import ATOL, NAMES, RTOL, examples, export_spec, fused_copy, graph_modules
+from .edgetam import (ATOL, NAMES, RTOL, bank_sizes, examples, export_spec, fused_copy, graph_modules,
+                      output_folder)
 from .verify import ParityError
 
 COREML_SPEC_NAME = "edgetam_coreml.json"
@@ -92,17 +93,11 @@ def export_edgetam_coreml(model: nn.Module, out_dir: Union[str, Path], *, precis
         raise ValueError(f"precision must be one of {', '.join(fmt_cm.PRECISIONS)}, got {precision!r}")
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output folder {str(out)!r} is an existing file; name a folder")
+    out = output_folder(out_dir)
     if not fmt_cm.available():
         raise ImportError("EdgeTAM's Core ML export needs coremltools: pip install 'repvit-pytorch[coreml]'")
     model = fused_copy(model)
-    max_frames = int(max_memory_frames or model.num_maskmem)
-    max_pointers = int(max_object_pointers or model.max_obj_ptrs_in_encoder)
-    if max_frames < 2 or max_pointers < 1:
-        raise ValueError(f"the memory attention needs at least 2 frame slots and 1 pointer slot, got "
-                         f"{max_frames} and {max_pointers}")
+    max_frames, max_pointers = bank_sizes(model, max_memory_frames, max_object_pointers)
     modules = graph_modules(model, max_frames=max_frames, max_pointers=max_pointers)
     inputs = examples(model, max_frames=max_frames, max_pointers=max_pointers)
     from ..version import __version__
