@@ -112,28 +112,37 @@ def test_image_encoder_graph_equals_forward_image(frame0):
     close(onnx["features_pos"], ours["vision_pos_enc"][2], rel=1e-5)
 
 
-@pytest.mark.parametrize("prompt", ["click", "box"])
+@pytest.mark.parametrize("prompt", ["click", "box", "click + previous mask"])
 def test_prompt_decoder_graph_equals_forward_sam_heads(predictor, frame0, tracker, prompt):
     _, _, ours, onnx = frame0
-    coords, labels = tracker.prompt_arrays([CLICK] if prompt == "click" else None,
+    coords, labels = tracker.prompt_arrays(None if prompt == "box" else [CLICK],
                                            None, BOX if prompt == "box" else None, (SIZE[1], SIZE[0]))
     multimask = use_multimask(tracker.spec["choice"], labels.shape[1], prompted=True)
-    assert multimask == (prompt == "click")   # one click: best of three; a box: stability choice
+    assert multimask == (prompt != "box")   # one click: best of three; a box: stability choice
+    previous = None
+    if prompt.endswith("mask"):   # a correction feeds the frame's earlier logits back (a box-shaped blob here)
+        previous = np.full((1, 1, 256, 256), -8.0, np.float32)
+        previous[..., 40:150, 30:90] = 8.0
     with torch.inference_mode():
         embed = ours["backbone_fpn"][2] + predictor.no_mem_embed.reshape(1, -1, 1, 1)
         out = predictor._forward_sam_heads(
             backbone_features=embed, point_inputs={"point_coords": torch.from_numpy(coords),
                                                    "point_labels": torch.from_numpy(labels).int()},
+            mask_inputs=None if previous is None else torch.from_numpy(previous),
             high_res_features=ours["backbone_fpn"][:2], multimask_output=multimask)
-    masks, ious, pointers, score = tracker.run("prompt_decoder", image_embed=embed.numpy(),
-                                               high_res_0=ours["backbone_fpn"][0].numpy(),
-                                               high_res_1=ours["backbone_fpn"][1].numpy(),
-                                               point_coords=coords, point_labels=labels)
-    mask, pointer = choose(tracker.spec["choice"], masks, ious, pointers, multimask)
+    feats = {"high_res_0": ours["backbone_fpn"][0].numpy(), "high_res_1": ours["backbone_fpn"][1].numpy()}
+    mask, pointer = tracker.decode(embed.numpy(), feats, coords, labels, multimask, mask_input=previous)
     close(mask, out[3], rel=2e-3)
     close(pointer, out[5], rel=2e-3)
-    close(score, out[6], rel=2e-3)
     assert 0.02 < (mask > 0).mean() < 0.9   # a real mask, not a constant
+    if previous is not None:   # the mask input is used, not ignored
+        plain, _ = tracker.decode(embed.numpy(), feats, coords, labels, multimask)
+        assert np.abs(plain - mask).max() > 0.1
+    else:
+        score = tracker.run("prompt_decoder", image_embed=embed.numpy(), **feats, point_coords=coords,
+                            point_labels=labels, mask_input=np.zeros((1, 1, 256, 256), np.float32),
+                            has_mask_input=np.zeros(1, np.float32))[3]
+        close(score, out[6], rel=2e-3)
 
 
 @pytest.mark.parametrize("from_points", [True, False])
@@ -244,6 +253,63 @@ def test_onnx_loop_tracks_two_objects_prompted_on_different_frames_like_the_pred
     with pytest.raises(ValueError, match="two prompts on frame 0"):
         tracker.track_objects(frames, [{"obj_id": 1, "frame": 0, "points": [CLICK]},
                                        {"obj_id": 1, "frame": 0, "box": BOX}])
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_onnx_loop_corrects_a_tracked_frame_like_the_predictor(predictor, frames, tracker):
+    """sam2's interactive loop step by step: a click, propagation, a click that corrects tracked frame 2, and
+    propagation again (frame 2 keeps the correction, frame 3 remembers it), against one sam2 state."""
+    state, ours = predictor.init_state(video_path=str(frames)), tracker.init_state(frames)
+    with torch.inference_mode():
+        predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([CLICK], np.float32),
+                                        labels=np.array([1], np.int32))
+        before = {t: logits[0, 0].numpy() for t, _, logits in predictor.propagate_in_video(state)}
+    fix = ((BOX[0] + BOX[2]) / 2, (BOX[1] + BOX[3]) / 2)   # on the boy: "this belongs to the object too"
+    assert before[2][int(fix[1]), int(fix[0])] < 0
+    with torch.inference_mode():
+        _, _, fixed = predictor.add_new_points_or_box(state, frame_idx=2, obj_id=1,
+                                                      points=np.array([fix], np.float32),
+                                                      labels=np.array([1], np.int32))
+        after = {t: logits[0, 0].numpy() for t, _, logits in predictor.propagate_in_video(state)}
+    tracker.add_new_points_or_box(ours, 0, 1, points=[CLICK], labels=[1])
+    got_before = {t: masks[0, 0] for t, _, masks in tracker.propagate_in_video(ours)}
+    t, ids, got_fixed = tracker.add_new_points_or_box(ours, 2, 1, points=[fix], labels=[1])
+    assert (t, ids, got_fixed.shape) == (2, [1], (1, 1, SIZE[1], SIZE[0]))
+    got_after = {t: masks[0, 0] for t, _, masks in tracker.propagate_in_video(ours)}
+    print("correction IoU", iou(got_fixed[0, 0], fixed[0, 0].numpy()),
+          {t: (iou(got_after[t], after[t]), iou(before[t], after[t])) for t in after})
+    assert iou(got_fixed[0, 0], fixed[0, 0].numpy()) >= 0.99
+    for t in before:
+        assert iou(got_before[t], before[t]) >= 0.99 and iou(got_after[t], after[t]) >= 0.99, t
+    assert np.array_equal(after[2] > 0, fixed[0, 0].numpy() > 0)   # the correction is kept ...
+    assert iou(before[2], after[2]) < 0.9   # ... and it changed the mask (seeded weights: not semantically)
+    assert iou(before[3], after[3]) < 0.95   # the next frame remembers it
+    assert np.array_equal(after[1] > 0, before[1] > 0)   # earlier frames are untouched
+    with pytest.raises(ValueError, match="prompted frame of object 1 and was propagated"):
+        tracker.add_new_points_or_box(ours, 0, 1, points=[fix], labels=[1])
+
+
+def test_onnx_loop_refines_a_prompt_before_propagation_like_the_predictor(predictor, frames, tracker):
+    """Two calls on the same frame before propagating: the second click is decoded with the first mask."""
+    state, ours = predictor.init_state(video_path=str(frames)), tracker.init_state(frames)
+    second = ((BOX[0] + BOX[2]) / 2, (BOX[1] + BOX[3]) / 2)
+    with torch.inference_mode():
+        _, _, first = predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([CLICK]),
+                                                      labels=np.array([1]))
+        _, _, want = predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([second]),
+                                                     labels=np.array([1]))
+    tracker.add_new_points_or_box(ours, 0, 1, points=[CLICK], labels=[1])
+    _, _, got = tracker.add_new_points_or_box(ours, 0, 1, points=[second], labels=[1])
+    print("refinement IoU", iou(got[0, 0], want[0, 0].numpy()), "vs first", iou(first[0, 0].numpy(), want[0, 0].numpy()))
+    assert iou(got[0, 0], want[0, 0].numpy()) >= 0.99
+    close(got[0, 0], want[0, 0].numpy(), rel=1e-3)
+    fresh = tracker.init_state(frames)   # without the first mask the same click decodes differently
+    _, _, alone = tracker.add_new_points_or_box(fresh, 0, 1, points=[second], labels=[1])
+    assert np.abs(alone - got).max() > 0.1
 
 
 def test_numpy_helpers_match_torch():

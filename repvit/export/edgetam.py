@@ -6,7 +6,8 @@
 * ``edgetam_image_encoder.onnx``: ``image`` 1x3x1024x1024 -> ``high_res_0`` 1x32x256x256,
   ``high_res_1`` 1x64x128x128, ``features`` and ``features_pos`` 1x256x64x64;
 * ``edgetam_prompt_decoder.onnx``: ``image_embed`` 1x256x64x64, ``high_res_0``, ``high_res_1``,
-  ``point_coords`` 1xNx2, ``point_labels`` 1xN (N dynamic) -> ``masks`` 1x4x256x256,
+  ``point_coords`` 1xNx2, ``point_labels`` 1xN (N dynamic), ``mask_input`` 1x1x256x256 and
+  ``has_mask_input`` 1 (a previous mask fed back, for corrections) -> ``masks`` 1x4x256x256,
   ``iou_predictions`` 1x4, ``object_pointers`` 1x4x256, ``object_score_logits`` 1x1;
 * ``edgetam_memory_encoder.onnx``: ``features``, ``mask_logits`` 1x1x256x256, ``from_points`` 1 ->
   ``memory`` and ``memory_pos`` 1x512x64;
@@ -60,7 +61,8 @@ FILES = {"image_encoder": "edgetam_image_encoder.onnx", "prompt_decoder": "edget
          "memory_encoder": "edgetam_memory_encoder.onnx", "memory_attention": "edgetam_memory_attention.onnx"}
 NAMES = {
     "image_encoder": (("image",), ("high_res_0", "high_res_1", "features", "features_pos")),
-    "prompt_decoder": (("image_embed", "high_res_0", "high_res_1", "point_coords", "point_labels"),
+    "prompt_decoder": (("image_embed", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input",
+                        "has_mask_input"),
                        ("masks", "iou_predictions", "object_pointers", "object_score_logits")),
     "memory_encoder": (("features", "mask_logits", "from_points"), ("memory", "memory_pos")),
     "memory_attention": (("features", "features_pos", "memory", "memory_pos", "memory_tpos", "memory_valid",
@@ -132,7 +134,8 @@ def examples(model: nn.Module, *, max_frames: int, max_pointers: int, seed: int 
         "prompt_decoder": (randn(1, hidden, grid, grid), randn(1, 32, 4 * grid, 4 * grid),
                            randn(1, 64, 2 * grid, 2 * grid),
                            torch.tensor([[[400.0, 300.0], [100.0, 120.0], [700.0, 650.0]]]),
-                           torch.tensor([[1.0, 2.0, 3.0]])),
+                           torch.tensor([[1.0, 2.0, 3.0]]), randn(1, 1, 4 * grid, 4 * grid, scale=8.0),
+                           torch.tensor([1.0])),
         "memory_encoder": (randn(1, hidden, grid, grid), randn(1, 1, 4 * grid, 4 * grid, scale=8.0),
                            torch.tensor([1.0])),
         "memory_attention": (randn(1, hidden, grid, grid), randn(1, hidden, grid, grid),
@@ -238,6 +241,10 @@ def export_spec(model: nn.Module, out_dir: Path, *, max_frames: int, max_pointer
                    "point_labels": "1 object, 0 background, 2 box top-left, 3 box bottom-right; a box comes "
                                    "first as its two corners, then the clicks",
                    "tracked_frames": "one point (0, 0) labelled -1 (no prompt)",
+                   "mask_input": "has_mask_input 0 (mask_input ignored) except for a correction: prompts on a "
+                                 "frame that already has an output of that object get that output's 256x256 "
+                                 "logits, clamped to [-32, 32], with has_mask_input 1 (sam2's "
+                                 "prev_sam_mask_logits)",
                    "padding": "the graph appends sam2's (0, 0) / -1 padding point itself"},
         "choice": {"multimask_output_in_sam": bool(model.multimask_output_in_sam),
                    "multimask_output_for_tracking": bool(model.multimask_output_for_tracking),
@@ -266,7 +273,12 @@ def export_spec(model: nn.Module, out_dir: Path, *, max_frames: int, max_pointer
                 "memory encoder with from_points 0",
                 "pointers: those of conditioning frames at or before t, then of tracked frames t-1, t-2, ... "
                 "down to t-(min(num_frames, max_obj_ptrs_in_encoder)-1)",
-                "unused slots: valid 0 (any values)"]},
+                "unused slots: valid 0 (any values)",
+                "correction (prompts for an object on a frame it was already tracked on, not one of its prompted "
+                "frames): memory attention as for a tracked frame, decoder with the prompts and the frame's "
+                "previous mask (mask_input), multimask as for a tracked frame with that many points, memory "
+                "encoder with from_points 1; the frame stays a tracked frame (its slot keeps memory_tpos "
+                "num_maskmem-k) and keeps this output when the video is propagated again"]},
         "constants": {"no_memory_embedding": [float(v) for v in model.no_mem_embed.detach().flatten().tolist()],
                       "no_object_score": NO_OBJECT_SCORE},
         "output": "the kept 256x256 logits resized to the video's size (bilinear, half-pixel centres, as "

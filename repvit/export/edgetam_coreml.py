@@ -42,7 +42,7 @@ def _program(module: nn.Module, example: tuple, name: str, max_points: int):
     dynamic = None
     if name == "prompt_decoder":
         points = torch.export.Dim("num_points", min=1, max=int(max_points))
-        dynamic = (None, None, None, {1: points}, {1: points})
+        dynamic = (None, None, None, {1: points}, {1: points}, None, None)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.export.export(module, example, dynamic_shapes=dynamic).run_decompositions({})

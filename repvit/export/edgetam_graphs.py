@@ -7,8 +7,9 @@ Each class wraps submodules of a built EdgeTAM (``repvit.edgetam.build_edgetam``
 * ``ImageEncoderGraph``: ``forward_image``: RepViT trunk, FPN neck (stride-32 level dropped), the
   two high-resolution levels already projected by the mask decoder's ``conv_s0``/``conv_s1``, the
   stride-16 features and their sine position encoding (the memory attention's ``curr_pos``).
-* ``PromptDecoderGraph``: ``_forward_sam_heads`` with points and no mask input, before the choice
-  among masks: all four mask tokens' low-resolution logits (``NO_OBJECT_SCORE`` where the object
+* ``PromptDecoderGraph``: ``_forward_sam_heads`` with points and, when ``has_mask_input`` is 1, a
+  previous 256x256 mask as the dense prompt (how sam2 corrects an already-tracked frame), before the
+  choice among masks: all four mask tokens' low-resolution logits (``NO_OBJECT_SCORE`` where the object
   score says "absent"), IoU predictions, object pointers (the pointer MLP of every mask token, the
   learned no-object pointer mixed in as sam2 does) and the object score. Which mask and pointer a
   step keeps depends on the number of points (see ``repvit.export.edgetam_loop.choose``).
@@ -70,8 +71,9 @@ class ImageEncoderGraph(nn.Module):
 
 class PromptDecoderGraph(nn.Module):
     """``image_embed`` (memory-conditioned features), ``high_res_0``, ``high_res_1``, ``point_coords``
-    1xNx2 (the 1024 frame), ``point_labels`` 1xN -> ``masks`` 1x4x256x256, ``iou_predictions`` 1x4,
-    ``object_pointers`` 1x4x256, ``object_score_logits`` 1x1."""
+    1xNx2 (the 1024 frame), ``point_labels`` 1xN, ``mask_input`` 1x1x256x256 (previous mask logits) and
+    ``has_mask_input`` 1 (1.0: use it, 0.0: sam2's no-mask embedding) -> ``masks`` 1x4x256x256,
+    ``iou_predictions`` 1x4, ``object_pointers`` 1x4x256, ``object_score_logits`` 1x1."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -99,10 +101,12 @@ class PromptDecoderGraph(nn.Module):
             emb = torch.where(labels == i, emb + table.weight, emb)
         return emb
 
-    def forward(self, image_embed, high_res_0, high_res_1, point_coords, point_labels):
+    def forward(self, image_embed, high_res_0, high_res_1, point_coords, point_labels, mask_input, has_mask_input):
         sparse = self.embed_points(point_coords, point_labels)
         grid = self.dense_pe.shape[-2:]
-        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, grid[0], grid[1])
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, grid[0], grid[1])
+        dense = torch.where(has_mask_input.reshape(1, 1, 1, 1) > 0.5, self.prompt_encoder.mask_downscaling(mask_input),
+                            no_mask)
         masks, ious, tokens, score = self.mask_decoder.predict_masks(
             image_embeddings=image_embed, image_pe=self.dense_pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, repeat_image=False, high_res_features=[high_res_0, high_res_1])

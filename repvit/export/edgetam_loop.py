@@ -14,15 +14,20 @@ elsewhere the memory attention over the bank; the prompt decoder and the choice 
 masks; the memory encoder on the kept mask. The bank holds the prompted frame (always) and the
 tracked frames' memories (rounded to bfloat16, as sam2 stores them) and object pointers; the JSON's
 ``memory_bank.rules`` say which of them fill the attention's slots. ``track_objects`` tracks several
-objects, each with prompts on one or more frames, in one pass over the video. Not covered:
-corrections of a frame that already has a mask (sam2 feeds the previous mask back into the decoder,
-which the exported decoder has no input for), tracking backward from a later prompt, mask prompts.
+objects, each with prompts on one or more frames, in one pass over the video.
+
+Interactive use follows sam2's video API step by step: ``state = tracker.init_state(frames_dir)``,
+``tracker.add_new_points_or_box(state, frame_idx, obj_id, points=, labels=, box=)``, ``for t, ids,
+masks in tracker.propagate_in_video(state)``; then clicks on a frame that was tracked correct it (the
+decoder gets the frame's previous mask back through its ``mask_input``, as sam2 does) and another
+``propagate_in_video`` carries the correction forward. Not covered: tracking backward from a later
+prompt, mask prompts, correcting a prompted frame after it was propagated (sam2 keeps its first output).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -168,6 +173,9 @@ class OnnxTracker:
         self.size = int(self.spec["image_size"])
         self.bank_rules = self.spec["memory_bank"]
         self.no_memory = np.asarray(self.spec["constants"]["no_memory_embedding"], np.float32).reshape(1, -1, 1, 1)
+        self.no_object = float(self.spec["constants"].get("no_object_score", -1024.0))
+        # graphs exported before corrections were supported have no mask input
+        self.takes_mask_input = "mask_input" in self.spec["graphs"]["prompt_decoder"]["inputs"]
 
     def run(self, name: str, **feed) -> list:
         return self.runners[name](feed)
@@ -176,10 +184,15 @@ class OnnxTracker:
         names = self.spec["graphs"]["image_encoder"]["outputs"]
         return dict(zip(names, self.run("image_encoder", image=image)))
 
-    def decode(self, embed: np.ndarray, frame: dict, coords: np.ndarray, labels: np.ndarray, multimask: bool):
-        masks, ious, pointers, _ = self.run("prompt_decoder", image_embed=embed, high_res_0=frame["high_res_0"],
-                                            high_res_1=frame["high_res_1"], point_coords=coords,
-                                            point_labels=labels)
+    def decode(self, embed: np.ndarray, frame: dict, coords: np.ndarray, labels: np.ndarray, multimask: bool,
+               mask_input: Optional[np.ndarray] = None):
+        feed = dict(image_embed=embed, high_res_0=frame["high_res_0"], high_res_1=frame["high_res_1"],
+                    point_coords=coords, point_labels=labels)
+        if self.takes_mask_input:
+            feed["mask_input"] = (np.zeros((1, 1, 4 * embed.shape[-2], 4 * embed.shape[-1]), np.float32)
+                                  if mask_input is None else np.ascontiguousarray(mask_input, np.float32))
+            feed["has_mask_input"] = np.array([0.0 if mask_input is None else 1.0], np.float32)
+        masks, ious, pointers, _ = self.run("prompt_decoder", **feed)
         return choose(self.spec["choice"], masks, ious, pointers, multimask)
 
     def encode_memory(self, frame: dict, mask: np.ndarray, pointer: np.ndarray, from_points: bool) -> Memory:
@@ -251,66 +264,153 @@ class OnnxTracker:
         prompted frame to the last frame, each frame encoded once.
 
         ``prompts``: dicts with ``obj_id``, ``frame`` and ``points`` (video pixels) + ``labels`` and/or
-        ``box``; one per (object, frame) with all of that frame's clicks, as sam2's
-        ``add_new_points_or_box`` with ``clear_old_points``. Objects are independent, as in sam2: each
-        has its own memory bank. An object prompted on several frames has all of them as conditioning
-        frames (``memory_tpos`` 0), and, as sam2 does, frames between the first prompt of the video and
-        an object's own first prompt are tracked from its (later) conditioning memories.
+        ``box``; one per (object, frame) with all of that frame's clicks. Every prompt is added before
+        the video is propagated (``init_state``, ``add_new_points_or_box`` per prompt, then
+        ``propagate_in_video``): an object prompted on several frames has all of them as conditioning
+        frames, and, as sam2 does, frames between the first prompt of the video and an object's own
+        first prompt are tracked from its (later) conditioning memories. Corrections of tracked frames
+        need the step-by-step API (see ``add_new_points_or_box``).
         """
-        files = frame_files(frames)
-        with Image.open(files[0]) as img:
-            width, height = img.size
-        objects: dict = {}
+        state = self.init_state(frames)
+        seen = set()
         for prompt in prompts:
             obj, t = int(prompt.get("obj_id", 1)), int(prompt.get("frame", 0))
-            if not 0 <= t < len(files):
-                raise ValueError(f"object {obj} is prompted on frame {t}; the video has frames 0-{len(files) - 1}")
-            if t in objects.setdefault(obj, {}):
+            if (obj, t) in seen:
                 raise ValueError(f"object {obj} has two prompts on frame {t}: give all of a frame's clicks in one")
-            objects[obj][t] = self.prompt_arrays(prompt.get("points"), prompt.get("labels"), prompt.get("box"),
-                                                 (height, width))
-        if not objects:
+            seen.add((obj, t))
+            self.add_new_points_or_box(state, t, obj, points=prompt.get("points"), labels=prompt.get("labels"),
+                                       box=prompt.get("box"))
+        if not seen:
             raise ValueError("give at least one prompt")
-        pre, choice = self.spec["preprocessing"], self.spec["choice"]
-        cache: dict = {}
-
-        def features(t: int) -> tuple[dict, tuple]:
-            if t not in cache:
-                image, video_size = load_frame(files[t], self.size, pre["mean"], pre["std"])
-                cache.clear()   # one frame at a time: the prompted frames are encoded again when reached
-                cache[t] = (self.encode_image(image), video_size)
-            return cache[t]
-
-        # Every prompt is decoded first (sam2 does so when the prompt is added): later objects' conditioning
-        # memories exist before propagation reaches them.
-        cond: dict = {obj: {} for obj in objects}
-        cond_masks: dict = {}
-        for obj, frame_prompts in objects.items():
-            for t, (coords, marks) in sorted(frame_prompts.items()):
-                feats, _ = features(t)
-                multimask = use_multimask(choice, marks.shape[1], prompted=True)
-                mask, pointer = self.decode(feats["features"] + self.no_memory, feats, coords, marks, multimask)
-                cond[obj][t] = self.encode_memory(feats, mask, pointer, from_points=True)
-                cond_masks[(obj, t)] = mask
-        tracked: dict = {obj: {} for obj in objects}
         logits: dict = {}
-        for t in range(min(min(p) for p in objects.values()), len(files)):
-            feats, video_size = features(t)
-            logits[t] = {}
-            for obj in objects:
-                if (obj, t) in cond_masks:
-                    mask = cond_masks[(obj, t)]
-                else:
-                    embed = self.condition(feats, t, cond[obj], tracked[obj], len(files))
-                    multimask = use_multimask(choice, 0, prompted=False)
-                    mask, pointer = self.decode(embed, feats, np.zeros((1, 1, 2), np.float32),
-                                                -np.ones((1, 1), np.float32), multimask)
-                    tracked[obj][t] = self.encode_memory(feats, mask, pointer, from_points=False)
-                logits[t][obj] = resize_bilinear(mask[0, 0], *video_size)
+        for t, obj_ids, masks in self.propagate_in_video(state):
+            logits[t] = {obj: masks[i, 0] for i, obj in enumerate(obj_ids)}
             if on_frame is not None:
                 on_frame(t, logits[t])
         return logits
 
+    # ------------------------------------------------------------------ sam2's video API, step by step
+    def init_state(self, frames: Union[str, os.PathLike]) -> "TrackingState":
+        """A tracking state for the numbered JPEG frames of ``frames`` (nothing is encoded yet)."""
+        files = frame_files(frames)
+        with Image.open(files[0]) as img:
+            width, height = img.size
+        return TrackingState(files, (height, width))
 
-__all__ = ["OnnxTracker", "choose", "use_multimask", "resize_bilinear", "round_to_bfloat16", "load_frame",
+    def add_new_points_or_box(self, state: "TrackingState", frame_idx: int, obj_id: int, points=None, labels=None,
+                              box=None):
+        """Prompt object ``obj_id`` on frame ``frame_idx`` (clicks in video pixels, labels 1 object / 0
+        background, and/or a box ``(x0, y0, x1, y1)``), as sam2's ``add_new_points_or_box`` with
+        ``clear_old_points``; returns ``(frame_idx, obj_ids, masks)``, ``masks`` Nx1xHxW logits of every
+        object on that frame (-1024 for those not prompted there since the last propagation).
+
+        On a frame the object has not been tracked on, the prompt makes it a conditioning frame (decoded
+        from the frame alone; prompting it again before propagating refines it, the previous mask fed
+        back). On a frame it *has* been tracked on, the prompt corrects that frame: the decoder sees the
+        frame conditioned on the memory bank, the clicks and the frame's previous mask, and the corrected
+        mask is kept, and remembered by later frames, when ``propagate_in_video`` runs again.
+        """
+        t, obj = int(frame_idx), int(obj_id)
+        if not 0 <= t < state.num_frames:
+            raise ValueError(f"object {obj} is prompted on frame {t}; the video has frames 0-{state.num_frames - 1}")
+        coords, marks = self.prompt_arrays(points, labels, box, state.video_size)
+        track = state.objects.setdefault(obj, ObjectTrack())
+        correction = t in track.visited
+        if correction and t in track.cond:
+            raise ValueError(f"frame {t} is a prompted frame of object {obj} and was propagated: sam2 keeps a "
+                             f"prompted frame's output from then on. Correct another frame, or start again with "
+                             f"init_state and all of frame {t}'s clicks in one prompt")
+        pending = track.pending.get(t)
+        previous = pending.mask if pending is not None else track.outputs.get(t)
+        if correction and not self.takes_mask_input:
+            raise ValueError("these graphs were exported without the decoder's mask input (before corrections "
+                             "were supported): export again with repvit.export.edgetam.export_edgetam")
+        feats, _ = state.features(t, self)
+        if correction:
+            embed = self.condition(feats, t, track.cond, track.tracked, state.num_frames)
+        else:
+            embed = feats["features"] + self.no_memory
+        multimask = use_multimask(self.spec["choice"], marks.shape[1], prompted=not correction)
+        mask_input = None if previous is None else np.clip(previous, -32.0, 32.0)
+        mask, pointer = self.decode(embed, feats, coords, marks, multimask, mask_input=mask_input)
+        memory = self.encode_memory(feats, mask, pointer, from_points=True)
+        track.pending[t] = Pending(mask, memory, cond=not correction)
+        masks = np.full((len(state.objects), 1, *state.video_size), np.float32(self.no_object), np.float32)
+        for i, other in enumerate(state.objects.values()):
+            entry = other.pending.get(t)
+            if entry is not None and entry.cond == (not correction):
+                masks[i, 0] = resize_bilinear(entry.mask[0, 0], *state.video_size)
+        return t, list(state.objects), masks
+
+    def propagate_in_video(self, state: "TrackingState"):
+        """Track every object forward from the first prompted frame to the end, yielding ``(frame_idx,
+        obj_ids, masks)`` (Nx1xHxW logits at the video's size), as sam2's ``propagate_in_video``."""
+        if not state.objects:
+            raise ValueError("no object has a prompt: call add_new_points_or_box first")
+        for track in state.objects.values():   # sam2's preflight: the prompts' outputs join the memory bank
+            for t, entry in sorted(track.pending.items()):
+                (track.cond if entry.cond else track.tracked)[t] = entry.memory
+                track.outputs[t] = entry.mask
+                if not entry.cond:
+                    track.corrected.add(t)
+            track.pending.clear()
+        start = min(t for track in state.objects.values() for t in track.cond)
+        for t in range(start, state.num_frames):
+            feats, video_size = state.features(t, self)
+            obj_ids, masks = list(state.objects), []
+            for track in state.objects.values():
+                if t not in track.cond and t not in track.corrected:
+                    embed = self.condition(feats, t, track.cond, track.tracked, state.num_frames)
+                    multimask = use_multimask(self.spec["choice"], 0, prompted=False)
+                    mask, pointer = self.decode(embed, feats, np.zeros((1, 1, 2), np.float32),
+                                                -np.ones((1, 1), np.float32), multimask)
+                    track.tracked[t] = self.encode_memory(feats, mask, pointer, from_points=False)
+                    track.outputs[t] = mask
+                track.visited.add(t)
+                masks.append(resize_bilinear(track.outputs[t][0, 0], *video_size)[None])
+            yield t, obj_ids, np.stack(masks)
+
+
+@dataclass
+class Pending:
+    """A prompt's output before the next propagation (sam2's temporary outputs)."""
+
+    mask: np.ndarray
+    memory: Memory
+    cond: bool
+
+
+@dataclass
+class ObjectTrack:
+    """One object's memory bank and outputs: ``cond`` its prompted frames' memories, ``tracked`` the other
+    frames' (tracked or corrected), ``outputs`` every frame's kept 1x1x256x256 logits, ``corrected`` the
+    tracked frames that hold a correction, ``visited`` the frames a propagation went through."""
+
+    cond: dict = field(default_factory=dict)
+    tracked: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    corrected: set = field(default_factory=set)
+    visited: set = field(default_factory=set)
+    pending: dict = field(default_factory=dict)
+
+
+class TrackingState:
+    """What ``OnnxTracker.init_state`` returns: the frames, the objects' tracks, the last encoded frame."""
+
+    def __init__(self, files: list, video_size: tuple):
+        self.files, self.video_size = files, video_size
+        self.num_frames = len(files)
+        self.objects: dict[int, ObjectTrack] = {}
+        self._cache: dict = {}
+
+    def features(self, t: int, tracker: "OnnxTracker") -> tuple[dict, tuple]:
+        """Frame ``t``'s image-encoder outputs; one frame is kept (frames are encoded again when revisited)."""
+        if t not in self._cache:
+            pre = tracker.spec["preprocessing"]
+            image, video_size = load_frame(self.files[t], tracker.size, pre["mean"], pre["std"])
+            self._cache = {t: (tracker.encode_image(image), video_size)}
+        return self._cache[t]
+
+
+__all__ = ["OnnxTracker", "TrackingState", "choose", "use_multimask", "resize_bilinear", "round_to_bfloat16", "load_frame",
            "frame_files", "open_session", "open_runner", "RUNTIMES", "SPEC_NAME"]
