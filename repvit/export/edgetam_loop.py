@@ -20,8 +20,9 @@ Interactive use follows sam2's video API step by step: ``state = tracker.init_st
 ``tracker.add_new_points_or_box(state, frame_idx, obj_id, points=, labels=, box=)``, ``for t, ids,
 masks in tracker.propagate_in_video(state)``; then clicks on a frame that was tracked correct it (the
 decoder gets the frame's previous mask back through its ``mask_input``, as sam2 does) and another
-``propagate_in_video`` carries the correction forward. Not covered: tracking backward from a later
-prompt, mask prompts, correcting a prompted frame after it was propagated (sam2 keeps its first output).
+``propagate_in_video`` carries the correction forward (``reverse=True`` tracks backward from the first
+prompted frame). Not covered: mask prompts, correcting a prompted frame after it was propagated (sam2
+keeps its first output).
 """
 from __future__ import annotations
 
@@ -200,22 +201,29 @@ class OnnxTracker:
                                       from_points=np.array([1.0 if from_points else 0.0], np.float32))
         return Memory(round_to_bfloat16(memory), memory_pos, pointer)
 
-    def condition(self, frame: dict, t: int, cond: dict, tracked: dict, num_frames: int) -> np.ndarray:
-        """The memory attention's output for tracked frame ``t`` (the bank as sam2 selects it)."""
+    def condition(self, frame: dict, t: int, cond: dict, tracked: dict, num_frames: int,
+                  reverse: bool = False) -> np.ndarray:
+        """The memory attention's output for tracked frame ``t`` (the bank as sam2 selects it; ``reverse``:
+        tracking backward, the memories of the frames after ``t``)."""
         rules = self.bank_rules
         n_mem, stride = rules["num_maskmem"], rules["temporal_stride"]
         slots = [(0, m) for m in cond.values()]
         for t_pos in range(1, n_mem):
             back = n_mem - t_pos
-            prev = t - 1 if back == 1 else ((t - 2) // stride) * stride - (back - 2) * stride
+            if not reverse:
+                prev = t - 1 if back == 1 else ((t - 2) // stride) * stride - (back - 2) * stride
+            else:
+                prev = t + 1 if back == 1 else -(-(t + 2) // stride) * stride + (back - 2) * stride
             if prev in tracked:
                 slots.append((t_pos, tracked[prev]))
-        pointers = [m.pointer for c, m in cond.items() if c <= t]
+        pointers = [m.pointer for c, m in cond.items() if (c >= t if reverse else c <= t)]
+        direction = -1 if reverse else 1
         for step in range(1, min(num_frames, rules["max_obj_ptrs_in_encoder"])):
-            if t - step < 0:
+            other = t - direction * step
+            if not 0 <= other < num_frames:
                 break
-            if t - step in tracked:
-                pointers.append(tracked[t - step].pointer)
+            if other in tracked:
+                pointers.append(tracked[other].pointer)
         if len(slots) > rules["max_frames"] or len(pointers) > rules["max_pointers"]:
             raise ValueError(f"frame {t} needs {len(slots)} memory and {len(pointers)} pointer slots; the graph has "
                              f"{rules['max_frames']} and {rules['max_pointers']} (export with larger maxima)")
@@ -251,8 +259,8 @@ class OnnxTracker:
 
     def track(self, frames: Union[str, os.PathLike], points=None, labels=None, *, box=None, frame: int = 0,
               on_frame=None) -> dict[int, np.ndarray]:
-        """``{frame index: HxW float32 mask logits}`` of one object prompted on ``frame``, for that frame and
-        every later one."""
+        """``{frame index: HxW float32 mask logits}`` of one object prompted on ``frame``, for every frame (those
+        before ``frame`` tracked backward)."""
         callback = None if on_frame is None else (lambda t, masks: on_frame(t, masks[1]))
         out = self.track_objects(frames, [{"obj_id": 1, "frame": frame, "points": points, "labels": labels,
                                            "box": box}], on_frame=callback)
@@ -266,10 +274,11 @@ class OnnxTracker:
         ``prompts``: dicts with ``obj_id``, ``frame`` and ``points`` (video pixels) + ``labels`` and/or
         ``box``; one per (object, frame) with all of that frame's clicks. Every prompt is added before
         the video is propagated (``init_state``, ``add_new_points_or_box`` per prompt, then
-        ``propagate_in_video``): an object prompted on several frames has all of them as conditioning
-        frames, and, as sam2 does, frames between the first prompt of the video and an object's own
-        first prompt are tracked from its (later) conditioning memories. Corrections of tracked frames
-        need the step-by-step API (see ``add_new_points_or_box``).
+        ``propagate_in_video``, forward, then backward to frame 0 when the first prompt is on a later
+        frame, as ``repvit track`` does): an object prompted on several frames has all of them as
+        conditioning frames, and, as sam2 does, frames between the first prompt of the video and an
+        object's own first prompt are tracked from its (later) conditioning memories. Corrections of
+        tracked frames need the step-by-step API (see ``add_new_points_or_box``).
         """
         state = self.init_state(frames)
         seen = set()
@@ -283,11 +292,15 @@ class OnnxTracker:
         if not seen:
             raise ValueError("give at least one prompt")
         logits: dict = {}
-        for t, obj_ids, masks in self.propagate_in_video(state):
-            logits[t] = {obj: masks[i, 0] for i, obj in enumerate(obj_ids)}
-            if on_frame is not None:
-                on_frame(t, logits[t])
-        return logits
+        first = min(t for _, t in seen)
+        for reverse in ([False, True] if first > 0 else [False]):
+            for t, obj_ids, masks in self.propagate_in_video(state, reverse=reverse):
+                if t in logits:
+                    continue
+                logits[t] = {obj: masks[i, 0] for i, obj in enumerate(obj_ids)}
+                if on_frame is not None:
+                    on_frame(t, logits[t])
+        return dict(sorted(logits.items()))
 
     # ------------------------------------------------------------------ sam2's video API, step by step
     def init_state(self, frames: Union[str, os.PathLike]) -> "TrackingState":
@@ -326,8 +339,8 @@ class OnnxTracker:
             raise ValueError("these graphs were exported without the decoder's mask input (before corrections "
                              "were supported): export again with repvit.export.edgetam.export_edgetam")
         feats, _ = state.features(t, self)
-        if correction:
-            embed = self.condition(feats, t, track.cond, track.tracked, state.num_frames)
+        if correction:   # conditioned in the direction the frame was tracked in, as sam2 does
+            embed = self.condition(feats, t, track.cond, track.tracked, state.num_frames, reverse=track.visited[t])
         else:
             embed = feats["features"] + self.no_memory
         multimask = use_multimask(self.spec["choice"], marks.shape[1], prompted=not correction)
@@ -342,9 +355,10 @@ class OnnxTracker:
                 masks[i, 0] = resize_bilinear(entry.mask[0, 0], *state.video_size)
         return t, list(state.objects), masks
 
-    def propagate_in_video(self, state: "TrackingState"):
-        """Track every object forward from the first prompted frame to the end, yielding ``(frame_idx,
-        obj_ids, masks)`` (Nx1xHxW logits at the video's size), as sam2's ``propagate_in_video``."""
+    def propagate_in_video(self, state: "TrackingState", reverse: bool = False):
+        """Track every object from the first prompted frame to the end (``reverse``: back to frame 0),
+        yielding ``(frame_idx, obj_ids, masks)`` (Nx1xHxW logits at the video's size), as sam2's
+        ``propagate_in_video``."""
         if not state.objects:
             raise ValueError("no object has a prompt: call add_new_points_or_box first")
         for track in state.objects.values():   # sam2's preflight: the prompts' outputs join the memory bank
@@ -355,18 +369,21 @@ class OnnxTracker:
                     track.corrected.add(t)
             track.pending.clear()
         start = min(t for track in state.objects.values() for t in track.cond)
-        for t in range(start, state.num_frames):
+        order = range(start, -1, -1) if reverse else range(start, state.num_frames)
+        if reverse and start == 0:
+            order = range(0)   # sam2 skips a backward pass from frame 0
+        for t in order:
             feats, video_size = state.features(t, self)
             obj_ids, masks = list(state.objects), []
             for track in state.objects.values():
                 if t not in track.cond and t not in track.corrected:
-                    embed = self.condition(feats, t, track.cond, track.tracked, state.num_frames)
+                    embed = self.condition(feats, t, track.cond, track.tracked, state.num_frames, reverse=reverse)
                     multimask = use_multimask(self.spec["choice"], 0, prompted=False)
                     mask, pointer = self.decode(embed, feats, np.zeros((1, 1, 2), np.float32),
                                                 -np.ones((1, 1), np.float32), multimask)
                     track.tracked[t] = self.encode_memory(feats, mask, pointer, from_points=False)
                     track.outputs[t] = mask
-                track.visited.add(t)
+                track.visited[t] = reverse
                 masks.append(resize_bilinear(track.outputs[t][0, 0], *video_size)[None])
             yield t, obj_ids, np.stack(masks)
 
@@ -384,13 +401,14 @@ class Pending:
 class ObjectTrack:
     """One object's memory bank and outputs: ``cond`` its prompted frames' memories, ``tracked`` the other
     frames' (tracked or corrected), ``outputs`` every frame's kept 1x1x256x256 logits, ``corrected`` the
-    tracked frames that hold a correction, ``visited`` the frames a propagation went through."""
+    tracked frames that hold a correction, ``visited`` the frames a propagation went through (and whether
+    it went backward)."""
 
     cond: dict = field(default_factory=dict)
     tracked: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     corrected: set = field(default_factory=set)
-    visited: set = field(default_factory=set)
+    visited: dict = field(default_factory=dict)
     pending: dict = field(default_factory=dict)
 
 
