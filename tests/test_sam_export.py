@@ -255,6 +255,43 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys):
         sam_parity.parity_images(not_image)
 
 
+def test_int8_encoders_are_quantized_and_keep_the_masks(tmp_path, capsys):
+    """``int8=True``: an INT8 encoder beside each float one (small model at 256 px, calibrated on COCO photos),
+    really quantized (QDQ nodes, an embedding off by more than float rounding) and kept because the float
+    decoder's masks from it agree with the float encoder's; a stricter threshold removes it."""
+    import importlib.util
+    from repvit.export import sam_int8
+    from repvit.export.quantize import count_quantized
+    need_photo()
+    torch.manual_seed(0)
+    small = sam_with_encoder(RepViTSamEncoder("repvit_m0_6", img_size=256), img_size=256).eval()
+    formats = ["onnx"] + (["openvino"] if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf")
+                          else [])
+    calib = DATA / "coco128-instances" / "images" / "train2017"
+    report = sam_export.export_sam(small, tmp_path, formats=formats, images=[PHOTO], int8=True, calibration=calib,
+                                   calib_count=4, strict=False)
+    assert report["passed"] and report["int8_calibration"]["images"] == 4
+    for fmt in formats:
+        entry = report["formats"][fmt]["encoder_int8"]
+        assert Path(entry["path"]).is_file() and entry["passed"], fmt
+        assert len(entry["cases"]) == 3 and entry["mask_iou_mean"] >= 0.9, entry["cases"]
+        # quantized for real: the embedding moved far more than float rounding (the float file's is ~1e-6)
+        assert 1e-3 < entry["embedding_relative_l2"][str(PHOTO)] < 0.5, entry["embedding_relative_l2"]
+        assert all(c["float_mask_pixels"] > 0 for c in entry["cases"])
+    assert count_quantized(tmp_path / "repvit_sam_encoder-int8.onnx")["QuantizeLinear"] > 20
+    encoded = sam_parity.encode_images(sam_export.fused_cpu_copy(small), [(str(PHOTO), load_rgb(PHOTO))])
+    runner = sam_export.onnx_encoder_runner(tmp_path / "repvit_sam_encoder-int8.onnx")
+    strict = sam_int8.check_int8_encoder(runner, small, encoded, min_mask_iou=1.01)
+    assert not strict["passed"] and strict["mask_iou_mean"] == pytest.approx(
+        report["formats"]["onnx"]["encoder_int8"]["mask_iou_mean"])
+    with pytest.raises(ValueError, match="needs real photos"):
+        sam_int8.calibration_inputs(small, None)
+    assert main(["sam", "export", "--random-weights", "-o", str(tmp_path / "x"), "--int8"]) == 2
+    assert "--int8 needs --calib-images" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="none of them is among the formats"):
+        sam_export.export_sam(small, tmp_path / "y", formats="coreml", int8=True, calibration=calib)
+
+
 def test_parity_images_fall_back_to_photos_then_a_test_card(monkeypatch):
     images = sam_parity.parity_images(None, limit=1)
     assert len(images) == 1 and images[0][1].dtype == np.uint8

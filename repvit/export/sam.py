@@ -327,7 +327,8 @@ def format_available(fmt: str) -> Optional[str]:
 def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: Union[str, Sequence[str], None] = None,
                images=None, max_images: int = 2, opset: int = DEFAULT_OPSET, return_single_mask: bool = False,
                use_stability_score: bool = False, coreml_precision: str = "float16", strict_formats: bool = True,
-               strict: bool = True, log: Callable[[str], None] = lambda _: None) -> dict:
+               strict: bool = True, int8: bool = False, calibration=None, calib_count: Optional[int] = None,
+               min_mask_iou: Optional[float] = None, log: Callable[[str], None] = lambda _: None) -> dict:
     """Write every asked format into ``output_dir``, check each, and return the report (also what the CLI saves).
 
     ``formats=None`` means every format whose package is installed (others are listed as skipped);
@@ -336,6 +337,11 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
     (carrying the report as ``.report``) is raised, or with ``strict=False`` the report lists the
     failures under ``failures``. Core ML is checked as far as the platform allows; an ExecuTorch lowering
     that fails is reported with its reason instead of stopping the other formats.
+
+    ``int8=True`` also writes an INT8 encoder beside the float one for ONNX, OpenVINO, LiteRT and
+    ExecuTorch (``repvit_sam_encoder-int8.*``), calibrated on ``calibration`` (a folder or list of
+    photos, ``calib_count`` of them) and kept when its masks agree with the float encoder's
+    (``repvit.export.sam_int8``: mean IoU >= ``min_mask_iou``).
     """
     explicit = formats is not None
     formats = parse_formats(formats)
@@ -345,6 +351,17 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
     require_segment_anything()
     sam = fused_cpu_copy(sam)
     report = {"model": "RepViT-SAM", "image_size": sam.image_encoder.img_size, "formats": {}, "skipped": {}}
+    calibrated = None
+    if int8:
+        from . import sam_int8
+        if not set(sam_int8.INT8_FORMATS) & set(formats):
+            raise ValueError(f"INT8 encoders are written for {', '.join(sam_int8.INT8_FORMATS)}; none of them is "
+                             f"among the formats asked for ({', '.join(formats)})")
+        arrays, paths = sam_int8.calibration_inputs(sam, calibration, calib_count or sam_int8.DEFAULT_CALIBRATION_COUNT)
+        calibrated = (arrays, str(calibration) if isinstance(calibration, (str, os.PathLike)) else
+                      f"{len(paths)} files")
+        report["int8_calibration"] = {"images": len(arrays), "source": calibrated[1]}
+        log(f"INT8: calibrating on {len(arrays)} photos from {calibrated[1]}")
     for fmt in list(formats):
         reason = format_available(fmt)
         if reason and (explicit and strict_formats):
@@ -368,16 +385,44 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
 
     def record(fmt: str, part: str, entry: dict) -> None:
         report["formats"].setdefault(fmt, {})[part] = entry
+        if "mask_iou_mean" in entry:
+            log(f"{fmt} {part}: masks vs the float encoder's: mean IoU {entry['mask_iou_mean']:.4f} (min "
+                f"{entry['mask_iou_min']:.4f}, needs >= {entry['min_mask_iou']:g}) -> "
+                f"{'OK' if entry['passed'] else 'FAILED'}")
+            if not entry["passed"]:
+                failures.append(f"{fmt} {part}: mean mask IoU {entry['mask_iou_mean']:.4f} < {entry['min_mask_iou']:g}")
+            return
         if "max_abs_diff" in entry:
             log(f"{fmt} {part}: max |diff| {entry['max_abs_diff']:.3e} (tolerance {entry['tolerance']:.0e}) "
                 f"-> {'OK' if entry['passed'] else 'FAILED'}")
         if entry.get("passed") is False:
             failures.append(f"{fmt} {part}: max |diff| {entry['max_abs_diff']:.3g} > {entry['tolerance']:g}")
 
+    def quantized(fmt: str, float_path: Path, runner, discard) -> None:
+        """The INT8 encoder of ``fmt`` from the checked float one, checked by its masks."""
+        from . import sam_int8
+        if not Path(float_path).exists():   # the float file failed its own check
+            record(fmt, "encoder_int8", {"written": False, "reason": "the float encoder failed its parity check"})
+            return
+        path = out / sam_int8.INT8_FILE_NAMES[fmt]
+        try:
+            facts = sam_int8.write_int8_encoder(fmt, sam, Path(float_path), path, calibrated[0], source=calibrated[1],
+                                                metadata=_base_metadata("image encoder (int8)"))
+        except Exception as err:  # noqa: BLE001 - reported like the ExecuTorch lowering; the other formats go on
+            record(fmt, "encoder_int8", {"written": False, "reason": f"{type(err).__name__}: {err}"})
+            log(f"{fmt} encoder_int8: not written: {type(err).__name__}: {err}")
+            failures.append(f"{fmt} encoder_int8: {type(err).__name__}: {err}")
+            return
+        check = sam_int8.check_int8_encoder(runner(path), sam, encoded,
+                                            min_mask_iou=min_mask_iou or sam_int8.INT8_MIN_MASK_IOU)
+        record(fmt, "encoder_int8", discard({**facts, **check}, path))
+
     if "onnx" in formats:
         path = out / FILE_NAMES["onnx", "encoder"]
         facts = export_encoder_onnx(sam, path, opset=opset)
         record("onnx", "encoder", discard_failed({**facts, **check_encoder(onnx_encoder_runner(path), encoded)}, path))
+        if calibrated:
+            quantized("onnx", path, onnx_encoder_runner, discard_failed)
         path = out / FILE_NAMES["onnx", "decoder"]
         facts = export_decoder_onnx(sam, path, opset=opset, return_single_mask=return_single_mask,
                                     use_stability_score=use_stability_score)
@@ -407,12 +452,16 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
             else:
                 record("executorch", "encoder", discard_failed({"lowered": True, **facts, "verified": True, **check},
                                                                path))
+                if calibrated:
+                    quantized("executorch", path, executorch_encoder_runner, discard_failed)
     if "openvino" in formats:
         from . import sam_openvino as ov
         path = out / FILE_NAMES["openvino", "encoder"]
         facts = ov.export_encoder_openvino(sam, path, metadata=_base_metadata("image encoder"))
         record("openvino", "encoder", ov.discard_failed({**facts, **check_encoder(ov.encoder_runner(path), encoded)},
                                                         path))
+        if calibrated:
+            quantized("openvino", path, ov.encoder_runner, ov.discard_failed)
         path = out / FILE_NAMES["openvino", "decoder"]
         facts = ov.export_decoder_openvino(sam, path, metadata=_base_metadata("prompt decoder"),
                                            return_single_mask=return_single_mask,
@@ -426,6 +475,8 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
         facts = lt.export_encoder_litert(sam, path)
         record("litert", "encoder", discard_failed({**facts, **check_encoder(lt.encoder_runner(path), encoded)},
                                                    path))
+        if calibrated:
+            quantized("litert", path, lt.encoder_runner, discard_failed)
         path = out / FILE_NAMES["litert", "decoder"]
         facts = lt.export_decoder_litert(sam, path)
         check = check_decoder(lt.decoder_runner(path, sam), sam, encoded, prompts=lt.parity_prompts_for_litert)

@@ -35,6 +35,12 @@ has_mask_input 0); orig_im_size is (height, width). Outputs: masks (logits at th
 > 0 is the mask), iou_predictions, low_res_masks; 4 masks (0: single-mask output, 1-3: multimask
 outputs) unless --return-single-mask. Python helper: repvit.export.sam_decoder.onnx_prompt.
 
+--int8 also writes an INT8 encoder beside each float one (ONNX, OpenVINO, LiteRT, ExecuTorch:
+repvit_sam_encoder-int8.onnx / .xml / .tflite / .pte), calibrated on --calib-images (photos like the
+ones you will segment) and kept when the float decoder's masks from its embeddings agree with those
+from the float encoder's (mean IoU >= 0.9 over the parity images and prompts; the report lists each).
+The decoders stay float.
+
 Core ML predictions need macOS: on other systems the conversion and the files' input and output
 names are checked and the report says that no prediction was compared.
 """
@@ -46,6 +52,10 @@ def run_export(args: argparse.Namespace) -> int:
     formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
     if args.num_real < 1:
         raise ValueError(f"--num-real must be at least 1, got {args.num_real}")
+    if args.int8 and not args.calib_images:
+        raise ValueError("--int8 needs --calib-images DIR: photos like the ones you will segment (16-64 are enough)")
+    if args.calib_images and not Path(args.calib_images).exists():
+        raise FileNotFoundError(f"--calib-images: {args.calib_images!r} does not exist")
     images = None
     if args.images:
         images = args.images[0] if len(args.images) == 1 else args.images
@@ -59,7 +69,8 @@ def run_export(args: argparse.Namespace) -> int:
                             opset=args.opset or DEFAULT_OPSET,
                             return_single_mask=args.return_single_mask,
                             use_stability_score=args.use_stability_score, coreml_precision=args.coreml_precision,
-                            strict=False,
+                            strict=False, int8=args.int8, calibration=args.calib_images,
+                            calib_count=args.calib_count,
                             log=print)
     except ImportError as err:
         raise ValueError(str(err)) from None
@@ -97,6 +108,10 @@ def register(actions) -> None:
                         "box, the single-mask output for more points")
     p.add_argument("--use-stability-score", action="store_true",
                    help="decoder returns stability scores instead of predicted IoU")
+    grammar.add(p, "--int8", help="also write INT8 encoders (ONNX, OpenVINO, LiteRT, ExecuTorch), calibrated on "
+                                  "--calib-images and checked by their masks")
+    grammar.add(p, "--calib-images", help="photos for INT8 calibration (a folder, searched recursively)")
+    grammar.add(p, "--calib-count", default=16, help="calibration photos (each is one 1024x1024 encoder pass)")
     p.add_argument("--coreml-precision", choices=("float16", "float32"), default="float16",
                    help="Core ML compute precision (default float16)")
     grammar.add(p, "--report", help=f"write the report here (default: OUTPUT/{REPORT_NAME})")
