@@ -335,7 +335,8 @@ def test_onnx_loop_refines_a_prompt_before_propagation_like_the_predictor(predic
                                                      labels=np.array([1]))
     tracker.add_new_points_or_box(ours, 0, 1, points=[CLICK], labels=[1])
     _, _, got = tracker.add_new_points_or_box(ours, 0, 1, points=[second], labels=[1])
-    print("refinement IoU", iou(got[0, 0], want[0, 0].numpy()), "vs first", iou(first[0, 0].numpy(), want[0, 0].numpy()))
+    print("refinement IoU", iou(got[0, 0], want[0, 0].numpy()),
+          "vs first", iou(first[0, 0].numpy(), want[0, 0].numpy()))
     assert iou(got[0, 0], want[0, 0].numpy()) >= 0.99
     close(got[0, 0], want[0, 0].numpy(), rel=1e-3)
     fresh = tracker.init_state(frames)   # without the first mask the same click decodes differently

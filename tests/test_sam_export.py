@@ -292,6 +292,29 @@ def test_int8_encoders_are_quantized_and_keep_the_masks(tmp_path, capsys):
         sam_export.export_sam(small, tmp_path / "y", formats="coreml", int8=True, calibration=calib)
 
 
+def test_sam_eval_scores_an_exported_encoder_file(exported, tmp_path, capsys):
+    """``repvit sam eval --encoder FILE``: the exported float encoder through ONNX Runtime scores what the
+    PyTorch encoder scores (same weights, embeddings 3e-6 apart), on a real COCO-format photo."""
+    fruit = shared_data("fruit", pattern="annotations.json")
+    out, _ = exported
+    reports = {}
+    for name, extra in (("pytorch", []), ("onnx", ["--encoder", str(out / "repvit_sam_encoder.onnx")])):
+        path = tmp_path / f"{name}.json"
+        assert main(["sam", "eval", "--data", str(fruit), "--random-weights", "--limit", "1", "--prompt", "box",
+                     "--quiet", "--report", str(path), *extra]) == 0
+        reports[name] = json.loads(path.read_text())
+    assert reports["onnx"]["encoder_file"].endswith("repvit_sam_encoder.onnx")
+    assert reports["pytorch"]["encoder_file"] is None
+    assert reports["onnx"]["instances"] == reports["pytorch"]["instances"] > 0
+    box = {name: r["prompts"]["box"]["mIoU"] for name, r in reports.items()}
+    assert box["onnx"] == pytest.approx(box["pytorch"], abs=1e-3)
+    assert main(["sam", "eval", "--data", str(fruit), "--random-weights", "--encoder", str(tmp_path / "x.bin")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "x.bin").write_bytes(b"0")
+    assert main(["sam", "eval", "--data", str(fruit), "--random-weights", "--encoder", str(tmp_path / "x.bin")]) == 2
+    assert ".onnx, .xml, .tflite, .pte" in capsys.readouterr().err
+
+
 def test_parity_images_fall_back_to_photos_then_a_test_card(monkeypatch):
     images = sam_parity.parity_images(None, limit=1)
     assert len(images) == 1 and images[0][1].dtype == np.uint8

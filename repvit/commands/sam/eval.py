@@ -15,9 +15,15 @@ def run_eval(args: argparse.Namespace) -> int:
     annotations, images = find_coco_layout(args.data, annotations=args.annotations,
                                            images=grammar.one_path(args.images, "--images"), split=args.split)
     sam = load_sam(args)
+    model, encoder = sam, ("unfused" if args.unfused else "fused") + f" encoder on {args.device}"
+    if args.encoder:
+        from ...export.sam_files import exported_encoder_predictor
+        if args.unfused:
+            raise ValueError("--encoder replaces the PyTorch encoder: drop --unfused")
+        model = exported_encoder_predictor(sam.cpu(), args.encoder)
+        encoder = f"encoder file {args.encoder} (the decoder from the weights)"
     point = f" (point: {args.point})" if args.prompt != "box" else ""
-    print(f"annotations {annotations}, images {images}, prompt {args.prompt}{point}, "
-          f"{'unfused' if args.unfused else 'fused'} encoder on {args.device}", file=sys.stderr)
+    print(f"annotations {annotations}, images {images}, prompt {args.prompt}{point}, {encoder}", file=sys.stderr)
     bar = Progress(desc="images", unit="img", enabled=not args.quiet)
 
     def progress(done: int, total: int, info: dict) -> None:
@@ -25,7 +31,7 @@ def run_eval(args: argparse.Namespace) -> int:
         bar.update_to(done, total)
     start = time.perf_counter()
     try:
-        report = evaluate_coco(sam, annotations, images, prompt=args.prompt, point=args.point, limit=args.limit,
+        report = evaluate_coco(model, annotations, images, prompt=args.prompt, point=args.point, limit=args.limit,
                                skip_bad=args.skip_bad, batch_size=args.batch_size, results=args.results,
                                progress=progress)
     finally:
@@ -33,7 +39,8 @@ def run_eval(args: argparse.Namespace) -> int:
     report["wall_seconds"] = round(time.perf_counter() - start, 2)
     report["weights"] = describe_weights(args)
     report["fused"] = not args.unfused
-    report["device"] = str(args.device)
+    report["device"] = "cpu" if args.encoder else str(args.device)
+    report["encoder_file"] = str(args.encoder) if args.encoder else None
     print(format_report(report))
     for item in report["skipped"][:10]:
         print(f"  skipped {item['file']}{', annotation ' + str(item['annotation']) if 'annotation' in item else ''}: "
@@ -80,5 +87,9 @@ def register(actions) -> None:
     p.add_argument("--results", metavar="FILE", help="write the predicted masks as a COCO results file (RLE); "
                                                      "with --prompt both, FILE_box.json and FILE_point.json")
     grammar.add(p, "--quiet")
+    p.add_argument("--encoder", metavar="FILE",
+                   help="score an exported encoder instead of the PyTorch one: repvit_sam_encoder[-int8].onnx, "
+                        ".xml (OpenVINO), .tflite (LiteRT) or .pte (ExecuTorch) from `repvit sam export`; the "
+                        "decoder is the weights' (give the weights the file was exported from)")
     add_sam_weights(p)
     p.set_defaults(func=run_eval)
