@@ -430,5 +430,5 @@ class TrackingState:
         return self._cache[t]
 
 
-__all__ = ["OnnxTracker", "TrackingState", "choose", "use_multimask", "resize_bilinear", "round_to_bfloat16", "load_frame",
-           "frame_files", "open_session", "open_runner", "RUNTIMES", "SPEC_NAME"]
+__all__ = ["OnnxTracker", "TrackingState", "choose", "use_multimask", "resize_bilinear", "round_to_bfloat16",
+           "load_frame", "frame_files", "open_session", "open_runner", "RUNTIMES", "SPEC_NAME"]
