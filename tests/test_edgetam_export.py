@@ -294,34 +294,35 @@ def test_onnx_loop_corrects_a_tracked_frame_like_the_predictor(predictor, frames
 
 
 def test_onnx_loop_tracks_backward_from_a_later_prompt_like_the_predictor(predictor, frames, tracker):
-    """A box on frame 2: forward to frame 3, then backward to frame 0 (memories of the frames after)."""
-    state = predictor.init_state(video_path=str(frames))
-    want = {}
+    """A box on frame 2: forward to frame 3, then backward to frame 0 (memories of the frames after), then a
+    correction of frame 1, which was tracked backward and is conditioned backward."""
+    state, ours = predictor.init_state(video_path=str(frames)), tracker.init_state(frames)
+    want, got, seen = {}, {}, []
     with torch.inference_mode():
         predictor.add_new_points_or_box(state, frame_idx=2, obj_id=3, box=np.array(BOX, np.float32))
+        tracker.add_new_points_or_box(ours, 2, 3, box=BOX)
         for reverse in (False, True):
             for t, _, logits in predictor.propagate_in_video(state, reverse=reverse):
                 want.setdefault(t, logits[0, 0].numpy())
-    seen = []
-    got = tracker.track(frames, box=BOX, frame=2, on_frame=lambda t, m: seen.append(t))
-    assert seen == [2, 3, 1, 0] and sorted(got) == sorted(want) == [0, 1, 2, 3]
+            for t, _, masks in tracker.propagate_in_video(ours, reverse=reverse):
+                seen.append(t)
+                got.setdefault(t, masks[0, 0])
+    assert seen == [2, 3, 2, 1, 0] and sorted(got) == sorted(want) == [0, 1, 2, 3]
     for t in want:
         print(f"frame {t}: IoU {iou(got[t], want[t]):.5f}")
         assert (want[t] > 0).sum() > 50 and iou(got[t], want[t]) >= 0.99, t
-    ours = tracker.init_state(frames)   # tracked backward, so a correction there is conditioned backward too
-    tracker.add_new_points_or_box(ours, 2, 3, box=BOX)
-    for reverse in (False, True):
-        list(tracker.propagate_in_video(ours, reverse=reverse))
     assert ours.objects[3].visited == {2: True, 3: False, 1: True, 0: True}
     with torch.inference_mode():
         _, _, fixed = predictor.add_new_points_or_box(state, frame_idx=1, obj_id=3, points=np.array([CLICK]),
                                                       labels=np.array([1]))
     _, _, got_fixed = tracker.add_new_points_or_box(ours, 1, 3, points=[CLICK], labels=[1])
-    forward = tracker.condition(ours.features(1, tracker)[0], 1, ours.objects[3].cond, ours.objects[3].tracked, 4)
-    backward = tracker.condition(ours.features(1, tracker)[0], 1, ours.objects[3].cond, ours.objects[3].tracked, 4,
-                                 reverse=True)
-    assert np.abs(forward - backward).max() > 1e-2   # the direction matters for this frame's bank
+    bank = (ours.features(1, tracker)[0], 1, ours.objects[3].cond, ours.objects[3].tracked, 4)
+    assert np.abs(tracker.condition(*bank) - tracker.condition(*bank, reverse=True)).max() > 1e-2   # direction matters
     assert iou(got_fixed[0, 0], fixed[0, 0].numpy()) >= 0.99
+    # track() runs both passes itself: every frame once, forward first
+    order = []
+    logits = tracker.track(frames, box=BOX, frame=2, on_frame=lambda t, m: order.append(t))
+    assert order == [2, 3, 1, 0] and all(np.array_equal(logits[t], got[t]) for t in got)
 
 
 def test_onnx_loop_refines_a_prompt_before_propagation_like_the_predictor(predictor, frames, tracker):
