@@ -413,8 +413,8 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
             log(f"{fmt} encoder_int8: not written: {type(err).__name__}: {err}")
             failures.append(f"{fmt} encoder_int8: {type(err).__name__}: {err}")
             return
-        check = sam_int8.check_int8_encoder(runner(path), sam, encoded,
-                                            min_mask_iou=min_mask_iou or sam_int8.INT8_MIN_MASK_IOU)
+        threshold = sam_int8.INT8_MIN_MASK_IOU if min_mask_iou is None else min_mask_iou
+        check = sam_int8.check_int8_encoder(runner(path), sam, encoded, min_mask_iou=threshold)
         record(fmt, "encoder_int8", discard({**facts, **check}, path))
 
     if "onnx" in formats:
