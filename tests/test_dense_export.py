@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from repvit.cli import main
 from repvit.detection.detectors import build_detector, save_detector
@@ -192,3 +193,45 @@ def test_segmenter_executorch_float_and_int8_score_like_the_checkpoint(tmp_path,
     assert main(["segment", "export", "--checkpoint", str(ckpt), "--format", "executorch", "--output",
                  str(tmp_path / "n.pte"), "--neck-output", str(tmp_path / "neck.pte")]) == 2
     assert "ExecuTorch takes the whole segmenter" in capsys.readouterr().err
+
+
+def test_segment_export_trains_the_int8_copy_with_qat_data(tmp_path, capsys):
+    """`--int8 --qat-data` fine-tunes the INT8 program on the labelled frames (every step recorded in the
+    report and the program's metadata) and keeps it only if it passes the INT8 check; what QAT cannot
+    serve is refused with what to do."""
+    from repvit.export import executorch as fmt_et
+    if not fmt_et.available():
+        pytest.skip("the executorch extra is not installed: pip install 'repvit-pytorch[executorch]'")
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=11)).eval()
+    ckpt = save_segmenter(model, tmp_path / "seg.pth", class_names=CAMVID, ignore_index=11)
+    train = _camvid_subset(tmp_path / "train", 3)
+    report = tmp_path / "r.json"
+    args = ["segment", "export", "--checkpoint", str(ckpt), "--format", "executorch", "--output",
+            str(tmp_path / "m.pte"), "--input-size", "96", "128", "--images", str(need("camvid") / "val" / "images"),
+            "--int8", "--qat-data", str(train), "--qat-epochs", "2", "--qat-lr", "2e-5"]
+    assert main(args + ["--report", str(report)]) == 0
+    int8 = json.loads(report.read_text())["int8"]
+    assert int8["passed"] and int8["pixel_agreement"] >= 0.9 and "quantization-aware trained" in int8["tool"]
+    assert int8["qat"]["steps"] == 6 and int8["qat"]["samples"] == 3 and int8["qat"]["lr"] == 2e-5
+    meta = fmt_et.read_metadata(tmp_path / "m-int8.pte")
+    assert meta["precision"] == "int8" and "quantization-aware training, 2 epochs" in meta["quantization"]
+    assert "6 QAT steps" in capsys.readouterr().out
+    base = ["segment", "export", "--checkpoint", str(ckpt), "--images", str(need("camvid") / "val" / "images")]
+    assert main(base + ["--format", "onnx", "--output", str(tmp_path / "m.onnx"), "--int8", "--qat-data", str(train)]) == 2
+    assert "post-training" in capsys.readouterr().err
+    assert main(base + ["--format", "executorch", "--output", str(tmp_path / "n.pte"), "--qat-data", str(train)]) == 2
+    assert "add --int8" in capsys.readouterr().err
+    assert main(base + ["--format", "executorch", "--output", str(tmp_path / "n.pte"), "--input-size", "96", "128",
+                        "--int8", "--qat-data", str(tmp_path / "nowhere")]) == 2
+    assert "images/ and labels/" in capsys.readouterr().err
+    # a learning rate that moves the model away from the float one: the file is removed, the hint is QAT's
+    from repvit.export.dense import export_segmenter_executorch
+    from repvit.export.qat import QATSetting
+    from repvit.segmentation.data import ResizeFlip, SemanticFolder
+    samples = SemanticFolder(train, num_classes=11, ignore_index=11, train_transform=ResizeFlip((96, 128)))
+    wild = QATSetting(samples, lambda logits, label: F.cross_entropy(logits, label, ignore_index=11), lr=3e-2)
+    with pytest.raises(ParityError, match="lower --qat-lr"):
+        export_segmenter_executorch(model, tmp_path / "w.pte", [torch.rand(3, 96, 128)], class_names=CAMVID,
+                                    size=(96, 128), qat=wild)
+    assert not (tmp_path / "w.pte").exists()

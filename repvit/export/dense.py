@@ -177,23 +177,28 @@ def litert_record_path(path: Union[str, os.PathLike]) -> Path:
 
 
 def _check_fixed_size(fused: nn.Module, run, images: Sequence[torch.Tensor], size: tuple, path: Path, engine: str,
-                      remove, calibration: Optional[Sequence[np.ndarray]], tool: str) -> dict:
+                      remove, calibration: Optional[Sequence[np.ndarray]], tool: str, qat=None) -> dict:
     """The check of a fixed-size export (LiteRT, ExecuTorch): ``images`` resized to ``size``, then the float
-    tolerance, or with ``calibration`` the INT8 limits (whose report names ``tool``)."""
+    tolerance, or with ``calibration`` or ``qat`` the INT8 limits (whose report names ``tool``)."""
     resized = [torch.nn.functional.interpolate(im[None], size=size, mode="bilinear", align_corners=False)[0]
                for im in images]
-    if calibration is None:
+    if calibration is None and qat is None:
         return _check(fused, run, resized, SEG_TOLERANCE, path, engine, remove)
-    report = _int8_check(fused, run, resized, path, remove)
-    report.update(calibration_images=len(calibration), tool=tool)
+    report = _int8_check(fused, run, resized, path, remove, QAT_HINT if qat is not None else CALIBRATION_HINT)
+    if qat is not None:
+        report.update(calibration_images=0, tool=f"{tool}, quantization-aware trained", qat=dict(qat.report))
+    else:
+        report.update(calibration_images=len(calibration), tool=tool)
     return report
 
 
 def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
                             class_names: Sequence[str], size: Sequence[int],
-                            calibration: Optional[Sequence[np.ndarray]] = None) -> dict:
+                            calibration: Optional[Sequence[np.ndarray]] = None, qat=None) -> dict:
     """Fused Semantic FPN -> ``.tflite`` at 1x3x``size`` (LiteRT has no dynamic sizes), float32 or, with
-    ``calibration`` (1x3xHxW float 0..1 arrays at ``size``), full-integer INT8; checked with the LiteRT
+    ``calibration`` (1x3xHxW float 0..1 arrays at ``size``), full-integer INT8, or with ``qat`` (a
+    ``repvit.export.qat.QATSetting`` whose samples are at ``size``) full-integer INT8 fine-tuned with
+    quantization-aware training; checked with the LiteRT
     interpreter on ``images`` resized to ``size``. Float: logits within 1e-3 of PyTorch; INT8: the
     limits of ``quantize_dense``. The record goes beside the file as ``<name>.json``."""
     from . import litert as fmt_lt
@@ -201,9 +206,11 @@ def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], ima
     if path.suffix != ".tflite":
         raise ValueError(f"a LiteRT file is named .tflite, got {str(path)!r}")
     size = (int(size[0]), int(size[1]))
-    fmt_lt.export_litert(fused, path, img_size=size, calibration=calibration)
+    fmt_lt.export_litert(fused, path, img_size=size, calibration=calibration, qat=qat)
     meta = _segmenter_metadata(model, class_names)
-    meta.update(precision="int8" if calibration is not None else "float32", input_size=list(size))
+    meta.update(precision="float32" if calibration is None and qat is None else "int8", input_size=list(size))
+    if qat is not None:
+        meta["quantization"] = {"method": "quantization-aware training", **qat.report}
     record = litert_record_path(path)
     record.write_text(json.dumps(meta, indent=2) + "\n")
     run = fmt_lt.runner(path)
@@ -212,15 +219,16 @@ def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], ima
         path.unlink(missing_ok=True)
         record.unlink(missing_ok=True)
     report = _check_fixed_size(fused, lambda x: [run(torch.from_numpy(x)).numpy()], images, size, path, "LiteRT",
-                               remove, calibration, "LiteRT full-integer PT2E")
+                               remove, calibration, "LiteRT full-integer PT2E", qat)
     return {"path": str(path), "record": str(record), **report}
 
 
 def export_segmenter_executorch(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
                                 class_names: Sequence[str], size: Sequence[int],
-                                calibration: Optional[Sequence[np.ndarray]] = None) -> dict:
+                                calibration: Optional[Sequence[np.ndarray]] = None, qat=None) -> dict:
     """Fused Semantic FPN -> ExecuTorch ``.pte`` (whole graph delegated to XNNPACK) at 1x3x``size``, float32
-    or, with ``calibration`` (1x3xHxW float 0..1 arrays at ``size``), INT8 through the XNNPACK quantizer;
+    or, with ``calibration`` (1x3xHxW float 0..1 arrays at ``size``), INT8 through the XNNPACK quantizer
+    (with ``qat``, a ``repvit.export.qat.QATSetting``, fine-tuned with quantization-aware training);
     checked with ExecuTorch's runtime on ``images`` resized to ``size`` (float: 1e-3; INT8: the limits of
     ``quantize_dense``). The record (classes, ignored label, size) is embedded as the program's
     ``metadata`` method."""
@@ -230,14 +238,16 @@ def export_segmenter_executorch(model: nn.Module, path: Union[str, os.PathLike],
         raise ValueError(f"an ExecuTorch program is named .pte, got {str(path)!r}")
     size = (int(size[0]), int(size[1]))
     meta = _segmenter_metadata(model, class_names)
-    meta.update(precision="int8" if calibration is not None else "float32", input_size=list(size))
+    meta.update(precision="float32" if calibration is None and qat is None else "int8", input_size=list(size))
+    if qat is not None:
+        meta["quantization"] = f"quantization-aware training, {qat.epochs:g} epochs at lr {qat.lr:g}"
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
     _, facts = fmt_et.export_executorch(fused, path, img_size=size, metadata=meta, calibration=calibration,
-                                        input_note="float32 RGB in 0..1")
+                                        input_note="float32 RGB in 0..1", qat=qat)
     run = fmt_et.runner(path)
     report = _check_fixed_size(fused, lambda x: [run(torch.from_numpy(x)).numpy()], images, size, path,
                                "ExecuTorch", lambda: path.unlink(missing_ok=True), calibration,
-                               "ExecuTorch XNNPACK quantizer (PT2E)")
+                               "ExecuTorch XNNPACK quantizer (PT2E)", qat)
     return {"path": str(path), **facts, **report}
 
 
@@ -325,7 +335,13 @@ def quantize_dense(reference: nn.Module, float_path: Union[str, os.PathLike], im
     return {"path": str(out), "tool": tool, "calibration_images": len(calibration), **report}
 
 
-def _int8_check(reference: nn.Module, run, images: Sequence[torch.Tensor], path: Path, remove) -> dict:
+CALIBRATION_HINT = "Try more calibration images (--calib-count), or keep the float file"
+QAT_HINT = ("The fine-tune moved the model too far from the float one: lower --qat-lr or --qat-epochs, or keep "
+            "the float file")
+
+
+def _int8_check(reference: nn.Module, run, images: Sequence[torch.Tensor], path: Path, remove,
+                hint: str = CALIBRATION_HINT) -> dict:
     """Mean relative L2 error of every output of ``run`` vs ``reference`` on ``images``, and for a
     segmenter the share of pixels whose class is unchanged; outside the limits ``remove()`` and raise."""
     errors, agreement, shapes = [], [], []
@@ -352,7 +368,7 @@ def _int8_check(reference: nn.Module, run, images: Sequence[torch.Tensor], path:
     if problems:
         remove()
         raise ParityError(f"the INT8 copy is too far from the float model on real images ({'; '.join(problems)}); "
-                          f"{path} was removed. Try more calibration images (--calib-count), or keep the float file")
+                          f"{path} was removed. {hint}")
     return report
 
 

@@ -10,6 +10,7 @@ INT8 (``calibration=``) goes through ExecuTorch's XNNPACK quantizer with PyTorch
 symmetric per-channel int8 weights and per-tensor int8 activations whose ranges are observed on the
 calibration images, then the quantized graph is lowered to XNNPACK's integer kernels like the float
 one (float input and output; the program quantizes at its entry and dequantizes at its exit).
+With ``qat=`` the same quantizer's QAT form is fine-tuned first (``repvit.export.qat``).
 """
 from __future__ import annotations
 
@@ -41,29 +42,41 @@ def _require():
         raise ValueError("ExecuTorch export needs the executorch package: pip install 'repvit-pytorch[executorch]'")
 
 
-def _quantized(fused: nn.Module, example: tuple, calibration: Sequence[np.ndarray]) -> nn.Module:
+def _quantized(fused: nn.Module, example: tuple, calibration: Optional[Sequence[np.ndarray]], qat=None) -> nn.Module:
     """``fused`` with XNNPACK-quantizer INT8 observers calibrated on ``calibration`` (1x3xSxS arrays,
-    fed in batches of the program's fixed batch size) and converted to quantize/dequantize pairs."""
+    fed in batches of the program's fixed batch size), or fine-tuned with its QAT form as ``qat`` (a
+    ``repvit.export.qat.QATSetting``) says, and converted to quantize/dequantize pairs."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                         get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                is_qat=qat is not None))
+    if qat is not None:
+        from .qat import fine_tune
+        if example[0].shape[0] != 1:
+            raise ValueError("quantization-aware training fine-tunes a batch-1 program (batch_size=1)")
+        graph = fine_tune(fused, example, quantizer, qat)
+        return convert_pt2e(graph)
     graph = prepare_pt2e(torch.export.export(fused, example).module(), quantizer)
     batch = example[0].shape[0]
     arrays = np.concatenate([np.asarray(a, dtype=np.float32) for a in calibration])
     if len(arrays) < batch:
         raise ValueError(f"INT8 calibration of a batch-{batch} program needs at least {batch} images, got {len(arrays)}")
-    for start in range(0, len(arrays) - batch + 1, batch):
-        graph(torch.from_numpy(arrays[start:start + batch]))
+    with torch.no_grad():
+        for start in range(0, len(arrays) - batch + 1, batch):
+            graph(torch.from_numpy(arrays[start:start + batch]))
     return convert_pt2e(graph)
 
 
 def export_executorch(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: Union[int, Sequence[int]],
                       metadata: dict[str, str], batch_size: int = 1, calibration: Optional[Sequence[np.ndarray]] = None,
-                      input_note: str = "normalized as in 'preprocessing'") -> tuple[Path, dict]:
+                      input_note: str = "normalized as in 'preprocessing'", qat=None) -> tuple[Path, dict]:
     """Write the ``.pte`` at ``batch_size``x3x``img_size``x``img_size`` (or x``H``x``W`` for a pair); returns
     ``(path, facts)`` where facts counts delegated and leftover ops. With ``calibration`` (preprocessed
-    1x3xHxW arrays) the program is INT8 (see the module docstring)."""
+    1x3xHxW arrays) the program is INT8 (see the module docstring); with ``qat`` (a
+    ``repvit.export.qat.QATSetting``) INT8 fine-tuned with quantization-aware training instead."""
+    if calibration is not None and qat is not None:
+        raise ValueError("INT8 is either calibrated (calibration=) or quantization-aware trained (qat=), not both")
     _require()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -71,11 +84,14 @@ def export_executorch(fused: nn.Module, path: Union[str, os.PathLike], *, img_si
     example = (torch.randn(batch_size, 3, height, width),)
     meta = {**metadata, "input": f"float32 tensor {batch_size}x3x{height}x{width}, {input_note}",
             "delegate": "XNNPACK", "batch_size": str(batch_size)}
-    if calibration is not None:
-        meta.setdefault("precision", "int8 (XNNPACK quantizer, per-channel weights, static activations)")
+    if calibration is not None or qat is not None:
+        meta.setdefault("precision", "int8 (XNNPACK quantizer, per-channel weights, static activations"
+                                     + (", quantization-aware trained)" if qat is not None else ")"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = fused if calibration is None and qat is None else _quantized(fused, example, calibration, qat)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        model = fused if calibration is None else _quantized(fused, example, calibration)
         program = torch.export.export(model, example)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                               constant_methods={METADATA_METHOD: json.dumps(meta)})

@@ -8,7 +8,9 @@ CPU path is the XNNPACK delegate, one image at a time.
 INT8 is full-integer post-training quantization: PT2E (``torch.export`` + the converter's own
 quantizer: int8 weights symmetric per output channel, int8 activations per tensor, static
 ranges from real calibration images), so input and output are int8 too; ``runner`` quantizes
-the float input and dequantizes the logits with the scales stored in the file.
+the float input and dequantizes the logits with the scales stored in the file. Where post-training
+ranges cost too much accuracy, ``qat=`` fine-tunes the model with the same quantizer's QAT form
+first (``repvit.export.qat``) and writes the trained graph.
 
 PyTorch's nearest-neighbour resize to a size that is not a whole multiple of the input (an FPN's
 top-down path on an image whose sides are not multiples of 32) picks source pixels that the
@@ -90,31 +92,54 @@ def _exact_nearest():
         torch.nn.functional.interpolate = original
 
 
+def _quantizer(qat: bool):
+    """litert-torch's PT2E quantizer: int8 weights per output channel, static int8 activations; with
+    ``qat`` its quantization-aware form."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                             is_dynamic=False, is_qat=qat))
+    if qat:
+        # Its QAT-only annotators match conv + BatchNorm patterns (a fused model has none) and fail to
+        # build those patterns under torch 2.14 (litert-torch 0.10): they are left out.
+        quantizer.STATIC_QAT_ONLY_OPS = []
+    return quantizer
+
+
 def export_litert(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: Union[int, Sequence[int], None] = None,
                   calibration: Optional[Sequence[np.ndarray]] = None,
-                  example: Optional[Sequence[torch.Tensor]] = None) -> Path:
+                  example: Optional[Sequence[torch.Tensor]] = None, qat=None) -> Path:
     """Write ``fused`` as ``.tflite`` at 1x3x``img_size``x``img_size`` (or 1x3xHxW for ``img_size=(H, W)``);
-    with ``calibration`` (preprocessed 1x3xHxW arrays) as a full-integer INT8 model. A module with other
-    inputs passes ``example`` (its arguments, whose shapes the file fixes) instead of ``img_size``."""
+    with ``calibration`` (preprocessed 1x3xHxW arrays) as a full-integer INT8 model, or with ``qat`` (a
+    ``repvit.export.qat.QATSetting``) as one fine-tuned with quantization-aware training instead. A
+    module with other inputs passes ``example`` (its arguments, whose shapes the file fixes) instead of
+    ``img_size``."""
     litert_torch = _require()
+    if calibration is not None and qat is not None:
+        raise ValueError("INT8 is either calibrated (calibration=) or quantization-aware trained (qat=), not both")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if example is None:
         height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
         example = (torch.randn(1, 3, height, width),)
     example = tuple(example)
+    graph = quantizer = None
+    if qat is not None:
+        from .qat import fine_tune
+        quantizer = _quantizer(qat=True)
+        with warnings.catch_warnings(), _exact_nearest():
+            warnings.simplefilter("ignore")
+            graph = fine_tune(fused, example, quantizer, qat)
     with _quiet(), torch.no_grad(), _exact_nearest():
-        if calibration is None:
+        if calibration is None and graph is None:
             edge = litert_torch.convert(fused, example)
         else:
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                                     is_dynamic=False))
-            graph = prepare_pt2e(torch.export.export(fused, example).module(), quantizer)
-            for array in calibration:
-                graph(torch.as_tensor(np.asarray(array, dtype=np.float32)))
+            if graph is None:
+                quantizer = _quantizer(qat=False)
+                graph = prepare_pt2e(torch.export.export(fused, example).module(), quantizer)
+                for array in calibration:
+                    graph(torch.as_tensor(np.asarray(array, dtype=np.float32)))
             graph = convert_pt2e(graph, fold_quantize=False)
             edge = litert_torch.convert(graph, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
         edge.export(str(path))

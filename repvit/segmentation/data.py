@@ -322,6 +322,27 @@ class EvalResize:
         return image, label
 
 
+class ResizeFlip:
+    """Training samples at one fixed size (quantization-aware fine-tuning of a fixed-size export): the
+    whole frame resized to ``size`` (image bilinear, label nearest), flipped left-right half of the time
+    by ``generator``."""
+
+    def __init__(self, size: tuple[int, int]):
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"size must be (height, width) in pixels, got {size}")
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator):
+        import torch.nn.functional as F
+        if tuple(image.shape[-2:]) != self.size:
+            image = F.interpolate(image[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        if tuple(label.shape[-2:]) != self.size:
+            label = F.interpolate(label[None, None].float(), size=self.size, mode="nearest")[0, 0].long()
+        if torch.rand((), generator=generator) < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        return image, label
+
+
 def transforms_from_options(cfg) -> tuple[TrainTransform, EvalResize]:
     """The training and evaluation transforms of ``repvit segment train`` options (``--crop``,
     ``--img-scale``, ``--ratio-range``, ``--cat-max-ratio``, ``--photometric``, ``--eval-size``,

@@ -32,18 +32,28 @@ def run_export(args: argparse.Namespace) -> int:
     if fmt == "executorch" and args.neck_output:
         raise ValueError("--neck-output: the backbone + FPN alone is exported to ONNX, OpenVINO or LiteRT (--format "
                          "onnx, openvino or litert); ExecuTorch takes the whole segmenter")
-    if args.int8 and not args.calib_images:
+    if args.qat_data and not args.int8:
+        raise ValueError("--qat-data fine-tunes the INT8 copy: add --int8")
+    if args.qat_data and fmt not in FIXED_SIZE:
+        raise ValueError(f"--qat-data: quantization-aware training is for the PT2E INT8 files (--format litert or "
+                         f"executorch); {ENGINES[fmt]}'s INT8 is post-training (--calib-images), which kept CamVid "
+                         "within 0.52 mIoU points of float (benchmarks/deployment.md)")
+    if args.int8 and not args.calib_images and not args.qat_data:
         raise ValueError("--int8 calibrates on real images: pass --calib-images DIR (training images, e.g. "
-                         "../shared/data/camvid/train/images)")
+                         "../shared/data/camvid/train/images), or train the INT8 copy with --qat-data DIR "
+                         "(LiteRT, ExecuTorch)")
     model = load_segmenter(args.checkpoint)
     fused = reparameterize(model)
     images = real_images(args.images, args.num_real)
     calibration = []
-    if args.int8:
+    # Post-training INT8 calibrates on --calib-images; with --qat-data the segmenter is trained instead, and
+    # the neck (no labels to train it on) calibrates on --calib-images or else on the QAT split's images.
+    calib_folder = args.calib_images or (Path(args.qat_data) / "images" if args.qat_data else None)
+    if args.int8 and (not args.qat_data or args.neck_output):
         # Calibrate on what the model sees at evaluation: the recorded aligned resize, or the raw size
         # (LiteRT: resized to the file's fixed size).
         resize = EvalResize(model.eval_size)
-        calibration = [resize(im, None)[0][None] for im in real_images(args.calib_images, args.calib_count)]
+        calibration = [resize(im, None)[0][None] for im in real_images(str(calib_folder), args.calib_count)]
     if fmt in FIXED_SIZE:
         size = tuple(args.input_size or images[0].shape[-2:])
         calibration = [torch.nn.functional.interpolate(c, size=size, mode="bilinear", align_corners=False).numpy()
@@ -56,8 +66,9 @@ def run_export(args: argparse.Namespace) -> int:
               f"{report['max_abs_diff']:.3g}; {record})")
         if args.int8:
             int8_path = dense.int8_path_for(output)
+            qat = _qat_setting(args, model, size) if args.qat_data else None
             report["int8"] = export_fixed(model, int8_path, images, class_names=model.class_names, size=size,
-                                          calibration=calibration)
+                                          calibration=None if qat else calibration, qat=qat)
             _say_int8(report["int8"])
         if args.neck_output:
             report["neck"] = dense.export_neck_litert(model.backbone, args.neck_output, images, size=size)
@@ -97,9 +108,31 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _qat_setting(args: argparse.Namespace, model, size: tuple):
+    """The quantization-aware fine-tune of ``--qat-data``: its frames at the file's ``size`` with flips, the
+    segmenter's cross-entropy (void ignored)."""
+    import torch.nn.functional as F
+
+    from ...export.qat import QATSetting
+    from ...segmentation.data import ResizeFlip, SemanticFolder
+    samples = SemanticFolder(args.qat_data, num_classes=model.num_classes, ignore_index=model.ignore_index,
+                             reduce_zero_label=model.reduce_zero_label, train_transform=ResizeFlip(size))
+
+    def loss(logits, label):
+        if logits.shape[-2:] != label.shape[-2:]:
+            logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits, label, ignore_index=model.ignore_index)
+    print(f"quantization-aware training: {args.qat_epochs:g} epoch(s) of {len(samples)} frames from {args.qat_data} "
+          f"at {size[0]}x{size[1]}, batch 1, lr {args.qat_lr:g}")
+    return QATSetting(samples, loss, epochs=args.qat_epochs, lr=args.qat_lr, seed=args.seed)
+
+
 def _say_int8(int8: dict) -> None:
     agreement = "" if int8["pixel_agreement"] is None else f", {int8['pixel_agreement']:.1%} of pixels keep their class"
-    print(f"verified: {int8['path']} (INT8: {int8['tool']}, {int8['calibration_images']} calibration images; on the "
+    qat = int8.get("qat")
+    how = (f"{qat['steps']} QAT steps, loss {qat['loss_first']:.4f} -> {qat['loss_last']:.4f}" if qat
+           else f"{int8['calibration_images']} calibration images")
+    print(f"verified: {int8['path']} (INT8: {int8['tool']}, {how}; on the "
           f"real images: relative L2 error {int8['relative_l2_error']:.3f}{agreement})")
 
 
@@ -128,5 +161,13 @@ def register(actions) -> None:
     grammar.add(q, "--calib-images", help="folder of training images to calibrate on (at the model's evaluation size)")
     grammar.add(q, "--calib-count", default=100)
     grammar.add(q, "--int8-weights")
+    q.add_argument("--qat-data", metavar="DIR",
+                   help="LiteRT and ExecuTorch: train the INT8 copy with quantization-aware fine-tuning on this "
+                        "labelled split (images/ and labels/, e.g. ../shared/data/camvid/train) instead of "
+                        "post-training calibration; frames resized to the file's size, flips, batch 1")
+    q.add_argument("--qat-epochs", type=float, default=1.0, metavar="N",
+                   help="passes over --qat-data (fractions allowed) [1]")
+    q.add_argument("--qat-lr", type=float, default=1e-5, metavar="LR", help="QAT learning rate (AdamW) [1e-5]")
+    grammar.add(q, "--seed")
     grammar.add_report(ex, help="write the check's report to this JSON file")
     ex.set_defaults(func=run_export)
