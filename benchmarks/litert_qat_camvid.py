@@ -1,29 +1,29 @@
 """Quantization-aware fine-tuning for LiteRT's full-integer CamVid segmenter: what it recovers over
-post-training quantization.
+post-training quantization, and how much of that is the extra training rather than the quantization.
 
 Post-training full-integer quantization with litert-torch's PT2E quantizer lost 1.26 mIoU points on the
-CamVid recipe's model (benchmarks/deployment.md), the one runtime beyond the 1-point goal. Here the
-fused model, exported at the frames' 360x480, goes through the same quantizer in its QAT form
-(``get_symmetric_quantization_config(is_qat=True)``: int8 per-channel weights and int8 activations as
-fake-quantized ops with moving-average ranges), is fine-tuned on the CamVid training frames (whole
-frames, random horizontal flips, the recipe's cross-entropy with the void class ignored, AdamW at a
-small learning rate, batch 1: the exported graph has the frames' fixed shape), converted and written as
-``.tflite``, and scored on all val frames by the LiteRT interpreter beside the PTQ file of the same
-quantizer (50 calibration frames, as ``repvit segment export --int8``).
+CamVid recipe's model (benchmarks/deployment.md), the one runtime beyond the 1-point goal. This script
+scores, on all val frames, with the frames' 360x480 as the files' fixed size:
 
-    PYTHONPATH=. python benchmarks/litert_qat_camvid.py --checkpoint runs/camvid/best.pth --epochs 1 \
+* the fused PyTorch model (the float reference);
+* the post-training file (50 calibration frames, as ``repvit segment export --int8 --calib-images``);
+* for each ``--seeds``, the QAT file ``repvit segment export --int8 --qat-data`` writes (the library's
+  ``export_litert(qat=...)``: one epoch over the training frames, flips, batch 1, AdamW lr 1e-5);
+* for each seed, the control: the same loop (same order, flips, optimizer, steps) on the exported float
+  graph with no fake-quantize ops, scored in PyTorch: what the fine-tune gives a float model, so the
+  QAT file minus its control is what the quantization costs.
+
+    PYTHONPATH=. python benchmarks/litert_qat_camvid.py --checkpoint runs/camvid/best.pth --seeds 0 1 \
         --json litert_qat.json
 """
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,42 +33,42 @@ from repvit import reparameterize  # noqa: E402
 from repvit.commands._dense import real_images  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 from repvit.export import litert as fmt_lt  # noqa: E402
+from repvit.export.qat import QATSetting, fine_tune  # noqa: E402
 from repvit.runtime.timing import environment, load_average, torch_threads  # noqa: E402
-from repvit.segmentation.data import EvalResize, SemanticFolder  # noqa: E402
+from repvit.segmentation.data import EvalResize, ResizeFlip, SemanticFolder  # noqa: E402
 from repvit.segmentation.evaluation import evaluate_segmenter  # noqa: E402
 from repvit.segmentation.semantic_fpn import load_segmenter  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
-class FileSegmenter(torch.nn.Module):
-    """A ``.tflite`` segmenter as a module (the LiteRT interpreter, logits back as float)."""
+class Calls(torch.nn.Module):
+    """A function of an image batch as a module (a ``.tflite`` runner, an exported graph's forward)."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, run):
         super().__init__()
-        self.run = fmt_lt.runner(path, threads)
+        self.run = run
 
     def forward(self, x):
         return self.run(x)
 
 
-def quantizer(qat: bool):
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
-    # The QAT-only annotators look for conv + BatchNorm patterns, which a fused model has none of, and
-    # they fail under torch 2.14 (their pattern is exported from a plain function): skip them.
-    q.STATIC_QAT_ONLY_OPS = []
-    return q
+def file_segmenter(path: Path, threads: int) -> Calls:
+    """A ``.tflite`` segmenter run by the LiteRT interpreter, logits back as float."""
+    return Calls(fmt_lt.runner(path, threads))
 
 
-def write(graph, example, q, path: Path) -> Path:
-    import litert_torch
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-    with fmt_lt._quiet(), torch.no_grad(), fmt_lt._exact_nearest():
-        converted = convert_pt2e(graph, fold_quantize=False)
-        litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=q)).export(str(path))
-    return path
+def no_quantization():
+    """A PT2E quantizer that annotates nothing: ``fine_tune`` then trains the float graph."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class NoQuantization(Quantizer):
+        def annotate(self, model):
+            return model
+
+        def validate(self, model):
+            return None
+    return NoQuantization()
 
 
 def main() -> int:
@@ -77,74 +77,58 @@ def main() -> int:
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--calib-count", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-control", action="store_true", help="skip the float fine-tune")
     p.add_argument("--json")
     args = p.parse_args()
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
     root = Path(args.data)
     model = load_segmenter(args.checkpoint)
     fused = reparameterize(model).eval()
     resize = EvalResize(model.eval_size)
     common = dict(num_classes=model.num_classes, ignore_index=model.ignore_index,
-                  reduce_zero_label=model.reduce_zero_label, transforms=resize)
-    val, train = SemanticFolder(root / "val", **common), SemanticFolder(root / "train", **common)
+                  reduce_zero_label=model.reduce_zero_label)
+    val = SemanticFolder(root / "val", transforms=resize, **common)
     size = tuple(val[0][0].shape[-2:])
-    example = (torch.randn(1, 3, *size),)
+    train = SemanticFolder(root / "train", train_transform=ResizeFlip(size), **common)
+
+    def setting(seed: int) -> QATSetting:
+        def loss(logits, label):
+            return F.cross_entropy(logits, label, ignore_index=model.ignore_index)
+        return QATSetting(train, loss, epochs=args.epochs, lr=args.lr, seed=seed)
+
     report = {"environment": environment(), "checkpoint": args.checkpoint, "load_before": load_average(),
-              "epochs": args.epochs, "lr": args.lr, "results": {}}
+              "epochs": args.epochs, "lr": args.lr, "size": list(size), "results": {}}
     start = time.perf_counter()
-    with torch_threads(args.threads), tempfile.TemporaryDirectory() as tmp:
+
+    def record(name: str, module, extra: dict = None) -> None:
         with torch.no_grad():
-            report["results"]["pytorch fused"] = evaluate_segmenter(fused, val, class_names=model.class_names)
-        base = report["results"]["pytorch fused"]["mIoU"]
-        print(f"pytorch fused: mIoU {base:.4f}", flush=True)
+            entry = evaluate_segmenter(module, val, class_names=model.class_names)
+        if "pytorch fused" in report["results"]:
+            entry["mIoU_change_points"] = 100 * (entry["mIoU"] - report["results"]["pytorch fused"]["mIoU"])
+        entry.update(extra or {})
+        report["results"][name] = entry
+        change = f" ({entry['mIoU_change_points']:+.2f} points)" if "mIoU_change_points" in entry else ""
+        print(f"{name}: mIoU {entry['mIoU']:.4f}{change}", flush=True)
 
-        q = quantizer(qat=False)   # post-training, what `repvit segment export --int8` writes
-        with fmt_lt._quiet(), torch.no_grad(), fmt_lt._exact_nearest():
-            graph = prepare_pt2e(torch.export.export(fused, example).module(), q)
-            for image in real_images(str(root / "train" / "images"), args.calib_count):
-                graph(resize(image, None)[0][None])
-        ptq = write(graph, example, q, Path(tmp) / "ptq.tflite")
-
-        q = quantizer(qat=True)
-        with fmt_lt._exact_nearest():
-            graph = prepare_qat_pt2e(torch.export.export(fused, example).module(), q)
-        move_exported_model_to_train(graph)
-        optimizer = torch.optim.AdamW([p for p in graph.parameters() if p.requires_grad], lr=args.lr,
-                                      weight_decay=0.0)
-        steps = int(round(args.epochs * len(train)))
-        order = [i for _ in range(int(np.ceil(args.epochs)) + 1) for i in random.sample(range(len(train)),
-                                                                                        len(train))][:steps]
-        losses, t = [], time.perf_counter()
-        with fmt_lt._exact_nearest():
-            for step, index in enumerate(order, 1):
-                image, label = train[index]
-                if random.random() < 0.5:
-                    image, label = image.flip(-1), label.flip(-1)
-                logits = graph(image[None])
-                loss = F.cross_entropy(logits, label[None], ignore_index=model.ignore_index)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss))
-                if step % 50 == 0 or step == steps:
-                    print(f"QAT step {step}/{steps}: loss {np.mean(losses[-50:]):.4f} "
-                          f"({(time.perf_counter() - t) / step:.2f} s/step)", flush=True)
-        move_exported_model_to_eval(graph)
-        report["qat_steps"], report["qat_seconds"] = steps, time.perf_counter() - t
-        report["qat_loss_first_last_50"] = [float(np.mean(losses[:50])), float(np.mean(losses[-50:]))]
-        qat = write(graph, example, q, Path(tmp) / "qat.tflite")
-
-        for name, path in (("litert-int8, post-training", ptq), ("litert-int8, QAT fine-tuned", qat)):
-            entry = evaluate_segmenter(FileSegmenter(path, args.threads), val, class_names=model.class_names)
-            entry["mIoU_change_points"] = 100 * (entry["mIoU"] - base)
-            report["results"][name] = entry
-            print(f"{name}: mIoU {entry['mIoU']:.4f} ({entry['mIoU_change_points']:+.2f} points)", flush=True)
+    with torch_threads(args.threads), tempfile.TemporaryDirectory() as tmp:
+        record("pytorch fused", fused)
+        calibration = [resize(im, None)[0][None].numpy()
+                       for im in real_images(str(root / "train" / "images"), args.calib_count)]
+        ptq = fmt_lt.export_litert(fused, Path(tmp) / "ptq.tflite", img_size=size, calibration=calibration)
+        record("litert-int8, post-training", file_segmenter(ptq, args.threads))
+        for seed in args.seeds:
+            qat = setting(seed)
+            path = fmt_lt.export_litert(fused, Path(tmp) / f"qat{seed}.tflite", img_size=size, qat=qat)
+            record(f"litert-int8, QAT seed {seed}", file_segmenter(path, args.threads), {"qat": dict(qat.report)})
+            if not args.no_control:
+                control = setting(seed)
+                graph = fine_tune(reparameterize(load_segmenter(args.checkpoint)).eval(),
+                                  (torch.rand(1, 3, *size),), no_quantization(), control)
+                # fine_tune returns the graph in eval mode; the evaluator's .eval() must not reach it
+                record(f"pytorch float, the same fine-tune (seed {seed})", Calls(graph.forward),
+                       {"fine_tune": control.report})
     report["load_after"] = load_average()
     report["wall_seconds"] = time.perf_counter() - start
     print(f"{report['environment']['cpu']}, load {report['load_before']} -> {report['load_after']}")
