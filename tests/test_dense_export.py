@@ -225,6 +225,7 @@ def test_segment_export_trains_the_int8_copy_with_qat_data(tmp_path, capsys):
     assert main(base + ["--format", "executorch", "--output", str(tmp_path / "n.pte"), "--input-size", "96", "128",
                         "--int8", "--qat-data", str(tmp_path / "nowhere")]) == 2
     assert "images/ and labels/" in capsys.readouterr().err
+    assert not (tmp_path / "n.pte").exists()                           # refused before any export
     # a learning rate that moves the model away from the float one: the file is removed, the hint is QAT's
     from repvit.export.dense import export_segmenter_executorch
     from repvit.export.qat import QATSetting

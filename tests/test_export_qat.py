@@ -116,3 +116,27 @@ def test_resize_flip_keeps_image_and_label_together():
     assert set(lab.unique().tolist()) == set(range(6))        # nearest: no invented classes
     with pytest.raises(ValueError, match="height, width"):
         ResizeFlip((0, 4))
+
+
+def test_a_qat_run_is_a_function_of_its_seed():
+    """Dropout in the trained graph draws from a generator seeded by the setting: whatever the caller's
+    random state, the same seed gives the same weights, and another seed others."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                        get_symmetric_quantization_config)
+
+    from repvit.export.qat import fine_tune
+
+    def run(seed, caller_state):
+        model = _model()
+        model.insert(2, nn.Dropout(0.5))
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+        setting = QATSetting(RedOrGreen(4, 0), lambda logits, label: F.cross_entropy(logits, label), lr=1e-2, seed=seed)
+        example = (torch.rand(1, 3, SIZE, SIZE),)
+        torch.manual_seed(caller_state)
+        before = torch.get_rng_state()
+        graph = fine_tune(model.eval(), example, quantizer, setting)
+        assert torch.equal(torch.get_rng_state(), before)      # the caller's generator is left where it was
+        return torch.cat([p.detach().flatten() for p in graph.parameters()])
+
+    a, b, c = run(0, caller_state=1), run(0, caller_state=2), run(1, caller_state=1)
+    assert torch.equal(a, b) and not torch.equal(a, c)

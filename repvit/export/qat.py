@@ -11,8 +11,8 @@ the format's converter then writes, so the file computes what was trained.
 
 Data and loss come from the capability (a segmenter's frames and cross-entropy, a classifier's
 images and labels): ``samples`` follows the engine's convention, ``get(index, generator)`` drawing
-its augmentation from ``generator``, and the order of each epoch is the engine's ``epoch_order``, so
-a run is a function of ``seed``. Progress goes through the engine's ``Reporter``.
+its augmentation from ``generator``, the order of each epoch is the engine's ``epoch_order`` and
+dropout draws from a generator seeded for the run, so a run is a function of ``seed``. Progress goes through the engine's ``Reporter``.
 """
 from __future__ import annotations
 
@@ -65,7 +65,15 @@ def _batched(target: Any) -> Any:
 
 def fine_tune(fused: nn.Module, example: Sequence[torch.Tensor], quantizer, setting: QATSetting) -> nn.Module:
     """``fused`` exported at ``example``'s shapes, prepared for QAT with ``quantizer`` (its QAT
-    configuration), trained as ``setting`` says, and returned in eval mode, ready for ``convert_pt2e``."""
+    configuration), trained as ``setting`` says, and returned in eval mode, ready for ``convert_pt2e``.
+    Dropout draws from the global generator: it is seeded with ``setting.seed`` for the run and restored
+    after, so a run is a function of the seed whatever ran before it in the process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(setting.seed)
+        return _fine_tune(fused, example, quantizer, setting)
+
+
+def _fine_tune(fused: nn.Module, example: Sequence[torch.Tensor], quantizer, setting: QATSetting) -> nn.Module:
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
     example = tuple(example)

@@ -1,6 +1,6 @@
 """``repvit segment export``: the fused model as ONNX or an OpenVINO IR (dynamic size), LiteRT or
-ExecuTorch (fixed size), checked on real images; with ``--int8`` also its INT8 copy, calibrated on real images and
-checked pixel by pixel."""
+ExecuTorch (fixed size), checked on real images; with ``--int8`` also its INT8 copy, calibrated on real images (or,
+LiteRT and ExecuTorch, trained with ``--qat-data``) and checked pixel by pixel."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,7 @@ def run_export(args: argparse.Namespace) -> int:
         size = tuple(args.input_size or images[0].shape[-2:])
         calibration = [torch.nn.functional.interpolate(c, size=size, mode="bilinear", align_corners=False).numpy()
                        for c in calibration]
+        qat = _qat_setting(args, model, size) if args.qat_data else None    # a bad folder stops before any export
         export_fixed = dense.export_segmenter_litert if fmt == "litert" else dense.export_segmenter_executorch
         report = export_fixed(model, output, images, class_names=model.class_names, size=size)
         report["format"] = fmt
@@ -66,9 +67,11 @@ def run_export(args: argparse.Namespace) -> int:
               f"{report['max_abs_diff']:.3g}; {record})")
         if args.int8:
             int8_path = dense.int8_path_for(output)
-            qat = _qat_setting(args, model, size) if args.qat_data else None
+            if qat is not None:
+                print(f"quantization-aware training: {qat.epochs:g} epoch(s) of {len(qat.samples)} frames from "
+                      f"{args.qat_data} at {size[0]}x{size[1]}, batch 1, lr {qat.lr:g}")
             report["int8"] = export_fixed(model, int8_path, images, class_names=model.class_names, size=size,
-                                          calibration=None if qat else calibration, qat=qat)
+                                          calibration=None if qat is not None else calibration, qat=qat)
             _say_int8(report["int8"])
         if args.neck_output:
             report["neck"] = dense.export_neck_litert(model.backbone, args.neck_output, images, size=size)
@@ -122,8 +125,6 @@ def _qat_setting(args: argparse.Namespace, model, size: tuple):
         if logits.shape[-2:] != label.shape[-2:]:
             logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
         return F.cross_entropy(logits, label, ignore_index=model.ignore_index)
-    print(f"quantization-aware training: {args.qat_epochs:g} epoch(s) of {len(samples)} frames from {args.qat_data} "
-          f"at {size[0]}x{size[1]}, batch 1, lr {args.qat_lr:g}")
     return QATSetting(samples, loss, epochs=args.qat_epochs, lr=args.qat_lr, seed=args.seed)
 
 
@@ -156,7 +157,7 @@ def register(actions) -> None:
     grammar.add(q, "--int8", help="also write INT8 copies (<name>-int8, of the neck too): ONNX Runtime static QDQ, "
                                   "NNCF post-training quantization, LiteRT full integer or the ExecuTorch XNNPACK "
                                   "quantizer, calibrated on "
-                                  "--calib-images and kept only if "
+                                  "--calib-images (or trained with --qat-data) and kept only if "
                                   "90%% of the pixels of the real images keep their class")
     grammar.add(q, "--calib-images", help="folder of training images to calibrate on (at the model's evaluation size)")
     grammar.add(q, "--calib-count", default=100)
