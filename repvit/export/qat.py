@@ -12,7 +12,7 @@ the format's converter then writes, so the file computes what was trained.
 Data and loss come from the capability (a segmenter's frames and cross-entropy, a classifier's
 images and labels): ``samples`` follows the engine's convention, ``get(index, generator)`` drawing
 its augmentation from ``generator``, the order of each epoch is the engine's ``epoch_order`` and
-dropout draws from a generator seeded for the run, so a run is a function of ``seed``. Progress goes through the engine's ``Reporter``.
+the global generator is seeded for the run, so a run is a function of ``seed`` (at one thread count). Progress goes through the engine's ``Reporter``.
 """
 from __future__ import annotations
 
@@ -66,8 +66,10 @@ def _batched(target: Any) -> Any:
 def fine_tune(fused: nn.Module, example: Sequence[torch.Tensor], quantizer, setting: QATSetting) -> nn.Module:
     """``fused`` exported at ``example``'s shapes, prepared for QAT with ``quantizer`` (its QAT
     configuration), trained as ``setting`` says, and returned in eval mode, ready for ``convert_pt2e``.
-    Dropout draws from the global generator: it is seeded with ``setting.seed`` for the run and restored
-    after, so a run is a function of the seed whatever ran before it in the process."""
+    The global generator is seeded with ``setting.seed`` for the run and restored after: the caller's
+    random numbers are not consumed by the preparation, and a run does not depend on what ran before it
+    in the process. (Dropout is not in the graph: ``fused`` is exported in eval mode.) Runs with other
+    thread counts sum in other orders and drift apart over the steps: compare runs at one thread count."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(setting.seed)
         return _fine_tune(fused, example, quantizer, setting)
