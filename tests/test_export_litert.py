@@ -208,3 +208,35 @@ def test_optimize_for_inference_offers_litert_and_it_is_faithful(model, monkeypa
     monkeypatch.setattr(opt, "_has_litert", lambda: False)
     opt.optimize_for_inference(model, "cpu", img_size=IMG, measure=False)
     assert built and "litert" not in built
+
+
+class _Gated(torch.nn.Module):
+    """A convolution and a squeeze-and-excitation gate: the feature map times sigmoid(pooled 1x1 conv)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gate = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * torch.sigmoid(self.gate(y.mean((2, 3), keepdim=True)))
+
+
+def _mul_input_dtypes(path) -> set:
+    interp = fmt_lt.interpreter(path, 1)
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    return {dtypes[i] for op in interp._get_ops_details() if op["op_name"] == "MUL" for i in op["inputs"]}
+
+
+def test_int8_files_keep_the_gate_multiplication_in_float(tmp_path, monkeypatch):
+    """FLOAT_OPS: the SE multiplication runs on float32 tensors in an INT8 file (quantizing its product cost
+    CamVid most of LiteRT's INT8 loss); the rest is integer. Without the exception it is int8."""
+    torch.manual_seed(0)
+    model = _Gated().eval()
+    calibration = [torch.rand(1, 3, 16, 16).numpy() for _ in range(4)]
+    path = fmt_lt.export_litert(model, tmp_path / "g.tflite", img_size=16, calibration=calibration)
+    assert _mul_input_dtypes(path) == {"float32"}
+    assert fmt_lt.describe(path)["input"]["dtype"] == "int8"
+    monkeypatch.setattr(fmt_lt, "FLOAT_OPS", ())
+    path = fmt_lt.export_litert(model, tmp_path / "all.tflite", img_size=16, calibration=calibration)
+    assert _mul_input_dtypes(path) == {"int8"}

@@ -7,7 +7,8 @@ CPU path is the XNNPACK delegate, one image at a time.
 
 INT8 is full-integer post-training quantization: PT2E (``torch.export`` + the converter's own
 quantizer: int8 weights symmetric per output channel, int8 activations per tensor, static
-ranges from real calibration images), so input and output are int8 too; ``runner`` quantizes
+ranges from real calibration images; the squeeze-and-excitation multiplications stay float,
+``FLOAT_OPS``), so input and output are int8 too; ``runner`` quantizes
 the float input and dequantizes the logits with the scales stored in the file. Where post-training
 ranges cost too much accuracy, ``qat=`` fine-tunes the model with the same quantizer's QAT form
 first (``repvit.export.qat``) and writes the trained graph.
@@ -92,12 +93,20 @@ def _exact_nearest():
         torch.nn.functional.interpolate = original
 
 
+# Operators left in float32 in INT8 files: the squeeze-and-excitation multiplications (feature map times
+# the sigmoid gate). Quantizing their products cost the CamVid segmenter 0.77 of the 0.93 mIoU points its
+# quantize/dequantize graph loses in PyTorch; left in float, the file loses 0.30 instead of 1.26 and runs
+# as fast (XNNPACK takes the float multiplications too; benchmarks/deployment.md, section 2).
+FLOAT_OPS = ("mul",)
+
+
 def _quantizer(qat: bool):
-    """litert-torch's PT2E quantizer: int8 weights per output channel, static int8 activations; with
-    ``qat`` its quantization-aware form."""
+    """litert-torch's PT2E quantizer: int8 weights per output channel, static int8 activations, every
+    operator it annotates but ``FLOAT_OPS``; with ``qat`` its quantization-aware form."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
                                                                              is_dynamic=False, is_qat=qat))
+    quantizer.STATIC_OPS = [op for op in quantizer.STATIC_OPS if op not in FLOAT_OPS]
     if qat:
         # Its QAT-only annotators match conv + BatchNorm patterns (a fused model has none) and fail to
         # build those patterns under torch 2.14 (litert-torch 0.10): they are left out.
