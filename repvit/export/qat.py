@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..engine.data import epoch_order
+from ..engine.data import EpochSeeded, epoch_order
 from ..engine.progress import Reporter
 
 
@@ -87,14 +87,15 @@ def _fine_tune(fused: nn.Module, example: Sequence[torch.Tensor], quantizer, set
     n, steps = len(setting.samples), setting.steps
     reporter = setting.reporter or Reporter(interval=setting.log_interval)
     epochs = math.ceil(steps / n)
+    seeded = EpochSeeded(setting.samples, setting.seed)     # sample k of epoch e drawn from (seed, e, k)
     losses, step, start = [], 0, time.perf_counter()
     with torch.enable_grad():
         for epoch in range(epochs):
             order = epoch_order(n, setting.seed, epoch, 0, 1, 1)[: min(n, steps - step)]
             reporter.start_epoch(epoch, epochs, len(order))
+            seeded.set_epoch(epoch)
             for k, index in enumerate(order):
-                generator = torch.Generator().manual_seed((setting.seed * 1_000_003 + epoch) * 1_000_003 + index)
-                image, target = setting.samples.get(index, generator)
+                image, target = seeded[index]
                 if tuple(image.shape[-2:]) != shape:
                     raise ValueError(f"QAT sample {index} is {tuple(image.shape[-2:])}, the exported graph takes "
                                      f"{shape}: the samples must be at the file's fixed size")
