@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.runtime.bench import build_ours, build_timm, fuse_timm  # noqa: E402
-from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.engine.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.models.reparam import reparameterize  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 

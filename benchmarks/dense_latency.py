@@ -27,7 +27,7 @@ from repvit.models.profile import count_macs, count_params  # noqa: E402
 from repvit.models.reparam import reparameterize  # noqa: E402
 from repvit.models.variants import VARIANTS  # noqa: E402
 from repvit.runtime.module_bench import Subject, mobilenet_v3_large_fpn, prepare  # noqa: E402
-from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.engine.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 
 MODERN = [n for n, v in VARIANTS.items() if not v.legacy]

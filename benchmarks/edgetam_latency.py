@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.data.video import open_frames  # noqa: E402
 from repvit.edgetam.tracking import TrackPrompt, track  # noqa: E402
-from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.engine.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 
 FRAMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bedroom"

@@ -1,4 +1,4 @@
-"""EdgeTAM's tracking loop through ONNX Runtime and OpenVINO (``repvit.export.edgetam_loop.OnnxTracker`` on the
+"""EdgeTAM's tracking loop through ONNX Runtime and OpenVINO (``repvit.edgetam.onnx_predictor.OnnxTracker`` on the
 same exported ONNX files) beside the fused eager PyTorch predictor, per frame on a CPU, interleaved (the
 order rotates every round).
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.data.video import open_frames  # noqa: E402
 from repvit.edgetam.tracking import TrackPrompt, track  # noqa: E402
-from repvit.runtime.timing import environment, load_average, summarize, torch_threads  # noqa: E402
+from repvit.engine.timing import environment, load_average, summarize, torch_threads  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 
 FRAMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "bedroom"
@@ -42,8 +42,8 @@ def main() -> int:
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
     from repvit.edgetam import build_video_predictor
-    from repvit.export.edgetam import export_edgetam
-    from repvit.export.edgetam_loop import OnnxTracker
+    from repvit.edgetam.export import export_edgetam
+    from repvit.edgetam.onnx_predictor import OnnxTracker
     result = {"environment": environment("cpu"), "threads": args.threads, "frames": args.frames,
               "load_avg_1min_before": load_average()}
     with torch_threads(args.threads), tempfile.TemporaryDirectory() as work:

@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit import create_model  # noqa: E402
-from repvit.export import ParityError, export_model  # noqa: E402
+from repvit.classification.export import export_model  # noqa: E402
+from repvit.export import ParityError  # noqa: E402
 from repvit.export import coreml as fmt_cm  # noqa: E402
 from repvit.export import executorch as fmt_et  # noqa: E402
 from repvit.testing import randomize_batchnorm  # noqa: E402

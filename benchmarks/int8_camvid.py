@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from repvit import reparameterize  # noqa: E402
 from repvit.commands._dense import real_images  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
-from repvit.export import dense  # noqa: E402
+from repvit.dense import export as dense  # noqa: E402
 from repvit.export.verify import ParityError  # noqa: E402
-from repvit.runtime.timing import environment, load_average, torch_threads  # noqa: E402
+from repvit.engine.timing import environment, load_average, torch_threads  # noqa: E402
 from repvit.segmentation.data import EvalResize, SemanticFolder  # noqa: E402
 from repvit.segmentation.evaluation import evaluate_segmenter  # noqa: E402
 from repvit.segmentation.semantic_fpn import load_segmenter  # noqa: E402

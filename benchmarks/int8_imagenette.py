@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit import create_model, reparameterize  # noqa: E402
-from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
-from repvit.export import export_model  # noqa: E402
+from repvit.engine.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.classification.export import export_model  # noqa: E402
 from repvit.export import onnx as fmt_onnx  # noqa: E402
 from repvit.export.artifact import export_metadata, resolved_preprocessing  # noqa: E402
 from repvit.export.quantize import calibration_batches, quantize_onnx  # noqa: E402

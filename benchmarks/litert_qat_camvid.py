@@ -33,8 +33,8 @@ from repvit import reparameterize  # noqa: E402
 from repvit.commands._dense import real_images  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 from repvit.export import litert as fmt_lt  # noqa: E402
-from repvit.export.qat import QATSetting, fine_tune  # noqa: E402
-from repvit.runtime.timing import environment, load_average, torch_threads  # noqa: E402
+from repvit.engine.qat import QATSetting, fine_tune  # noqa: E402
+from repvit.engine.timing import environment, load_average, torch_threads  # noqa: E402
 from repvit.segmentation.data import EvalResize, ResizeFlip, SemanticFolder  # noqa: E402
 from repvit.segmentation.evaluation import evaluate_segmenter  # noqa: E402
 from repvit.segmentation.semantic_fpn import load_segmenter  # noqa: E402

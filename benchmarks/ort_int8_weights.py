@@ -26,7 +26,7 @@ from repvit.commands._grammar import write_report  # noqa: E402
 from repvit.export import onnx as fmt_onnx  # noqa: E402
 from repvit.export.artifact import export_metadata, resolved_preprocessing  # noqa: E402
 from repvit.export.quantize import WEIGHT_ENCODINGS, calibration_batches, quantize_onnx  # noqa: E402
-from repvit.runtime.timing import environment, load_average, summarize, time_interleaved  # noqa: E402
+from repvit.engine.timing import environment, load_average, summarize, time_interleaved  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-96"
 

@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.commands._grammar import write_report  # noqa: E402
-from repvit.export.sam import export_sam, fused_cpu_copy  # noqa: E402
-from repvit.export.sam_files import exported_encoder_predictor  # noqa: E402
-from repvit.export.sam_int8 import INT8_FILE_NAMES  # noqa: E402
-from repvit.runtime.timing import environment, load_average, torch_threads  # noqa: E402
+from repvit.sam.export import export_sam, fused_cpu_copy  # noqa: E402
+from repvit.sam.exported import exported_encoder_predictor  # noqa: E402
+from repvit.sam.export_int8 import INT8_FILE_NAMES  # noqa: E402
+from repvit.engine.timing import environment, load_average, torch_threads  # noqa: E402
 from repvit.sam import build_sam  # noqa: E402
 from repvit.sam.evaluation import evaluate_coco, find_coco_layout  # noqa: E402
 

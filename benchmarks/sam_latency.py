@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.models.reparam import reparameterize  # noqa: E402
-from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.engine.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.sam import build_sam  # noqa: E402
 from repvit.sam.everything import FastMaskGenerator  # noqa: E402
 from repvit.data.images import load_rgb  # noqa: E402

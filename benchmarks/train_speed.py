@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from repvit.runtime.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
+from repvit.engine.timing import environment, load_average, summarize, time_interleaved, torch_threads  # noqa: E402
 from repvit.models.factory import create_model  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 

@@ -1,4 +1,7 @@
 """RepViT: Revisiting Mobile CNN From ViT Perspective (Wang et al., CVPR 2024), in PyTorch."""
+from . import _moved
+
+_moved.install()  # old import paths of moved modules keep working for one release (repvit/_moved.py)
 from .models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .models.factory import create_model
 from .runtime.optimize import optimize_for_inference

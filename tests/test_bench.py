@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from repvit.runtime.timing import summarize, time_interleaved
+from repvit.engine.timing import summarize, time_interleaved
 
 from repvit.runtime.bench import cpu_latency, format_report, ratios
 from repvit.cli import main

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from repvit.cli import main
 from repvit.detection.detectors import build_detector, save_detector
-from repvit.export.dense import export_segmenter_onnx
+from repvit.dense.export import export_segmenter_onnx
 from repvit.export.verify import ParityError
 from repvit.segmentation.semantic_fpn import SemanticFPN, save_segmenter
 from repvit.testing import randomize_batchnorm
@@ -56,7 +56,7 @@ def test_cli_detect_export_torchscript_on_real_images(tmp_path):
 
 
 def test_a_broken_export_is_removed_and_raises(tmp_path, monkeypatch):
-    from repvit.export import dense
+    from repvit.dense import export as dense
     model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=3)).eval()
     monkeypatch.setattr(dense, "SEG_TOLERANCE", -1.0)          # nothing can pass
     with pytest.raises(ParityError, match="was removed"):
@@ -109,7 +109,7 @@ def test_segment_int8_copies_are_checked_and_the_exported_files_score_like_the_c
 
 
 def test_an_int8_copy_outside_the_limits_is_removed(tmp_path, monkeypatch):
-    from repvit.export import dense
+    from repvit.dense import export as dense
     model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=3)).eval()
     images = [torch.rand(3, 96, 128)]
     export_segmenter_onnx(model, tmp_path / "m.onnx", images, class_names=["a", "b", "c"])
@@ -126,7 +126,7 @@ def test_an_int8_copy_outside_the_limits_is_removed(tmp_path, monkeypatch):
 def test_segment_eval_refuses_what_an_exported_file_cannot_do(tmp_path, capsys):
     model = randomize_batchnorm(SemanticFPN("repvit_m0_6", num_classes=3)).eval()
     export_segmenter_onnx(model, tmp_path / "m.onnx", [torch.rand(3, 96, 128)], class_names=["a", "b", "c"])
-    from repvit.export.dense import _export_dynamic_onnx
+    from repvit.dense.export import _export_dynamic_onnx
     _export_dynamic_onnx(torch.nn.Conv2d(3, 2, 1), tmp_path / "other.onnx", ["y"], {"task": "classification"}, 18)
     for extra, message in ((["--unfused"], "--unfused and --ema apply to checkpoints only"),
                            ([], "does not record the ignored label value"),
@@ -227,8 +227,8 @@ def test_segment_export_trains_the_int8_copy_with_qat_data(tmp_path, capsys):
     assert "images/ and labels/" in capsys.readouterr().err
     assert not (tmp_path / "n.pte").exists()                           # refused before any export
     # a learning rate that moves the model away from the float one: the file is removed, the hint is QAT's
-    from repvit.export.dense import export_segmenter_executorch
-    from repvit.export.qat import QATSetting
+    from repvit.dense.export import export_segmenter_executorch
+    from repvit.engine.qat import QATSetting
     from repvit.segmentation.data import ResizeFlip, SemanticFolder
     samples = SemanticFolder(train, num_classes=11, ignore_index=11, train_transform=ResizeFlip((96, 128)))
     wild = QATSetting(samples, lambda logits, label: F.cross_entropy(logits, label, ignore_index=11), lr=3e-2)

@@ -231,7 +231,7 @@ def ranks(work) -> list[dict]:
 @pytest.fixture(scope="module")
 def alone(work, ranks) -> dict:
     """The same evaluation in this one process (after the ranks, so the cache is filled)."""
-    from repvit.runtime.timing import torch_threads
+    from repvit.engine.timing import torch_threads
     with torch_threads(1):   # as the ranks: the same kernels, so the same bits
         return evaluate_all(work, None)
 

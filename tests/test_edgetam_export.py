@@ -17,8 +17,8 @@ pytest.importorskip("sam2", reason="EdgeTAM needs the edgetam extra (Meta's sam2
 pytest.importorskip("onnxruntime", reason="the ONNX loop needs the onnx extra")
 
 from repvit.edgetam import build_video_predictor  # noqa: E402
-from repvit.export.edgetam import FILES, SPEC_NAME, export_edgetam  # noqa: E402
-from repvit.export.edgetam_loop import (Memory, OnnxTracker, choose, resize_bilinear,  # noqa: E402
+from repvit.edgetam.export import FILES, SPEC_NAME, export_edgetam  # noqa: E402
+from repvit.edgetam.onnx_predictor import (Memory, OnnxTracker, choose, resize_bilinear,  # noqa: E402
                                         round_to_bfloat16, use_multimask)
 
 from .conftest import shared_data  # noqa: E402
@@ -96,7 +96,7 @@ def test_export_writes_four_checked_graphs_and_the_spec(exported):
 
 
 def test_loop_preprocessing_equals_the_predictor_s(frame0, frames, tracker):
-    from repvit.export.edgetam_loop import load_frame
+    from repvit.edgetam.onnx_predictor import load_frame
     _, image, _, _ = frame0
     x, size = load_frame(frames / "00000.jpg", 1024, tracker.spec["preprocessing"]["mean"],
                          tracker.spec["preprocessing"]["std"])
@@ -376,7 +376,7 @@ def test_coreml_programs_carry_the_graphs_tensors_and_the_loop_spec(predictor, e
     pytest.importorskip("coremltools", reason="the coreml extra is not installed")
     import platform
     from repvit.export.coreml import tensor_spec
-    from repvit.export.edgetam_coreml import COREML_FILES, COREML_SPEC_NAME, export_edgetam_coreml
+    from repvit.edgetam.export_coreml import COREML_FILES, COREML_SPEC_NAME, export_edgetam_coreml
     report = export_edgetam_coreml(predictor, tmp_path / "coreml")
     assert sorted(p.name for p in (tmp_path / "coreml").iterdir()) == sorted([*COREML_FILES.values(),
                                                                               COREML_SPEC_NAME])

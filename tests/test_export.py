@@ -10,7 +10,8 @@ import torch
 
 from repvit import create_model, is_fused, reparameterize, save_checkpoint
 from repvit.cli import main
-from repvit.export import ParityError, artifact_path, export_model
+from repvit.classification.export import export_model
+from repvit.export import ParityError, artifact_path
 from repvit.export import onnx as fmt_onnx
 from repvit.export import torchscript as fmt_ts
 from repvit.export.quantize import agreement, count_quantized

@@ -11,7 +11,7 @@ pytest.importorskip("litert_torch", reason="the litert extra is not installed: p
 
 from repvit import create_model, reparameterize  # noqa: E402
 from repvit.cli import main  # noqa: E402
-from repvit.export import export_model  # noqa: E402
+from repvit.classification.export import export_model  # noqa: E402
 from repvit.export import litert as fmt_lt  # noqa: E402
 from repvit.export.artifact import resolved_preprocessing  # noqa: E402
 from repvit.export.verify import find_images, real_batch  # noqa: E402
@@ -135,8 +135,8 @@ def test_sam_encoder_and_two_point_decoder_tflite_match_sam_predictor(tmp_path):
     """RepViT-SAM through LiteRT: the encoder on a real photo, and the fixed two-point decoder (one click +
     padding, one box, a click with a previous mask) upscaled like an app does, against SamPredictor."""
     pytest.importorskip("segment_anything")
-    from repvit.export import sam_litert
-    from repvit.export.sam import export_sam
+    from repvit.sam import export_litert as sam_litert
+    from repvit.sam.export import export_sam
     from repvit.sam.builder import sam_with_encoder
     from repvit.sam.encoder import RepViTSamEncoder
     from .conftest import SHARED_DATA, shared_data

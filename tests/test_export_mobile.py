@@ -9,7 +9,7 @@ import torch
 from repvit import create_model, reparameterize
 from repvit.export import coreml as fmt_cm
 from repvit.export import executorch as fmt_et
-from repvit.export import export_model
+from repvit.classification.export import export_model
 from repvit.testing import random_eval_model
 
 IMG = 64

@@ -14,12 +14,13 @@ pytest.importorskip("openvino", reason="the deploy extra is not installed")
 
 from repvit import create_model, is_fused, reparameterize, save_checkpoint  # noqa: E402
 from repvit.cli import main  # noqa: E402
-from repvit.export import ParityError, export_model  # noqa: E402
+from repvit.classification.export import export_model  # noqa: E402
+from repvit.export import ParityError  # noqa: E402
 from repvit.export import openvino as fmt_ov  # noqa: E402
 from repvit.export.verify import find_images, real_batch  # noqa: E402
 from repvit.runtime import optimize as opt  # noqa: E402
 from repvit.runtime.bench import cpu_latency, installed_runtimes  # noqa: E402
-from repvit.runtime.timing import cpu_name  # noqa: E402
+from repvit.engine.timing import cpu_name  # noqa: E402
 from repvit.testing import randomize_batchnorm  # noqa: E402
 
 IMG = 64

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning for the PT2E INT8 exports (repvit.export.qat): what is trained is what
+"""Quantization-aware fine-tuning for the PT2E INT8 exports (repvit.engine.qat): what is trained is what
 the file computes, on a task the untrained model cannot do, through ExecuTorch (CI) and LiteRT (the
 litert extra)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repvit.export.qat import QATSetting
+from repvit.engine.qat import QATSetting
 from repvit.segmentation.data import ResizeFlip
 
 SIZE = 24
@@ -96,7 +96,7 @@ def test_qat_samples_at_another_size_are_refused():
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                         get_symmetric_quantization_config)
 
-    from repvit.export.qat import fine_tune
+    from repvit.engine.qat import fine_tune
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
     with pytest.raises(ValueError, match=r"is \(24, 24\), the exported graph takes \(16, 16\)"):
         fine_tune(_model(), (torch.rand(1, 3, 16, 16),), quantizer, _setting(RedOrGreen(2, 0)))
@@ -125,7 +125,7 @@ def test_a_qat_run_is_a_function_of_its_seed():
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                         get_symmetric_quantization_config)
 
-    from repvit.export.qat import fine_tune
+    from repvit.engine.qat import fine_tune
 
     def run(seed, caller_state):
         model = _model()

@@ -84,13 +84,14 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 
 # The layers, bottom to top. A module may import its own layer and those below it, never above.
-#   models (the model library)  <  engine (the one training loop), data (shared datasets), dense (backbone
-#   adapter, FPN, dense option tables)  <  capabilities (each alone)  <  export, runtime  <  commands, cli
+#   models (the model library)  <  data (shared formats), export (format backends: models and data only),
+#   engine (the one training loop, its clocks and threads)  <  dense (backbone adapter, FPN, dense exporters)
+#   <  capabilities (each alone, each owning its exporters)  <  runtime (bench, optimize), demo  <  commands, cli
 CAPABILITIES = ("repvit.classification", "repvit.detection", "repvit.segmentation", "repvit.sam", "repvit.edgetam",
                 "repvit.roadmap")
 COMMAND_LINE = ("repvit.commands", "repvit.cli", "repvit.__main__")
-# runtime.timing is a leaf (clocks, threads): the engine may use it; the rest of runtime sits above export.
-TOP = ("repvit.export", "repvit.runtime.bench", "repvit.runtime.optimize", "repvit.demo") + COMMAND_LINE
+TOP = ("repvit.runtime", "repvit.demo") + COMMAND_LINE
+SHARED = ("repvit.engine", "repvit.data", "repvit.dense", "repvit.export")
 
 
 def _package(name: str, packages) -> str | None:
@@ -105,16 +106,22 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
             edge = f"{name} -> {target}"
             if _package(target, COMMAND_LINE) and not _package(name, COMMAND_LINE):
                 bad.append(edge + " (the library never imports the command line)")
-            elif name.startswith("repvit.models") and _package(target, (*CAPABILITIES, *TOP, "repvit.engine",
-                                                                        "repvit.data", "repvit.dense")):
+            elif name.startswith("repvit.models") and _package(target, (*CAPABILITIES, *TOP, *SHARED)):
                 bad.append(edge + " (the model library imports nothing above it)")
-            elif _package(name, ("repvit.engine", "repvit.data", "repvit.dense")) and _package(target,
-                                                                                          (*CAPABILITIES, *TOP)):
-                bad.append(edge + " (engine, data and dense serve the capabilities and never import them)")
-            elif name.startswith("repvit.engine") and _package(target, ("repvit.data", "repvit.dense")):
-                bad.append(edge + " (the engine knows no task's data or models)")
+            elif _package(name, ("repvit.export",)) and not _package(target, ("repvit.export", "repvit.models",
+                                                                              "repvit.data", "repvit.version",
+                                                                              "repvit._moved")):
+                bad.append(edge + " (the format backends import only the model library and the data formats)")
+            elif _package(name, SHARED) and _package(target, (*CAPABILITIES, *TOP)):
+                bad.append(edge + " (engine, data, dense and export serve the capabilities and never import them)")
+            elif name.startswith("repvit.engine") and _package(target, ("repvit.data", "repvit.dense",
+                                                                        "repvit.export")):
+                bad.append(edge + " (the engine knows no task's data, models or file formats)")
+            elif name.startswith("repvit.data") and _package(target, ("repvit.dense", "repvit.engine",
+                                                                      "repvit.export")):
+                bad.append(edge + " (the data formats sit beside the model library, below the loop and exporters)")
             elif _package(name, CAPABILITIES) and _package(target, TOP):
-                bad.append(edge + " (a capability never imports export, benchmarking or the command line)")
+                bad.append(edge + " (a capability never imports benchmarking, the demo or the command line)")
             elif (_package(name, CAPABILITIES) and _package(target, CAPABILITIES)
                   and _package(name, CAPABILITIES) != _package(target, CAPABILITIES)):
                 bad.append(edge + " (capability packages never import each other: move what they share down)")
@@ -131,10 +138,24 @@ def test_the_layering_check_catches_planted_imports():
                "repvit.engine.loop": {"repvit.segmentation.training", "repvit.models.reparam"},
                "repvit.models.layers": {"repvit.export.onnx"},
                "repvit.detection.training": {"repvit.engine.loop", "repvit.dense.backbone", "repvit.data.coco"},
-               "repvit.segmentation.data": {"repvit.commands.segment"}}
+               "repvit.segmentation.data": {"repvit.commands.segment"},
+               "repvit.export.onnx": {"repvit.engine.progress", "repvit.sam.builder", "repvit.models.reparam"},
+               "repvit.edgetam.export": {"repvit.export.onnx", "repvit.runtime.bench"},
+               "repvit.engine.qat": {"repvit.export.litert", "repvit.engine.data"}}
     bad = layer_violations(planted)
-    assert len(bad) == 4 and not any("detection.training" in b for b in bad), bad
+    assert len(bad) == 8 and not any("detection.training" in b for b in bad), bad
     assert any(b.startswith("repvit.sam.evaluation -> repvit.detection.data") for b in bad)
+    assert {b.split(" (")[0] for b in bad if b.startswith("repvit.export.onnx")} == {
+        "repvit.export.onnx -> repvit.engine.progress", "repvit.export.onnx -> repvit.sam.builder"}
+    assert [b.split(" (")[0] for b in bad if "edgetam" in b or "qat" in b] == [
+        "repvit.edgetam.export -> repvit.runtime.bench", "repvit.engine.qat -> repvit.export.litert"]
+
+
+def test_every_module_sits_in_a_layer():
+    """A module outside every layer would escape the checks above (runtime/module_bench.py once did)."""
+    known = (*CAPABILITIES, *TOP, *SHARED, "repvit.models")
+    loose = [name for name in import_graph() if not _package(name, known)]
+    assert sorted(loose) == ["repvit", "repvit._moved", "repvit.progress_bar", "repvit.testing", "repvit.version"], loose
 
 
 # Parallel task packages (classification training, detection, segmentation) hold files of the same

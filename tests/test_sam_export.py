@@ -15,8 +15,8 @@ pytest.importorskip("onnxruntime", reason="ONNX export needs pip install 'repvit
 
 from repvit.cli import main  # noqa: E402
 from repvit.sam import build_sam  # noqa: E402
-from repvit.export import sam as sam_export  # noqa: E402
-from repvit.export import sam_decoder, sam_parity  # noqa: E402
+from repvit.sam import export as sam_export  # noqa: E402
+from repvit.sam import decoder_graph as sam_decoder, export_parity as sam_parity  # noqa: E402
 from repvit.sam.builder import sam_with_encoder  # noqa: E402
 from repvit.sam.encoder import RepViTSamEncoder  # noqa: E402
 from repvit.data.images import load_rgb  # noqa: E402
@@ -260,7 +260,7 @@ def test_int8_encoders_are_quantized_and_keep_the_masks(tmp_path, capsys):
     really quantized (QDQ nodes, an embedding off by more than float rounding) and kept because the float
     decoder's masks from it agree with the float encoder's; a stricter threshold removes it."""
     import importlib.util
-    from repvit.export import sam_int8
+    from repvit.sam import export_int8 as sam_int8
     from repvit.export.quantize import count_quantized
     need_photo()
     torch.manual_seed(0)
@@ -323,11 +323,15 @@ def test_parity_images_fall_back_to_photos_then_a_test_card(monkeypatch):
     assert name == "synthetic" and card.shape == (480, 640, 3)
 
 
-def test_the_sam_package_does_not_import_the_exporters():
-    """Export sits above the capability packages: repvit.export.sam* import repvit.sam, never the reverse."""
+def test_the_sam_model_code_does_not_import_its_exporters():
+    """SAM owns its exporters (repvit.sam.export*, on the format backends of repvit.export), but its model,
+    prompts, evaluation and distillation import neither them nor the backends: a user who never exports
+    needs no onnx, openvino or litert."""
     from tests.test_layout import import_graph
     graph = import_graph()
-    upward = {m: sorted(t for t in targets if t.startswith("repvit.export"))
-              for m, targets in graph.items() if m.startswith("repvit.sam")}
+    deploy = ("repvit.export", "repvit.sam.export", "repvit.sam.decoder_graph", "repvit.sam.exported")
+    model_code = [m for m in graph if m.startswith("repvit.sam") and not m.startswith(deploy)]
+    assert "repvit.sam.builder" in model_code and "repvit.sam.evaluation" in model_code
+    upward = {m: sorted(t for t in graph[m] if t.startswith(deploy)) for m in model_code}
     assert not {m: t for m, t in upward.items() if t}
-    assert any(t.startswith("repvit.sam") for t in graph["repvit.export.sam"])  # the check sees real edges
+    assert "repvit.export.onnx" in graph["repvit.sam.export"]  # the check sees real edges

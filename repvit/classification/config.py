@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ..engine.distributed import TIMEOUT_OPTION, timeout_minutes
 from ..engine.option_table import add_options as _add_options, dump, load_config_file, save  # noqa: F401
-from ..runtime.timing import threads_option
+from ..engine.timing import threads_option
 
 # (flags, argparse keyword arguments). ``default`` is the paper's value unless noted.
 OPTIONS: list[tuple[tuple[str, ...], dict]] = [

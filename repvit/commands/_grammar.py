@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..runtime.timing import threads_option
+from ..engine.timing import threads_option
 
 PER_COMMAND = "per command"   # a default each command chooses (stated in its --help)
 

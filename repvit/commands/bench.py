@@ -17,7 +17,7 @@ def run(args) -> int:
     from ..models.pretrained import fetch
     from ..models.releases import find_release, parse_spec
     from ..models.variants import VARIANTS
-    from ..runtime.timing import resolve_threads
+    from ..engine.timing import resolve_threads
     if args.device == "auto":
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,7 +80,7 @@ def run_module_task(args) -> int:
 
     from ..models.variants import VARIANTS
     from ..runtime import module_bench
-    from ..runtime.timing import resolve_threads
+    from ..engine.timing import resolve_threads
     not_here = [flag for flag, given in (("--checkpoint", args.checkpoint), ("--pretrained", args.pretrained),
                                          ("--compare-timm", args.compare_timm), ("--calib-images", args.calib_images),
                                          ("--optimized", args.optimized)) if given]

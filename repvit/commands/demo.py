@@ -41,7 +41,7 @@ def warm_timings(models: dict, x: torch.Tensor, *, warmup: int, repeats: int,
 
 
 def run(args) -> int:
-    from ..runtime.timing import resolve_threads, torch_threads
+    from ..engine.timing import resolve_threads, torch_threads
     torch.manual_seed(args.seed)
     model = create_model(args.model, distillation=True)
     randomize_batchnorm(model, seed=args.seed)

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.timing import resolve_threads, torch_threads
+    from ..engine.timing import resolve_threads, torch_threads
     from ..classification.eval_predict import evaluate_checkpoint
     with torch_threads(resolve_threads(args.threads)[0]):
         result = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, workers=args.workers,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from ..export import FORMATS, ParityError, export_model
+from ..classification.export import export_model
+from ..export import FORMATS, ParityError
 from ..models.factory import create_model, create_model_from
 from . import _grammar as grammar
 from ._weights import add_weights_options

@@ -11,7 +11,7 @@ def run(args) -> int:
 
     from ..roadmap.report import format_table, load_accuracy, roadmap_rows
 
-    from ..runtime.timing import resolve_threads
+    from ..engine.timing import resolve_threads
     threads = resolve_threads(args.threads)[0]
     if threads is not None:
         torch.set_num_threads(threads)

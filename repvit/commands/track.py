@@ -67,7 +67,7 @@ def run_track(args: argparse.Namespace) -> int:
     from PIL import Image
     from ..data.video import DEFAULT_FPS, open_frames, require_av, write_video
     from ..edgetam.tracking import track
-    from ..runtime.timing import resolve_threads, torch_threads
+    from ..engine.timing import resolve_threads, torch_threads
     from ..data.images import overlay
     prompts = prompts_from_args(args)       # bad prompts fail before anything loads
     out = Path(args.output)

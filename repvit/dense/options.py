@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime.timing import threads_option
+from ..engine.timing import threads_option
 from ..engine import option_table as base
 from ..engine.distributed import TIMEOUT_OPTION, timeout_minutes
 

@@ -29,7 +29,7 @@ import yaml
 from torch import nn
 
 from ..models.state_dict import load_strict
-from ..runtime.timing import resolve_threads, torch_threads
+from ..engine.timing import resolve_threads, torch_threads
 from .checkpointing import capture_rng, resolve_resume, restore_rng, rng_for_rank, seed_everything
 from .distributed import DistEnv, all_reduce, any_rank, barrier, gather_objects, setup, teardown
 from .metrics_log import MetricsLog

@@ -10,7 +10,7 @@ INT8 (``calibration=``) goes through ExecuTorch's XNNPACK quantizer with PyTorch
 symmetric per-channel int8 weights and per-tensor int8 activations whose ranges are observed on the
 calibration images, then the quantized graph is lowered to XNNPACK's integer kernels like the float
 one (float input and output; the program quantizes at its entry and dequantizes at its exit).
-With ``qat=`` the same quantizer's QAT form is fine-tuned first (``repvit.export.qat``).
+With ``qat=`` the same quantizer's QAT form is fine-tuned first (``repvit.engine.qat``).
 """
 from __future__ import annotations
 
@@ -45,17 +45,16 @@ def _require():
 def _quantized(fused: nn.Module, example: tuple, calibration: Optional[Sequence[np.ndarray]], qat=None) -> nn.Module:
     """``fused`` with XNNPACK-quantizer INT8 observers calibrated on ``calibration`` (1x3xSxS arrays,
     fed in batches of the program's fixed batch size), or fine-tuned with its QAT form as ``qat`` (a
-    ``repvit.export.qat.QATSetting``) says, and converted to quantize/dequantize pairs."""
+    ``repvit.engine.qat.QATSetting``, or any object with its ``fine_tune(fused, example, quantizer)``) says, and converted to quantize/dequantize pairs."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                         get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
                                                                                 is_qat=qat is not None))
     if qat is not None:
-        from .qat import fine_tune
         if example[0].shape[0] != 1:
             raise ValueError("quantization-aware training fine-tunes a batch-1 program (batch_size=1)")
-        graph = fine_tune(fused, example, quantizer, qat)
+        graph = qat.fine_tune(fused, example, quantizer)
         return convert_pt2e(graph)
     graph = prepare_pt2e(torch.export.export(fused, example).module(), quantizer)
     batch = example[0].shape[0]
@@ -74,7 +73,7 @@ def export_executorch(fused: nn.Module, path: Union[str, os.PathLike], *, img_si
     """Write the ``.pte`` at ``batch_size``x3x``img_size``x``img_size`` (or x``H``x``W`` for a pair); returns
     ``(path, facts)`` where facts counts delegated and leftover ops. With ``calibration`` (preprocessed
     1x3xHxW arrays) the program is INT8 (see the module docstring); with ``qat`` (a
-    ``repvit.export.qat.QATSetting``) INT8 fine-tuned with quantization-aware training instead."""
+    ``repvit.engine.qat.QATSetting``, or any object with its ``fine_tune(fused, example, quantizer)``) INT8 fine-tuned with quantization-aware training instead."""
     if calibration is not None and qat is not None:
         raise ValueError("INT8 is either calibrated (calibration=) or quantization-aware trained (qat=), not both")
     _require()

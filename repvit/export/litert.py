@@ -11,7 +11,7 @@ ranges from real calibration images; the squeeze-and-excitation multiplications 
 ``FLOAT_OPS``), so input and output are int8 too; ``runner`` quantizes
 the float input and dequantizes the logits with the scales stored in the file. Where post-training
 ranges cost too much accuracy, ``qat=`` fine-tunes the model with the same quantizer's QAT form
-first (``repvit.export.qat``) and writes the trained graph.
+first (``repvit.engine.qat``) and writes the trained graph.
 
 PyTorch's nearest-neighbour resize to a size that is not a whole multiple of the input (an FPN's
 top-down path on an image whose sides are not multiples of 32) picks source pixels that the
@@ -119,7 +119,7 @@ def export_litert(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: 
                   example: Optional[Sequence[torch.Tensor]] = None, qat=None) -> Path:
     """Write ``fused`` as ``.tflite`` at 1x3x``img_size``x``img_size`` (or 1x3xHxW for ``img_size=(H, W)``);
     with ``calibration`` (preprocessed 1x3xHxW arrays) as a full-integer INT8 model, or with ``qat`` (a
-    ``repvit.export.qat.QATSetting``) as one fine-tuned with quantization-aware training instead. A
+    ``repvit.engine.qat.QATSetting``, or any object with its ``fine_tune(fused, example, quantizer)``) as one fine-tuned with quantization-aware training instead. A
     module with other inputs passes ``example`` (its arguments, whose shapes the file fixes) instead of
     ``img_size``."""
     litert_torch = _require()
@@ -133,11 +133,10 @@ def export_litert(fused: nn.Module, path: Union[str, os.PathLike], *, img_size: 
     example = tuple(example)
     graph = quantizer = None
     if qat is not None:
-        from .qat import fine_tune
         quantizer = _quantizer(qat=True)
         with warnings.catch_warnings(), _exact_nearest():
             warnings.simplefilter("ignore")
-            graph = fine_tune(fused, example, quantizer, qat)
+            graph = qat.fine_tune(fused, example, quantizer)
     with _quiet(), torch.no_grad(), _exact_nearest():
         if calibration is None and graph is None:
             edge = litert_torch.convert(fused, example)

@@ -31,7 +31,7 @@ from ..models.factory import create_model
 from ..models.reparam import reparameterize
 from ..models.variants import VARIANTS
 from .optimize import DTYPES, optimize_for_inference, prepare_gpu
-from .timing import environment, load_average, summarize, time_interleaved, torch_threads
+from ..engine.timing import environment, load_average, summarize, time_interleaved, torch_threads
 
 CPU_RUNTIMES = ("eager-unfused", "eager-fused", "eager-fused-cl", "torchscript", "compile", "onnxruntime", "int8",
                 "openvino", "openvino-int8", "litert", "litert-int8")

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..models.reparam import reparameterize
 from .bench import CPU_RUNTIMES, Report, Result, add_rows
-from .timing import environment, load_average, time_interleaved, torch_threads
+from ..engine.timing import environment, load_average, time_interleaved, torch_threads
 
 TASK_IMG_SIZE = {"classify": 224, "dense": 512, "sam": 1024}
 SAM_VARIANT = "repvit_m2_3"        # RepViT-SAM's encoder

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..models.reparam import is_fused, reparameterize
-from .timing import summarize, time_interleaved, torch_threads
+from ..engine.timing import summarize, time_interleaved, torch_threads
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CPU_CANDIDATES = ("eager", "eager-channels-last", "torchscript-frozen", "onnxruntime", "openvino", "litert", "compile")

@@ -4,7 +4,7 @@ The prompt encoder, mask decoder, ``SamPredictor`` and ``SamAutomaticMaskGenerat
 ``segment-anything`` package (``pip install 'repvit-pytorch[sam]'``); this package adds the encoder,
 the builder that reads the official ``repvit_sam.pt``, faster automatic masks, distillation,
 zero-shot COCO evaluation and a demo page. Export lives with the other exporters, in
-``repvit.export.sam``. Nothing here imports the demo's web stack.
+``repvit.sam.export``. Nothing here imports the demo's web stack.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ results equal ``mask_decoder(...)`` up to the last bits of float rounding (check
 ``tests/test_sam_everything.py``).
 
 ``decode_all_masks`` is that computation without checks or selection, every mask token's output:
-the exported prompt decoders (``repvit.export.sam_decoder``) run it too, so the project has one
+the exported prompt decoders (``repvit.sam.decoder_graph``) run it too, so the project has one
 re-statement of ``predict_masks``, not one per use.
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..dense.options import LOOP
 from ..engine.distributed import DistEnv, each_rank, shard, timeout_minutes
-from ..runtime.timing import threads_option
+from ..engine.timing import threads_option
 from ..engine import option_table as base
 from .encoder import RepViTSamEncoder
 from .teacher import (TEACHERS, EmbeddingCache, build_teacher, check_img_size, list_images, sam_input,

@@ -3,7 +3,7 @@
 
 SAM's label convention: 1 = foreground point, 0 = background point; a box enters the decoder as
 its two corners with labels 2 (top-left) and 3 (bottom-right), and a prompt without a box is
-padded with one point labelled -1 (see ``repvit.export.sam`` for the ONNX decoder's inputs).
+padded with one point labelled -1 (see ``repvit.sam.export`` for the ONNX decoder's inputs).
 Coordinates here are always pixels of the original image, x right and y down.
 
 ``farthest_from_boundary`` is the click that published SAM point figures simulate (the SAM paper

@@ -17,7 +17,7 @@ def run_eval(args: argparse.Namespace) -> int:
     sam = load_sam(args)
     model, encoder = sam, ("unfused" if args.unfused else "fused") + f" encoder on {args.device}"
     if args.encoder:
-        from ...export.sam_files import exported_encoder_predictor
+        from ...sam.exported import exported_encoder_predictor
         if args.unfused:
             raise ValueError("--encoder replaces the PyTorch encoder: drop --unfused")
         model = exported_encoder_predictor(sam.cpu(), args.encoder)

@@ -33,7 +33,7 @@ box, append the point (0, 0) with label -1 (SamPredictor does this itself; witho
 differ). mask_input is 1x1x256x256 (a previous low_res_masks channel, or zeros with
 has_mask_input 0); orig_im_size is (height, width). Outputs: masks (logits at the original size,
 > 0 is the mask), iou_predictions, low_res_masks; 4 masks (0: single-mask output, 1-3: multimask
-outputs) unless --return-single-mask. Python helper: repvit.export.sam_decoder.onnx_prompt.
+outputs) unless --return-single-mask. Python helper: repvit.sam.decoder_graph.onnx_prompt.
 
 --int8 also writes an INT8 encoder beside each float one (ONNX, OpenVINO, LiteRT, ExecuTorch:
 repvit_sam_encoder-int8.onnx / .xml / .tflite / .pte), calibrated on --calib-images (photos like the
@@ -48,7 +48,7 @@ names are checked and the report says that no prediction was compared.
 
 def run_export(args: argparse.Namespace) -> int:
     from ...export.onnx import DEFAULT_OPSET
-    from ...export.sam import export_sam, parse_formats
+    from ...sam.export import export_sam, parse_formats
     formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
     if args.num_real < 1:
         raise ValueError(f"--num-real must be at least 1, got {args.num_real}")

@@ -17,7 +17,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ...segmentation.evaluation import evaluate_segmenter
     exported = Path(args.checkpoint).suffix in EXPORTED
     if exported:
-        from ...export.dense import ExportedSegmenter
+        from ...dense.export import ExportedSegmenter
         if args.unfused or args.ema:
             raise ValueError(f"{args.checkpoint} is an exported (fused) model: --unfused and --ema apply to "
                              "checkpoints only")

@@ -17,7 +17,7 @@ FIXED_SIZE = ("litert", "executorch")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ...export import dense
+    from ...dense import export as dense
     from ...models.reparam import reparameterize
     from ...segmentation.data import EvalResize
     from ...segmentation.semantic_fpn import load_segmenter
@@ -116,7 +116,7 @@ def _qat_setting(args: argparse.Namespace, model, size: tuple):
     segmenter's cross-entropy (void ignored)."""
     import torch.nn.functional as F
 
-    from ...export.qat import QATSetting
+    from ...engine.qat import QATSetting
     from ...segmentation.data import ResizeFlip, SemanticFolder
     samples = SemanticFolder(args.qat_data, num_classes=model.num_classes, ignore_index=model.ignore_index,
                              reduce_zero_label=model.reduce_zero_label, train_transform=ResizeFlip(size))

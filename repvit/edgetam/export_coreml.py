@@ -1,7 +1,7 @@
 """EdgeTAM's four tracking graphs as Core ML ML programs (``.mlpackage``), for iPhones and Macs.
 
 ``export_edgetam_coreml(model, out_dir)`` converts the modules that ``export_edgetam`` writes to ONNX
-(``repvit.export.edgetam_graphs``: image encoder, prompt decoder, memory encoder with the spatial
+(``repvit.edgetam.graphs``: image encoder, prompt decoder, memory encoder with the spatial
 perceiver, memory attention over a fixed bank) with ``torch.export`` and coremltools, with the same
 input and output names and shapes, and writes ``edgetam_coreml.json``: the ONNX spec's loop
 description (preprocessing, prompts, mask choice, memory-bank rules, constants) with these files. An
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import coreml as fmt_cm
-from .edgetam import (ATOL, NAMES, RTOL, bank_sizes, examples, export_spec, fused_copy, graph_modules,
+from ..export import coreml as fmt_cm
+from .export import (ATOL, NAMES, RTOL, bank_sizes, examples, export_spec, fused_copy, graph_modules,
                       output_folder)
-from .verify import ParityError
+from ..export.verify import ParityError
 
 COREML_SPEC_NAME = "edgetam_coreml.json"
 COREML_SPEC_FORMAT = "repvit-edgetam-coreml"

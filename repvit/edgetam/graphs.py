@@ -1,4 +1,4 @@
-"""EdgeTAM's tracking step cut into the four modules that ``repvit.export.edgetam`` writes to ONNX.
+"""EdgeTAM's tracking step cut into the four modules that ``repvit.edgetam.export`` writes to ONNX.
 
 Each class wraps submodules of a built EdgeTAM (``repvit.edgetam.build_edgetam`` or
 ``build_video_predictor``: the same parameters, nothing copied) at the fixed 1024 input, batch 1
@@ -12,7 +12,7 @@ Each class wraps submodules of a built EdgeTAM (``repvit.edgetam.build_edgetam``
   choice among masks: all four mask tokens' low-resolution logits (``NO_OBJECT_SCORE`` where the object
   score says "absent"), IoU predictions, object pointers (the pointer MLP of every mask token, the
   learned no-object pointer mixed in as sam2 does) and the object score. Which mask and pointer a
-  step keeps depends on the number of points (see ``repvit.export.edgetam_loop.choose``).
+  step keeps depends on the number of points (see ``repvit.edgetam.onnx_predictor.choose``).
 * ``MemoryEncoderGraph``: ``_encode_new_memory`` followed by EdgeTAM's spatial perceiver: the
   256x256 mask logits are upsampled to 1024 as sam2 does before encoding, binarized when the mask
   came from the user's points (``from_points`` 1) or passed through a sigmoid otherwise, scaled,

@@ -6,7 +6,7 @@ prompted on one frame (clicks and/or a box, video pixels) forward through a fold
 JPEG frames, as sam2's video predictor (``build_video_predictor``: ``add_new_points_or_box`` then
 ``propagate_in_video``) does, and returns each frame's mask logits at the video's resolution.
 Everything it needs besides the graphs is in ``edgetam_export.json`` (written by
-``repvit.export.edgetam.export_edgetam``), so this file imports nothing of torch or of this
+``repvit.edgetam.export.export_edgetam``), so this file imports nothing of torch or of this
 package and can be copied next to the exported files.
 
 Per frame: the image encoder; on the prompted frame its features plus the no-memory embedding,
@@ -165,7 +165,7 @@ class OnnxTracker:
         folder = Path(export_dir)
         spec_path = folder / SPEC_NAME
         if not spec_path.is_file():
-            raise FileNotFoundError(f"{str(spec_path)!r} not found: export with repvit.export.edgetam.export_edgetam")
+            raise FileNotFoundError(f"{str(spec_path)!r} not found: export with repvit.edgetam.export.export_edgetam")
         self.spec = json.loads(spec_path.read_text())
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -337,7 +337,7 @@ class OnnxTracker:
         previous = pending.mask if pending is not None else track.outputs.get(t)
         if correction and not self.takes_mask_input:
             raise ValueError("these graphs were exported without the decoder's mask input (before corrections "
-                             "were supported): export again with repvit.export.edgetam.export_edgetam")
+                             "were supported): export again with repvit.edgetam.export.export_edgetam")
         feats, _ = state.features(t, self)
         if correction:   # conditioned in the direction the frame was tracked in, as sam2 does
             embed = self.condition(feats, t, track.cond, track.tracked, state.num_frames, reverse=track.visited[t])

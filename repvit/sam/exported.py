@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..sam.builder import require_segment_anything
+from .builder import require_segment_anything
 
 SUFFIXES = {".onnx": "ONNX Runtime", ".xml": "OpenVINO", ".tflite": "LiteRT", ".pte": "ExecuTorch"}
 
@@ -29,16 +29,16 @@ def encoder_runner(path: Union[str, os.PathLike]) -> Callable[[torch.Tensor], np
         raise FileNotFoundError(f"encoder file {str(path)!r} does not exist (write one with `repvit sam export`)")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from .sam import onnx_encoder_runner
+        from .export import onnx_encoder_runner
         return onnx_encoder_runner(path)
     if suffix == ".xml":
-        from .sam_openvino import encoder_runner as openvino_runner
+        from .export_openvino import encoder_runner as openvino_runner
         return openvino_runner(path)
     if suffix == ".tflite":
-        from .sam_litert import encoder_runner as litert_runner
+        from .export_litert import encoder_runner as litert_runner
         return litert_runner(path)
     if suffix == ".pte":
-        from .sam import executorch_encoder_runner
+        from .export import executorch_encoder_runner
         return executorch_encoder_runner(path)
     raise ValueError(f"{str(path)!r}: an exported SAM encoder is one of {', '.join(SUFFIXES)} "
                      f"({', '.join(SUFFIXES.values())}), not {suffix or 'a file without a suffix'}")

@@ -24,8 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..engine.data import EpochSeeded, epoch_order
-from ..engine.progress import Reporter
+from .data import EpochSeeded, epoch_order
+from .progress import Reporter
 
 
 @dataclass
@@ -57,6 +57,10 @@ class QATSetting:
     @property
     def steps(self) -> int:
         return max(1, int(round(self.epochs * len(self.samples))))
+
+    def fine_tune(self, fused: nn.Module, example: Sequence[torch.Tensor], quantizer) -> nn.Module:
+        """The format backends' entry point (they know only this method): ``fine_tune`` below."""
+        return fine_tune(fused, example, quantizer, self)
 
 
 def _batched(target: Any) -> Any:

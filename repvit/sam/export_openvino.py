@@ -3,7 +3,7 @@
 * ``repvit_sam_encoder.xml`` (+ ``.bin``): the ONNX encoder's contract (input ``image`` float32
   1x3x1024x1024, SAM-preprocessed; output ``image_embeddings`` 1x256x64x64).
 * ``repvit_sam_decoder.xml`` (+ ``.bin``): the ONNX decoder's inputs and outputs exactly
-  (``repvit.export.sam`` describes them), with a dynamic number of points and masks at the size
+  (``repvit.sam.export`` describes them), with a dynamic number of points and masks at the size
   the ``orig_im_size`` input asks for.
 
 Both are captured with ``torch.export`` and converted by ``openvino.convert_model``
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import openvino as fmt_ov
-from .sam_decoder import DECODER_INPUTS, DECODER_OUTPUTS, decoder_example, prompt_decoder
+from ..export import openvino as fmt_ov
+from .decoder_graph import DECODER_INPUTS, DECODER_OUTPUTS, decoder_example, prompt_decoder
 
 ENCODER_INPUTS, ENCODER_OUTPUTS = ("image",), ("image_embeddings",)
 INSTEAD = "the ONNX export (repvit sam export --formats onnx)"
@@ -43,7 +43,7 @@ def export_encoder_openvino(sam: nn.Module, path: Union[str, os.PathLike], *, me
                            output_names=ENCODER_OUTPUTS, input_shapes=[(1, 3, size, size)],
                            what="RepViT-SAM image encoder", instead=INSTEAD)
     fmt_ov.save(model, path, {**metadata, "part": "image encoder",
-                              "input": f"image: float32 1x3x{size}x{size}, SAM-preprocessed (see repvit.export.sam)"})
+                              "input": f"image: float32 1x3x{size}x{size}, SAM-preprocessed (see repvit.sam.export)"})
     facts = _facts(path)
     if facts["batch_norm_ops"]:
         fmt_ov.remove(path)
@@ -66,7 +66,7 @@ def export_decoder_openvino(sam: nn.Module, path: Union[str, os.PathLike], *, me
     fmt_ov.save(model, path, {**metadata, "part": "prompt decoder",
                               "return_single_mask": str(bool(return_single_mask)).lower(),
                               "use_stability_score": str(bool(use_stability_score)).lower(),
-                              "inputs": "as repvit_sam_decoder.onnx (see repvit.export.sam)"})
+                              "inputs": "as repvit_sam_decoder.onnx (see repvit.sam.export)"})
     return _facts(path)
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..sam.builder import require_segment_anything
-from .sam_decoder import onnx_prompt, prompt_decoder
-from .verify import find_images, max_abs_diff
+from .builder import require_segment_anything
+from .decoder_graph import onnx_prompt, prompt_decoder
+from ..export.verify import find_images, max_abs_diff
 
 # Largest |difference| allowed, float32 against float32 PyTorch: the image embedding (values of a
 # few units) and the decoder outputs (mask logits at both sizes and the scores).

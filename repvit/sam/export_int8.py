@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .sam_parity import parity_prompts, predictor_with_embedding, preprocess
-from .verify import find_images
+from .export_parity import parity_prompts, predictor_with_embedding, preprocess
+from ..export.verify import find_images
 
 INT8_FORMATS = ("onnx", "openvino", "litert", "executorch")
 INT8_FILE_NAMES = {"onnx": "repvit_sam_encoder-int8.onnx", "openvino": "repvit_sam_encoder-int8.xml",
@@ -86,20 +86,20 @@ def write_int8_encoder(fmt: str, sam: nn.Module, float_path: Path, path: Path, c
     files, from the fused module otherwise); returns facts for the report."""
     size = sam.image_encoder.img_size
     if fmt == "onnx":
-        from .quantize import count_quantized, quantize_onnx
+        from ..export.quantize import count_quantized, quantize_onnx
         quantize_onnx(float_path, path, calibration, calibration_source=source)
         return {"path": str(path), "tool": "onnxruntime quantize_static (QDQ, int7 weights, percentile)",
                 **count_quantized(path)}
     if fmt == "openvino":
-        from . import openvino as fmt_ov
+        from ..export import openvino as fmt_ov
         fmt_ov.quantize_openvino(float_path, path, calibration, calibration_source=source)
         return {"path": str(path), "tool": "NNCF post-training quantization (mixed preset, int7 weights)"}
     if fmt == "litert":
-        from . import litert as fmt_lt
+        from ..export import litert as fmt_lt
         fmt_lt.export_litert(sam.image_encoder, path, img_size=size, calibration=calibration)
         return {"path": str(path), "tool": "litert-torch PT2E full-integer INT8", **fmt_lt.describe(path)}
     if fmt == "executorch":
-        from . import executorch
+        from ..export import executorch
         written, facts = executorch.export_executorch(sam.image_encoder, path, img_size=size, metadata=metadata,
                                                       calibration=calibration)
         return {"path": str(written), "tool": "XNNPACK quantizer (PT2E)", **facts}

@@ -1,6 +1,6 @@
 """EdgeTAM's whole tracking loop to ONNX: four graphs, a JSON that says how they compose, parity checks.
 
-``export_edgetam(model, out_dir)`` writes four graphs (``repvit.export.edgetam_graphs``; fixed
+``export_edgetam(model, out_dir)`` writes four graphs (``repvit.edgetam.graphs``; fixed
 1024 input, batch 1 = one object, the RepViT trunk fused):
 
 * ``edgetam_image_encoder.onnx``: ``image`` 1x3x1024x1024 -> ``high_res_0`` 1x32x256x256,
@@ -19,7 +19,7 @@ and ``edgetam_export.json``: the files, every input and output with its shape, t
 preprocessing, how prompts become ``point_coords``/``point_labels``, which of the four masks a
 step keeps, the memory-bank rules (which frames fill the F memory slots and P pointer slots, what
 ``memory_tpos`` each gets, bfloat16 storage) and the one constant the loop adds itself (the
-no-memory embedding of the prompted frame). ``repvit.export.edgetam_loop.OnnxTracker`` is the
+no-memory embedding of the prompted frame). ``repvit.edgetam.onnx_predictor.OnnxTracker`` is the
 reference loop that reads it.
 
 Variable memory: fixed maxima with a validity flag per slot (F = ``num_maskmem`` = 7 frames, P =
@@ -34,7 +34,7 @@ a graph beyond tolerance is removed and ``ParityError`` raised. The test checks 
 against sam2's own methods and the whole loop against ``build_video_predictor``'s masks.
 Exported with PyTorch's TorchScript-based exporter (fixed shapes; the decoder's point axis is
 traced as a shape computation, as for RepViT-SAM's decoder). The same four graphs as Core ML ML
-programs: ``repvit.export.edgetam_coreml``.
+programs: ``repvit.edgetam.export_coreml``.
 """
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ import torch
 from torch import nn
 
 from ..models.reparam import is_fused, reparameterize
-from .edgetam_graphs import (NO_OBJECT_SCORE, POINTER_SPLIT, ImageEncoderGraph, MemoryAttentionGraph,
+from .graphs import (NO_OBJECT_SCORE, POINTER_SPLIT, ImageEncoderGraph, MemoryAttentionGraph,
                              MemoryEncoderGraph, PromptDecoderGraph)
-from .onnx import DEFAULT_OPSET, save_with_metadata, session
-from .verify import ParityError
+from ..export.onnx import DEFAULT_OPSET, save_with_metadata, session
+from ..export.verify import ParityError
 
 SPEC_NAME = "edgetam_export.json"
 SPEC_FORMAT = "repvit-edgetam-onnx"

@@ -8,7 +8,7 @@ image (the expensive part), the prompt decoder once per click. This module write
   for ``ResizeLongestSide(1024).apply_image(rgb)``: longest side resized to 1024, pixels
   normalised with SAM's mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375) on the
   0..255 scale, then zero-padded at the bottom and right to 1024x1024
-  (``repvit.export.sam_parity.preprocess``).
+  (``repvit.sam.export_parity.preprocess``).
 * ``repvit_sam_decoder.onnx``: prompt encoder + mask decoder + mask upscaling in the layout of
   Meta's ``segment_anything.utils.onnx.SamOnnxModel``, which every SAM ONNX client reads:
 
@@ -31,7 +31,7 @@ image (the expensive part), the prompt decoder once per click. This module write
   ``(x0, y0)`` with label 2 and ``(x1, y1)`` with label 3, placed after the clicks. When there is
   *no* box, append one padding point ``(0, 0)`` with label -1: the predictor adds it internally,
   and a decoder fed without it gives different masks. Several boxes are several runs (batch 1).
-  ``repvit.export.sam_decoder.onnx_prompt`` does all of this.
+  ``repvit.sam.decoder_graph.onnx_prompt`` does all of this.
 
   Outputs: ``masks`` 1xKxHxW mask *logits* at the original size (``> 0`` is the mask),
   ``iou_predictions`` 1xK and ``low_res_masks`` 1xKx256x256 (feed one back as ``mask_input``).
@@ -44,7 +44,7 @@ image (the expensive part), the prompt decoder once per click. This module write
   segment-anything 1.0's ``SamOnnxModel`` turns the crop before the final resize into a Python
   integer, so a traced graph keeps the crop of the example image size and returns wrong masks
   for any other aspect ratio (0.3 logits off on a portrait image here); the decoder exported here
-  (``repvit.export.sam_decoder``) takes the crop from the tensor, so it follows ``orig_im_size``.
+  (``repvit.sam.decoder_graph``) takes the crop from the tensor, so it follows ``orig_im_size``.
 
 * Core ML (``.mlpackage`` ML programs, coremltools): the encoder with the same tensor input and
   output names, and the decoder without the final upscaling (inputs ``image_embeddings``,
@@ -65,7 +65,7 @@ image (the expensive part), the prompt decoder once per click. This module write
 Every file is checked against PyTorch on real photographs (the encoder on each image, the
 decoder on that image's embedding with one click, a box, a box with a background click and a
 click with a previous mask, compared both with the PyTorch module it was exported from and with
-``SamPredictor.predict``: ``repvit.export.sam_parity``); a file beyond its tolerance is removed and
+``SamPredictor.predict``: ``repvit.sam.export_parity``); a file beyond its tolerance is removed and
 ``ParityError`` raised. The ONNX graph, Core ML and ExecuTorch writing is the classifier exporters'
 (``onnx.save_with_metadata``, ``coreml.convert_tensors``, ``executorch.export_executorch``).
 
@@ -87,13 +87,13 @@ import torch
 from torch import nn
 
 from ..models.reparam import is_fused, reparameterize
-from ..sam.builder import require_segment_anything
-from . import coreml, executorch
-from .onnx import DEFAULT_OPSET, save_with_metadata, session
-from .sam_decoder import (COREML_DECODER_INPUTS, COREML_DECODER_OUTPUTS, DECODER_INPUTS, DECODER_OUTPUTS,
+from .builder import require_segment_anything
+from ..export import coreml, executorch
+from ..export.onnx import DEFAULT_OPSET, save_with_metadata, session
+from .decoder_graph import (COREML_DECODER_INPUTS, COREML_DECODER_OUTPUTS, DECODER_INPUTS, DECODER_OUTPUTS,
                           LowResDecoder, decoder_example, prompt_decoder)
-from .sam_parity import check_decoder, check_encoder, discard_failed, encode_images, parity_images
-from .verify import ParityError, max_abs_diff
+from .export_parity import check_decoder, check_encoder, discard_failed, encode_images, parity_images
+from ..export.verify import ParityError, max_abs_diff
 
 FORMATS = ("onnx", "coreml", "executorch", "openvino", "litert")
 ENCODER_INPUTS, ENCODER_OUTPUTS = ("image",), ("image_embeddings",)
@@ -231,7 +231,7 @@ def export_encoder_coreml(sam: nn.Module, path: Union[str, os.PathLike], *, prec
     coreml.convert_tensors(traced, path, inputs=[ct.TensorType(name=ENCODER_INPUTS[0], shape=(1, 3, size, size))],
                            outputs=ENCODER_OUTPUTS, precision=precision, metadata=_base_metadata("image encoder"),
                            descriptions={"image": f"float32 1x3x{size}x{size}: SAM-preprocessed "
-                                                  "(see repvit.export.sam)",
+                                                  "(see repvit.sam.export)",
                                          "image_embeddings": "1x256 image embedding grid"})
     return _coreml_facts(path, ENCODER_INPUTS, ENCODER_OUTPUTS)
 
@@ -341,7 +341,7 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
     ``int8=True`` also writes an INT8 encoder beside the float one for ONNX, OpenVINO, LiteRT and
     ExecuTorch (``repvit_sam_encoder-int8.*``), calibrated on ``calibration`` (a folder or list of
     photos, ``calib_count`` of them) and kept when its masks agree with the float encoder's
-    (``repvit.export.sam_int8``: mean IoU >= ``min_mask_iou``).
+    (``repvit.sam.export_int8``: mean IoU >= ``min_mask_iou``).
     """
     explicit = formats is not None
     formats = parse_formats(formats)
@@ -353,7 +353,7 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
     report = {"model": "RepViT-SAM", "image_size": sam.image_encoder.img_size, "formats": {}, "skipped": {}}
     calibrated = None
     if int8:
-        from . import sam_int8
+        from . import export_int8 as sam_int8
         if not set(sam_int8.INT8_FORMATS) & set(formats):
             raise ValueError(f"INT8 encoders are written for {', '.join(sam_int8.INT8_FORMATS)}; none of them is "
                              f"among the formats asked for ({', '.join(formats)})")
@@ -400,7 +400,7 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
 
     def quantized(fmt: str, float_path: Path, runner, discard) -> None:
         """The INT8 encoder of ``fmt`` from the checked float one, checked by its masks."""
-        from . import sam_int8
+        from . import export_int8 as sam_int8
         if not Path(float_path).exists():   # the float file failed its own check
             record(fmt, "encoder_int8", {"written": False, "reason": "the float encoder failed its parity check"})
             return
@@ -455,7 +455,7 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
                 if calibrated:
                     quantized("executorch", path, executorch_encoder_runner, discard_failed)
     if "openvino" in formats:
-        from . import sam_openvino as ov
+        from . import export_openvino as ov
         path = out / FILE_NAMES["openvino", "encoder"]
         facts = ov.export_encoder_openvino(sam, path, metadata=_base_metadata("image encoder"))
         record("openvino", "encoder", ov.discard_failed({**facts, **check_encoder(ov.encoder_runner(path), encoded)},
@@ -470,7 +470,7 @@ def export_sam(sam: nn.Module, output_dir: Union[str, os.PathLike], *, formats: 
                               use_stability_score=use_stability_score)
         record("openvino", "decoder", ov.discard_failed({**facts, **check}, path))
     if "litert" in formats:
-        from . import sam_litert as lt
+        from . import export_litert as lt
         path = out / FILE_NAMES["litert", "encoder"]
         facts = lt.export_encoder_litert(sam, path)
         record("litert", "encoder", discard_failed({**facts, **check_encoder(lt.encoder_runner(path), encoded)},

@@ -1,7 +1,7 @@
 """RepViT-SAM as LiteRT (``.tflite``) files: the fused image encoder and the prompt decoder, each checked.
 
 * ``repvit_sam_encoder.tflite``: input 1x3xSxS (S = 1024), SAM-preprocessed as for the ONNX encoder
-  (``repvit.export.sam``), output the 1x256 embedding grid.
+  (``repvit.sam.export``), output the 1x256 embedding grid.
 * ``repvit_sam_decoder.tflite``: the Core ML decoder's inputs (``image_embeddings``, ``point_coords``,
   ``point_labels``, ``mask_input``, ``has_mask_input``; the converter names them ``args_0``...
   in this order) and outputs (``iou_predictions`` 1x4, ``low_res_masks`` 1x4x256x256), at exactly
@@ -25,17 +25,17 @@ import torch
 from torch import nn
 
 from ..models.reparam import is_fused
-from . import litert as fmt_lt
-from .sam_decoder import COREML_DECODER_INPUTS, COREML_DECODER_OUTPUTS, LowResDecoder, decoder_example
-from .sam_parity import parity_prompts
+from ..export import litert as fmt_lt
+from .decoder_graph import COREML_DECODER_INPUTS, COREML_DECODER_OUTPUTS, LowResDecoder, decoder_example
+from .export_parity import parity_prompts
 
 LITERT_DECODER_POINTS = 2
 
 
 def _require_fused(sam: nn.Module) -> None:
     if not is_fused(sam.image_encoder):
-        raise ValueError("the LiteRT export takes a fused float32 CPU SAM: pass repvit.export.sam.fused_cpu_copy(sam) "
-                         "(repvit.export.sam.export_sam does this itself)")
+        raise ValueError("the LiteRT export takes a fused float32 CPU SAM: pass repvit.sam.export.fused_cpu_copy(sam) "
+                         "(repvit.sam.export.export_sam does this itself)")
 
 
 def export_encoder_litert(sam: nn.Module, path: Union[str, os.PathLike]) -> dict:

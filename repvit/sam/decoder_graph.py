@@ -4,7 +4,7 @@ Two modules, both SAM's own prompt encoder and mask decoder with nothing retrain
 
 * ``prompt_decoder(sam)``: the ONNX decoder, in the input/output layout of segment-anything's
   ``SamOnnxModel`` (``DECODER_INPUTS`` -> ``DECODER_OUTPUTS``; the table is in
-  ``repvit.export.sam``). segment-anything 1.0's class turns the crop before its final resize into
+  ``repvit.sam.export``). segment-anything 1.0's class turns the crop before its final resize into
   a Python integer, so a traced graph keeps the crop of the example image's size and returns wrong
   masks for any other aspect ratio; the class here takes the crop from the ``orig_im_size`` tensor.
 * ``LowResDecoder(sam)``: the Core ML decoder, the same without the final resize (Core ML has no
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sam.builder import require_segment_anything
-from ..sam.decoding import decode_all_masks
+from .builder import require_segment_anything
+from .decoding import decode_all_masks
 
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from ..models.reparam import is_fused, reparameterize
-from .onnx import DEFAULT_OPSET, read_metadata, save_with_metadata, session
-from .quantize import INT8_MAX_REL_ERROR, INT8_MIN_PIXEL_AGREEMENT, WEIGHT_ENCODINGS
-from .verify import ParityError
+from ..export.onnx import DEFAULT_OPSET, read_metadata, save_with_metadata, session
+from ..export.quantize import INT8_MAX_REL_ERROR, INT8_MIN_PIXEL_AGREEMENT, WEIGHT_ENCODINGS
+from ..export.verify import ParityError
 
 SEG_TOLERANCE = 1e-3        # max |logit difference| for float32 ONNX Runtime vs PyTorch
 DET_TOLERANCE = 1e-3        # max |box coordinate or score difference| for TorchScript vs eager
@@ -79,7 +79,7 @@ def _check_onnx(reference: nn.Module, path: Path, images: Sequence[torch.Tensor]
 
 
 def _check_openvino(reference: nn.Module, path: Path, images: Sequence[torch.Tensor], tolerance: float) -> dict:
-    from . import openvino as fmt_ov
+    from ..export import openvino as fmt_ov
     return _check(reference, fmt_ov.array_runner(path), images, tolerance, path, "OpenVINO",
                   lambda: fmt_ov.remove(path))
 
@@ -144,7 +144,7 @@ def _dynamic_dims() -> dict:
 
 
 def _export_dynamic_openvino(module: nn.Module, path: Path, output_names: list[str], metadata: dict, what: str) -> None:
-    from . import openvino as fmt_ov
+    from ..export import openvino as fmt_ov
     if path.suffix != ".xml":
         raise ValueError(f"an OpenVINO IR is named .xml (its weights go beside it as .bin), got {str(path)!r}")
     model = fmt_ov.convert(module, (torch.rand(2, 3, 256, 320),), (_dynamic_dims(),), output_names=output_names,
@@ -197,11 +197,11 @@ def export_segmenter_litert(model: nn.Module, path: Union[str, os.PathLike], ima
                             calibration: Optional[Sequence[np.ndarray]] = None, qat=None) -> dict:
     """Fused Semantic FPN -> ``.tflite`` at 1x3x``size`` (LiteRT has no dynamic sizes), float32 or, with
     ``calibration`` (1x3xHxW float 0..1 arrays at ``size``), full-integer INT8, or with ``qat`` (a
-    ``repvit.export.qat.QATSetting`` whose samples are at ``size``) full-integer INT8 fine-tuned with
+    ``repvit.engine.qat.QATSetting`` whose samples are at ``size``) full-integer INT8 fine-tuned with
     quantization-aware training; checked with the LiteRT
     interpreter on ``images`` resized to ``size``. Float: logits within 1e-3 of PyTorch; INT8: the
     limits of ``quantize_dense``. The record goes beside the file as ``<name>.json``."""
-    from . import litert as fmt_lt
+    from ..export import litert as fmt_lt
     fused, path = _fused(model), Path(path)
     if path.suffix != ".tflite":
         raise ValueError(f"a LiteRT file is named .tflite, got {str(path)!r}")
@@ -228,11 +228,11 @@ def export_segmenter_executorch(model: nn.Module, path: Union[str, os.PathLike],
                                 calibration: Optional[Sequence[np.ndarray]] = None, qat=None) -> dict:
     """Fused Semantic FPN -> ExecuTorch ``.pte`` (whole graph delegated to XNNPACK) at 1x3x``size``, float32
     or, with ``calibration`` (1x3xHxW float 0..1 arrays at ``size``), INT8 through the XNNPACK quantizer
-    (with ``qat``, a ``repvit.export.qat.QATSetting``, fine-tuned with quantization-aware training);
+    (with ``qat``, a ``repvit.engine.qat.QATSetting``, fine-tuned with quantization-aware training);
     checked with ExecuTorch's runtime on ``images`` resized to ``size`` (float: 1e-3; INT8: the limits of
     ``quantize_dense``). The record (classes, ignored label, size) is embedded as the program's
     ``metadata`` method."""
-    from . import executorch as fmt_et
+    from ..export import executorch as fmt_et
     fused, path = _fused(model), Path(path)
     if path.suffix != ".pte":
         raise ValueError(f"an ExecuTorch program is named .pte, got {str(path)!r}")
@@ -257,7 +257,7 @@ def export_neck_litert(neck: nn.Module, path: Union[str, os.PathLike], images: S
     first, as the ONNX file's); float32, or full-integer INT8 with ``calibration``. Checked with the
     LiteRT interpreter on ``images`` resized to ``size`` (float: 1e-3; INT8: ``quantize_dense``'s
     relative L2 limit). The record (levels, size, precision) goes beside it as ``<name>.json``."""
-    from . import litert as fmt_lt
+    from ..export import litert as fmt_lt
     fused, path = _fused(neck), Path(path)
     if path.suffix != ".tflite":
         raise ValueError(f"a LiteRT file is named .tflite, got {str(path)!r}")
@@ -288,18 +288,18 @@ def int8_path_for(path: Union[str, os.PathLike]) -> Path:
 def _file_runner(path: Path, threads: Optional[int] = None):
     """``run(array) -> [arrays]`` for an ONNX file (ONNX Runtime) or an OpenVINO IR, and how to delete it."""
     if path.suffix == ".xml":
-        from . import openvino as fmt_ov
+        from ..export import openvino as fmt_ov
         return fmt_ov.array_runner(path, threads), lambda: fmt_ov.remove(path)
     if path.suffix == ".onnx":
         sess = session(path, threads)
         name = sess.get_inputs()[0].name
         return (lambda x: sess.run(None, {name: x})), lambda: path.unlink(missing_ok=True)
     if path.suffix == ".tflite":
-        from . import litert as fmt_lt
+        from ..export import litert as fmt_lt
         run = fmt_lt.runner(path, threads)
         return (lambda x: [run(torch.from_numpy(x)).numpy()]), lambda: path.unlink(missing_ok=True)
     if path.suffix == ".pte":
-        from . import executorch as fmt_et
+        from ..export import executorch as fmt_et
         run = fmt_et.runner(path)
         return (lambda x: [run(torch.from_numpy(x)).numpy()]), lambda: path.unlink(missing_ok=True)
     raise ValueError(f"{path}: not an exported dense model (.onnx, an OpenVINO .xml, a LiteRT .tflite or an "
@@ -320,12 +320,12 @@ def quantize_dense(reference: nn.Module, float_path: Union[str, os.PathLike], im
     out = int8_path_for(float_path)
     calibration = [np.ascontiguousarray(a, dtype=np.float32) for a in calibration]
     if float_path.suffix == ".xml":
-        from . import openvino as fmt_ov
+        from ..export import openvino as fmt_ov
         fmt_ov.quantize_openvino(float_path, out, calibration, calibration_source=calibration_source,
                                  weights=weights)
         tool = f"NNCF post-training quantization, {weights} weights"
     elif float_path.suffix == ".onnx":
-        from .quantize import quantize_onnx
+        from ..export.quantize import quantize_onnx
         quantize_onnx(float_path, out, calibration, weights=weights, calibration_source=calibration_source)
         tool = f"ONNX Runtime static QDQ, {weights} weights"
     else:
@@ -386,7 +386,7 @@ class ExportedSegmenter(nn.Module):
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file")
         if self.path.suffix == ".xml":
-            from . import openvino as fmt_ov
+            from ..export import openvino as fmt_ov
             meta, self.runtime = fmt_ov.read_metadata(self.path), "OpenVINO"
         elif self.path.suffix == ".tflite":
             record = litert_record_path(self.path)
@@ -396,7 +396,7 @@ class ExportedSegmenter(nn.Module):
             meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in json.loads(record.read_text()).items()}
             self.runtime = "LiteRT"
         elif self.path.suffix == ".pte":
-            from . import executorch as fmt_et
+            from ..export import executorch as fmt_et
             meta, self.runtime = fmt_et.read_metadata(self.path), "ExecuTorch"
         else:
             meta, self.runtime = (read_metadata(self.path) if self.path.suffix == ".onnx" else {}), "ONNX Runtime"
