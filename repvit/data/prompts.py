@@ -23,8 +23,8 @@ class Prompt:
     box: Optional[tuple] = None                    # (x0, y0, x1, y1)
 
     def check(self, width: int, height: int, *, where: str = "", picture: str = "image") -> None:
-        """Raise ``ValueError`` for an empty prompt, a label other than 0/1, a point outside the
-        ``width`` x ``height`` picture, or a box whose corners are not top-left then bottom-right;
+        """Raise ``ValueError`` for an empty prompt, a label other than 0/1, a point or a box corner outside
+        the ``width`` x ``height`` picture, or a box whose corners are not top-left then bottom-right;
         ``where`` (e.g. "object 2 on frame 5") starts each message."""
         lead = f"{where}: " if where else ""
         if not self.points and self.box is None:
@@ -38,6 +38,9 @@ class Prompt:
             x0, y0, x1, y1 = self.box
             if x1 <= x0 or y1 <= y0:
                 raise ValueError(f"{lead}box {self.box} must be X0,Y0,X1,Y1 with X1 > X0 and Y1 > Y0")
+            if not (0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height):
+                raise ValueError(f"{lead}box {self.box} reaches outside the {width}x{height} {picture}: "
+                                 f"keep it within 0-{width} and 0-{height}")
 
     def as_dict(self) -> dict:
         return {"points": [list(p) for p in self.points], "box": None if self.box is None else list(self.box)}

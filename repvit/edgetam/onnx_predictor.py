@@ -71,8 +71,14 @@ def frame_files(folder: Union[str, os.PathLike]) -> list[Path]:
 def load_frame(path: Union[str, os.PathLike], size: int, mean: Sequence[float], std: Sequence[float]):
     """``(1x3xSxS float32 input, (height, width))`` of one frame, computed as sam2's video loader does."""
     with Image.open(path) as img:
-        width, height = img.size
-        pixels = np.array(img.convert("RGB").resize((size, size)))
+        return frame_input(np.asarray(img.convert("RGB")), size, mean, std)
+
+
+def frame_input(rgb: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]):
+    """``(1x3xSxS float32 input, (height, width))`` of an HxWx3 uint8 RGB frame, as sam2's video loader
+    computes it from a JPEG (Pillow's resize to SxS, /255, then the mean and std)."""
+    height, width = rgb.shape[:2]
+    pixels = np.array(Image.fromarray(rgb).resize((size, size)))
     x = (pixels / 255.0).astype(np.float32).transpose(2, 0, 1)
     x = (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
     return np.ascontiguousarray(x[None], dtype=np.float32), (height, width)
@@ -431,4 +437,4 @@ class TrackingState:
 
 
 __all__ = ["OnnxTracker", "TrackingState", "choose", "use_multimask", "resize_bilinear", "round_to_bfloat16",
-           "load_frame", "frame_files", "open_session", "open_runner", "RUNTIMES", "SPEC_NAME"]
+           "load_frame", "frame_input", "frame_files", "open_session", "open_runner", "RUNTIMES", "SPEC_NAME"]
