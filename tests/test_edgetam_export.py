@@ -396,3 +396,60 @@ def test_coreml_programs_carry_the_graphs_tensors_and_the_loop_spec(predictor, e
     assert spec["format"] == "repvit-edgetam-coreml" and spec["files"] == COREML_FILES
     for key in ("memory_bank", "choice", "constants", "preprocessing", "image_size"):
         assert spec[key] == onnx_spec[key], key
+
+
+# ---------------------------------------------------------------------------------- the stream over the graphs
+def stream_frames(frames: Path) -> list:
+    return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(frames.glob("*.jpg"))]
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_onnx_stream_tracks_like_propagate_in_video(predictor, frames, exported, runtime):
+    """Frame by frame over the graphs, two objects prompted on frame 0: sam2's whole-video masks (IoU >= 0.99 of
+    real masks, logits within the graphs' tolerance), in both runtimes."""
+    from repvit.edgetam.onnx_stream import OnnxStreamingTracker
+    if runtime == "openvino":
+        pytest.importorskip("openvino", reason="the deploy extra is not installed")
+    state = predictor.init_state(video_path=str(frames))
+    with torch.inference_mode():
+        predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([CLICK], np.float32),
+                                        labels=np.array([1], np.int32))
+        predictor.add_new_points_or_box(state, frame_idx=0, obj_id=2, box=np.array(BOX, np.float32))
+        want = {t: logits[:, 0].numpy() for t, _, logits in predictor.propagate_in_video(state)}
+    stream = OnnxStreamingTracker(exported[0], threads=1, runtime=runtime)
+    for t, frame in enumerate(stream_frames(frames)):
+        out = stream.step(frame)
+        if t == 0:
+            stream.add_new_points_or_box(1, points=[CLICK], labels=[1])
+            out = stream.add_new_points_or_box(2, box=BOX)
+        assert out.frame == t and out.object_ids == [1, 2]
+        for i in range(2):
+            b = want[t][i] > 0
+            assert 50 < b.sum() < 0.9 * b.size, f"frame {t}, object {i + 1}: the reference has {b.sum()} pixels"
+            assert iou(out.logits[i], want[t][i]) >= 0.99, (t, i)
+            close(out.logits[i], want[t][i], rel=1e-4)
+
+
+def test_the_onnx_stream_equals_the_onnx_loop_and_keeps_only_its_windows(exported, frames, tmp_path):
+    """Nine frames with the bank's reach shrunk (2 memories, 3 pointers back) in both loops: the stream's
+    logits are the whole-video loop's to the last bit, while it holds only the frames in its windows."""
+    from repvit.edgetam.onnx_stream import OnnxStreamingTracker
+    from repvit.edgetam.streaming import MemoryWindows
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    images = stream_frames(frames)
+    for i in range(9):   # the four frames there and back: the bank's windows fill and slide
+        Image.fromarray(images[[0, 1, 2, 3, 2, 1, 0, 1, 2][i]]).save(clip / f"{i:05d}.jpg", quality=95)
+    loop = OnnxTracker(exported[0], threads=1)
+    stream = OnnxStreamingTracker(exported[0], threads=1)
+    for rules in (loop.bank_rules, stream.graphs.bank_rules):   # both loops read 2 memories and 3 pointers back
+        rules["num_maskmem"], rules["max_obj_ptrs_in_encoder"] = 3, 4
+    stream.windows = MemoryWindows(memories=2, pointers=3, max_cond_frames=1)
+    want = loop.track_objects(clip, [{"obj_id": 7, "frame": 0, "box": BOX}])
+    for t, image in enumerate(stream_frames(clip)):
+        out = stream.step(image)
+        if t == 0:
+            out = stream.add_new_points_or_box(7, box=BOX)
+        np.testing.assert_array_equal(out.logit(7), want[t][7])
+        assert out.mask(7).sum() > 50
+    assert stream.held_frames() == {7: {"cond": [0], "tracked": [5, 6, 7, 8], "with_memory": [6, 7, 8]}}
