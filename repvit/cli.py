@@ -23,9 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Actions of a command whose first argument is otherwise a path (``repvit track VIDEO``): registered as a
+# hidden command of their own, reached by their two-word spelling.
+ACTIONS = {("track", "eval"): "track-eval"}
+
+
+def route(argv: Sequence[str]) -> list:
+    argv = list(argv)
+    return [ACTIONS[tuple(argv[:2])], *argv[2:]] if tuple(argv[:2]) in ACTIONS else argv
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(route(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -75,7 +85,8 @@ def missing_extra(err: ImportError, command: Optional[str]) -> Optional[str]:
 
 def _command_name(args: argparse.Namespace) -> str:
     action = next((v for k, v in vars(args).items() if k.endswith("_command") or k == "sam_action"), None)
-    return " ".join(["repvit"] + [str(p) for p in (args.command, action) if p])
+    command = next((" ".join(words) for words, name in ACTIONS.items() if name == args.command), args.command)
+    return " ".join(["repvit"] + [str(p) for p in (command, action) if p])
 
 
 def _foreign_origin(err: BaseException) -> str:

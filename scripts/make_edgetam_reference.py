@@ -12,8 +12,9 @@ Procedure (the test repeats every step but the official model):
    download the trunk's ImageNet weights, which are overwritten anyway);
 2. weights: every tensor of its state dict, in order, is drawn from one ``torch.Generator``
    seeded with ``--seed`` (``reference_weights`` says how); the object-score head's last bias is
-   then raised by ``OBJECT_SCORE_BIAS`` so the random model sees an object on every frame (else
-   every mask is the constant "no object" score and the video check would compare constants);
+   then raised by ``OBJECT_SCORE_BIAS`` (both in ``repvit.edgetam.builder.seeded_weights``) so
+   the random model sees an object on every frame (else every mask is the constant "no object"
+   score and the video check would compare constants);
 3. frames: ``FRAMES`` of ``../shared/data/videos/bedroom`` (960x540 JPEG), copied unchanged into
    a temporary folder as 00000.jpg, 00001.jpg, ...;
 4. image mode (``SAM2ImagePredictor`` on the first frame, ``IMAGE_PROMPT``): every 8th channel of
@@ -62,41 +63,16 @@ VIDEO_PROMPTS = ({"obj_id": 1, "points": [[400, 220]], "labels": [1]},
                  {"obj_id": 2, "box": [150, 130, 290, 410]})
 # after the first propagation: a click for the girl on the last frame, then a second propagation
 CORRECTION = {"obj_id": 1, "frame_idx": 2, "points": [[430, 260]], "labels": [1]}
-OBJECT_SCORE_KEY = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
-OBJECT_SCORE_BIAS = 10.0
 CHANNEL_STEP = 8   # every 8th channel of the feature maps is stored
 
 
 # --------------------------------------------------------------------------- shared with the test
 def reference_weights(layout: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[str, torch.Tensor]:
-    """Seeded values for every ``(name, shape)`` of ``layout``, drawn in that order.
-
-    Weights of 2-D and larger tensors: normal with std ``gain / sqrt(fan_in)``, gain 0.5 in the
-    RepViT trunk (~30 residual blocks stay finite) and 1 elsewhere; learned queries (the
-    perceiver's latents) and the random-Fourier matrix of the prompt encoder: standard normal.
-    BatchNorm running means N(0, 0.1^2) and variances U(0.5, 1.5); biases N(0, 0.1^2); other 1-D
-    tensors (norm scales, layer scales) 1 + N(0, 0.2^2); ``num_batches_tracked`` 0.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in layout:
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "num_batches_tracked":
-            out[name] = torch.zeros(shape, dtype=torch.long)
-        elif leaf == "running_var":
-            out[name] = 0.5 + torch.rand(shape, generator=gen)
-        elif leaf in ("running_mean", "bias"):
-            out[name] = 0.1 * torch.randn(shape, generator=gen)
-        elif leaf in ("latents", "latents_2d", "positional_encoding_gaussian_matrix"):
-            out[name] = torch.randn(shape, generator=gen)
-        elif len(shape) >= 2:
-            fan_in = int(np.prod(shape[1:]))
-            gain = 0.5 if name.startswith("image_encoder.trunk.") else 1.0
-            out[name] = torch.randn(shape, generator=gen) * (gain / fan_in ** 0.5)
-        else:
-            out[name] = 1 + 0.2 * torch.randn(shape, generator=gen)
-    out[OBJECT_SCORE_KEY] = out[OBJECT_SCORE_KEY] + OBJECT_SCORE_BIAS
-    return out
+    """The package's seeded scheme (``repvit.edgetam.builder.seeded_weights``: the draws and the raised
+    object-score bias), drawn over ``layout`` in its order; imported here, where it is used, so the child
+    process meets the package only after its ``sys.path`` put the official ``sam2`` first."""
+    from repvit.edgetam.builder import seeded_weights
+    return seeded_weights(layout, seed)
 
 
 def weights_checksum(weights: dict[str, torch.Tensor]) -> float:

@@ -196,3 +196,20 @@ def test_bad_input_is_refused_with_what_to_do(predictor, clip):
     with pytest.raises(ValueError, match="empty"):
         tracker.add_new_mask(1, np.zeros((SIZE[1], SIZE[0]), bool))
     assert tracker.object_ids == []          # nothing refused left an object behind
+
+
+def test_seeded_random_weights_track_something(clip):
+    """``seed=`` (``--random-weights``) gives weights whose object score is positive: the pipeline checks that
+    use them compare real masks. Plain random weights find no object (every logit -1024)."""
+    frames = frames_of(clip)[:2]
+    for seed, finds in ((0, True), (None, False)):
+        if seed is None:
+            torch.manual_seed(0)
+        tracker = TorchStreamingTracker(build_video_predictor(seed=seed, fused=True))
+        tracker.step(frames[0])
+        tracker.add_new_points_or_box(1, box=BOXES[0])
+        out = tracker.step(frames[1])
+        if finds:
+            nonempty(out.logits)
+        else:
+            assert (out.logits == -1024).all()

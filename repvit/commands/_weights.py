@@ -19,10 +19,9 @@ EDGETAM_RELEASE = "edgetam"
 
 
 def edgetam_weights(args):
-    """``(pretrained, device)`` of an EdgeTAM command's ``--checkpoint`` / ``--pretrained edgetam`` /
-    ``--random-weights`` and ``--device``; seeds the generator for random weights. One clear line when
-    the release named is not EdgeTAM's or no weights are named."""
-    import torch
+    """``(pretrained, device, seed)`` of an EdgeTAM command's ``--checkpoint`` / ``--pretrained edgetam`` /
+    ``--random-weights`` (seed 0: ``repvit.edgetam.builder.seeded_weights``, which track something) and
+    ``--device``. One clear line when the release named is not EdgeTAM's or no weights are named."""
     from ..engine.distributed import pick_device
     pretrained = args.pretrained is not None
     if pretrained and args.pretrained not in (EDGETAM_RELEASE, f"{EDGETAM_RELEASE}:default"):
@@ -31,6 +30,4 @@ def edgetam_weights(args):
     if not (args.checkpoint or pretrained or args.random_weights):
         raise ValueError(f"say which weights to use: --checkpoint edgetam.pt, --pretrained {EDGETAM_RELEASE} "
                          "(official) or --random-weights (pipeline check only)")
-    if args.random_weights:
-        torch.manual_seed(0)
-    return pretrained, pick_device(args.device)
+    return pretrained, pick_device(args.device), (0 if args.random_weights else None)

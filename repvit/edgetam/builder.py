@@ -5,12 +5,13 @@ the trunk under timm's names) or one saved from this package's model (the trunk 
 RepViT layout); ``pretrained=True`` the official release file through the project's release
 machinery (hub cache, recorded SHA-256, ``REPVIT_WEIGHTS_DIR``, ``REPVIT_WEIGHTS_URL``). Files are
 read with ``weights_only=True`` and loaded strictly (names and shapes) by ``load_strict``.
-Without weights the model is randomly initialised (nothing is downloaded).
+Without weights the model is randomly initialised (nothing is downloaded); ``seed=N`` gives seeded
+random weights that track something (``seeded_weights``).
 """
 from __future__ import annotations
 
 import os
-from typing import Mapping, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -35,18 +36,21 @@ def require_sam2():
 
 
 def build_edgetam(checkpoint: PathLike | None = None, *, pretrained: bool = False, fused: bool = False,
-                  device: Union[str, torch.device] = "cpu", progress: bool = True) -> nn.Module:
+                  device: Union[str, torch.device] = "cpu", progress: bool = True, seed: Optional[int] = None
+                  ) -> nn.Module:
     """EdgeTAM as a ``sam2`` ``SAM2Base`` model in eval mode: ``SAM2ImagePredictor(model)`` runs it.
 
     ``fused=True`` is the inference form: the RepViT trunk's BatchNorms and branches are folded after
     loading and every convolution weight is stored channels_last (the same values; a tracked frame
     costs 0.84x on a 2-core CPU, benchmarks/edgetam.md).
     """
-    return _build(checkpoint, pretrained=pretrained, fused=fused, device=device, progress=progress, video=False)
+    return _build(checkpoint, pretrained=pretrained, fused=fused, device=device, progress=progress, video=False,
+                  seed=seed)
 
 
 def build_video_predictor(checkpoint: PathLike | None = None, *, pretrained: bool = False, fused: bool = False,
-                          device: Union[str, torch.device] = "cpu", progress: bool = True) -> nn.Module:
+                          device: Union[str, torch.device] = "cpu", progress: bool = True, seed: Optional[int] = None
+                          ) -> nn.Module:
     """EdgeTAM with sam2's video API, in eval mode.
 
     ``state = predictor.init_state(video_path=FOLDER_OF_JPEGS)``, then
@@ -54,13 +58,15 @@ def build_video_predictor(checkpoint: PathLike | None = None, *, pretrained: boo
     objects on any frames, then ``for frame_idx, obj_ids, mask_logits in
     predictor.propagate_in_video(state)`` (logits at the video's resolution, one row per object).
     """
-    return _build(checkpoint, pretrained=pretrained, fused=fused, device=device, progress=progress, video=True)
+    return _build(checkpoint, pretrained=pretrained, fused=fused, device=device, progress=progress, video=True,
+                  seed=seed)
 
 
-def _build(checkpoint, *, pretrained, fused, device, progress, video) -> nn.Module:
+def _build(checkpoint, *, pretrained, fused, device, progress, video, seed=None) -> nn.Module:
     require_sam2()
-    if pretrained and checkpoint is not None:
-        raise ValueError("pass pretrained=True (official weights) or checkpoint= (a file), not both")
+    if sum((pretrained, checkpoint is not None, seed is not None)) > 1:
+        raise ValueError("pass one of pretrained=True (official weights), checkpoint= (a file) and seed= (seeded "
+                         "random weights)")
     if pretrained:
         from ..models.pretrained import fetch
         from ..models.releases import EDGETAM, find_release
@@ -69,6 +75,8 @@ def _build(checkpoint, *, pretrained, fused, device, progress, video) -> nn.Modu
     model = assemble(video=video)
     if checkpoint is not None:
         load_edgetam_weights(model, checkpoint)
+    elif seed is not None:
+        load_edgetam_weights(model, seeded_weights([(k, tuple(v.shape)) for k, v in model.state_dict().items()], seed))
     model.eval()
     if fused:
         from ..models.reparam import reparameterize
@@ -77,6 +85,46 @@ def _build(checkpoint, *, pretrained, fused, device, progress, video) -> nn.Modu
         # decoder upscaling) pick their NHWC kernels; values are unchanged, only the memory layout
         model.to(memory_format=torch.channels_last)
     return model.to(device)
+
+
+OBJECT_SCORE_KEY = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
+OBJECT_SCORE_BIAS = 10.0
+
+
+def seeded_weights(layout: Sequence[tuple[str, tuple[int, ...]]], seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random values for every ``(name, shape)`` of ``layout``, drawn in that order: weights that
+    track something, for checks without the official file (``seed=`` of the builders, ``--random-weights``).
+
+    Weights of 2-D and larger tensors: normal with std ``gain / sqrt(fan_in)``, gain 0.5 in the RepViT
+    trunk (~30 residual blocks stay finite) and 1 elsewhere; learned queries (the perceiver's latents)
+    and the random-Fourier matrix of the prompt encoder: standard normal. BatchNorm running means
+    N(0, 0.1^2) and variances U(0.5, 1.5); biases N(0, 0.1^2); other 1-D tensors (norm scales, layer
+    scales) 1 + N(0, 0.2^2); ``num_batches_tracked`` 0. The object-score head's last bias gets
+    +``OBJECT_SCORE_BIAS``: with plain random weights the object score is negative on every frame, sam2
+    then writes -1024 everywhere, and every comparison would be of empty masks.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in layout:
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            out[name] = torch.zeros(shape, dtype=torch.long)
+        elif leaf == "running_var":
+            out[name] = 0.5 + torch.rand(shape, generator=gen)
+        elif leaf in ("running_mean", "bias"):
+            out[name] = 0.1 * torch.randn(shape, generator=gen)
+        elif leaf in ("latents", "latents_2d", "positional_encoding_gaussian_matrix"):
+            out[name] = torch.randn(shape, generator=gen)
+        elif len(shape) >= 2:
+            fan_in = 1
+            for size in shape[1:]:
+                fan_in *= int(size)
+            gain = 0.5 if name.startswith("image_encoder.trunk.") else 1.0
+            out[name] = torch.randn(shape, generator=gen) * (gain / fan_in ** 0.5)
+        else:
+            out[name] = 1 + 0.2 * torch.randn(shape, generator=gen)
+    out[OBJECT_SCORE_KEY] = out[OBJECT_SCORE_KEY] + OBJECT_SCORE_BIAS
+    return out
 
 
 def read_edgetam_state(path: PathLike) -> dict:

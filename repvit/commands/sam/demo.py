@@ -22,7 +22,6 @@ def example_images(folder) -> list:
 
 def video_demo(args):
     """The video tab's work: EdgeTAM with the weights ``--video`` names (a file, ``edgetam``, ``random``)."""
-    import torch
     from ...edgetam.video_demo import VideoDemo
     from ..track import EXTRA, RELEASE
     try:
@@ -30,13 +29,12 @@ def video_demo(args):
     except ImportError as err:
         raise ImportError(f"the video tab needs Meta's sam2 package: {EXTRA} ({err})") from None
     spec = args.video
-    if spec == "random":
-        torch.manual_seed(0)
-    elif spec != RELEASE and not Path(spec).is_file():
+    if spec != "random" and spec != RELEASE and not Path(spec).is_file():
         raise FileNotFoundError(f"--video {spec}: not a file; give an EdgeTAM checkpoint, {RELEASE} (the official "
                                 "weights) or random")
     predictor = build_video_predictor(None if spec in ("random", RELEASE) else spec, pretrained=spec == RELEASE,
-                                      device=args.device if args.device != "auto" else "cpu")
+                                      device=args.device if args.device != "auto" else "cpu",
+                                      seed=0 if spec == "random" else None)
     label = ("**random (seed 0): the tracks check the pipeline and mean nothing**" if spec == "random"
              else f"`{spec}`")
     return VideoDemo(predictor, weights=label, max_frames=args.video_max_frames)

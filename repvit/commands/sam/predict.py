@@ -20,9 +20,10 @@ def _predictor(args):
         from ...edgetam import ImagePredictor, build_edgetam
     except ImportError as err:
         raise ImportError(f"--model edgetam needs Meta's sam2 package: pip install 'repvit-pytorch[edgetam]' ({err})") from None
-    pretrained, device = edgetam_weights(args)
+    pretrained, device, seed = edgetam_weights(args)
     args.device = str(device)
-    return ImagePredictor(build_edgetam(args.checkpoint, pretrained=pretrained, fused=not args.unfused, device=device))
+    return ImagePredictor(build_edgetam(args.checkpoint, pretrained=pretrained, fused=not args.unfused, device=device,
+                                        seed=seed))
 
 
 def run_predict(args: argparse.Namespace) -> int:
