@@ -134,29 +134,160 @@ def test_track_refuses_bad_prompts(bedroom):
         merged([TrackPrompt(1, 0, [], (0, 0, 5, 5)), TrackPrompt(1, 0, [], (1, 1, 5, 5))])
 
 
-def test_cli_track_writes_masks_overlay_video_and_timings(bedroom, tmp_path, monkeypatch, capsys):
+class StandInStream:
+    """The streaming trackers' API; object K's mask on frame t is the square of side 20 around its prompt point
+    (or box centre, or mask centroid) moved right by (t - prompted frame) * 3 pixels."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.steps, self.anchors, self.frame_index, self.size = delay, [], {}, -1, None
+
+    @property
+    def object_ids(self) -> list:
+        return list(self.anchors)
+
+    def expected(self, obj_id: int, t: int, size: tuple) -> np.ndarray:
+        height, width = size
+        start, x, y = self.anchors[obj_id]
+        mask = np.zeros((height, width), dtype=bool)
+        x = int(x + (t - start) * 3)
+        mask[max(int(y) - 10, 0): int(y) + 10, max(x - 10, 0): x + 10] = True
+        return mask
+
+    def _result(self):
+        from repvit.edgetam.streaming import StepResult
+        logits = np.stack([self.expected(o, self.frame_index, self.size) for o in self.anchors]).astype(np.float32) \
+            * 20 - 10 if self.anchors else np.zeros((0, *self.size), np.float32)
+        return StepResult(self.frame_index, self.object_ids, logits)
+
+    def step(self, frame):
+        import time
+        time.sleep(self.delay)
+        self.frame_index += 1
+        self.size = frame.shape[:2]
+        self.steps.append(int(frame.astype(np.int64).sum()))
+        return self._result()
+
+    def add_new_points_or_box(self, obj_id, points=None, labels=None, box=None):
+        from repvit.data.prompts import Prompt
+        Prompt([(x, y, 1) for x, y in points or []], box).check(self.size[1], self.size[0], picture="frame")
+        centre = points[0] if points else ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        self.anchors[obj_id] = (self.frame_index, float(centre[0]), float(centre[1]))
+        return self._result()
+
+    def add_new_mask(self, obj_id, mask):
+        ys, xs = np.nonzero(mask)
+        self.anchors[obj_id] = (self.frame_index, float(xs.mean()), float(ys.mean()))
+        return self._result()
+
+
+def stand_in(monkeypatch, stream: StandInStream) -> StandInStream:
     import repvit.commands.track as command
-    predictor = StandInPredictor()
-    monkeypatch.setattr(command, "load_predictor", lambda args: (predictor, torch.device("cpu")))
+    monkeypatch.setattr(command, "make_tracker", lambda args, threads: (stream, {"runtime": "stand-in"}))
+    return stream
+
+
+def read_masks(folder: Path) -> dict:
+    return {int(p.stem): np.asarray(Image.open(p)) > 0 for p in sorted(folder.iterdir())}
+
+
+def test_cli_track_streams_a_video_file_writing_masks_overlay_and_record(bedroom, tmp_path, monkeypatch, capsys):
+    stream = stand_in(monkeypatch, StandInStream())
     prompts = tmp_path / "prompts.json"
-    prompts.write_text(json.dumps([{"object": 7, "frame": 1, "points": [[50, 40]]}]))
+    prompts.write_text(json.dumps([{"object": 7, "frame": 2, "points": [[50, 40]]}]))
     video = write_video((np.asarray(Image.open(p)) for p in sorted(bedroom.iterdir())), tmp_path / "in.mp4", fps=10)
     out = tmp_path / "out"
-    assert main(["track", str(video), "--prompts", str(prompts), "--box", "150,60,200,120", "--frame", "4",
+    assert main(["track", str(video), "--prompts", str(prompts), "--box", "150,60,200,120",
                  "--output", str(out), "--quiet", "--threads", "1"]) == 0
     record = json.loads((out / "track.json").read_text())
-    assert record["objects"] == [7, 8] and record["frames"] == 6 and record["fps"] == pytest.approx(10)
-    assert [p["frame"] for p in record["prompts"]] == [1, 4] and record["latency"]["frames"] == 4
-    for obj in (7, 8):
-        masks = sorted((out / "masks" / f"obj{obj}").iterdir())
-        assert len(masks) == 6 and Image.open(masks[0]).size == (240, 136)
-        assert [int(np.asarray(Image.open(m)).astype(bool).sum()) for m in masks] == record["areas"][str(obj)]
+    assert record["objects"] == [7, 8] and record["frames_done"] == 6 and record["stop_reason"] == "end of stream"
+    assert record["runtime"] == "stand-in" and record["frames_dropped"] == 0 and record["frames_skipped"] == []
+    assert set(record["latency"]) >= {"median_ms", "p99_ms", "frames_per_second", "peak_rss_mb"}
+    assert record["latency"]["frames"] == 4        # frames 0 and 2 took prompts: timed apart
+    assert [(p["object"], p["frame"]) for p in record["prompts"]] == [(7, 2), (8, None)]
+    size = (136, 240)
+    masks = {obj: read_masks(out / "masks" / f"obj{obj}") for obj in (7, 8)}
+    assert sorted(masks[8]) == list(range(6)) and sorted(masks[7]) == [2, 3, 4, 5]   # object 7 starts on frame 2
+    for obj, frames in masks.items():
+        for t, mask in frames.items():
+            assert (mask == stream.expected(obj, t, size)).all(), (obj, t)
     drawn = open_frames(out / "overlay.mp4", tmp_path / "decoded")
     assert len(drawn) == 6 and drawn.size == (240, 136)
-    assert "2 object(s) through 6 frames" in capsys.readouterr().out
-    # Bad input: a clear line, nothing loaded.
-    assert main(["track", str(bedroom), "--point", "10,10", "--frame", "9", "--output", str(out)]) == 2
-    assert "frames 0-5" in capsys.readouterr().err
-    assert main(["track", str(bedroom), "--output", str(out)]) == 2
+    assert "2 object(s) through 6 frames (end of stream)" in capsys.readouterr().out
+
+
+def test_cli_track_never_mixes_two_runs_and_refuses_bad_prompts(bedroom, tmp_path, monkeypatch, capsys):
+    stand_in(monkeypatch, StandInStream())
+    out = tmp_path / "out"
+    assert main(["track", str(bedroom), "--point", "10,10", "--point", "30,30", "--box", "20,20,60,60",
+                 "--output", str(out), "--quiet"]) == 0
+    assert main(["track", str(bedroom), "--point", "10,10", "--output", str(out), "--quiet"]) == 2
+    assert "holds a previous run" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["obj1"]
+    stand_in(monkeypatch, StandInStream())
+    assert main(["track", str(bedroom), "--box", "10,10,40,40", "--box", "50,50,90,90", "--output", str(out),
+                 "--overwrite", "--max-frames", "3", "--quiet"]) == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["obj1", "obj2"]      # the old run is gone
+    assert [len(list((out / "masks" / o).iterdir())) for o in ("obj1", "obj2")] == [3, 3]
+    assert json.loads((out / "track.json").read_text())["stop_reason"] == "max frames"
+    stand_in(monkeypatch, StandInStream())
+    assert main(["track", str(bedroom), "--box", "200,100,300,130", "--output", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "reaches outside the 240x136 frame" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o2" / "track.json").read_text())["stop_reason"].startswith("error: ValueError")
+    assert main(["track", str(bedroom), "--output", str(tmp_path / "o3")]) == 2
     assert "give a prompt" in capsys.readouterr().err
-    shutil.rmtree(out)
+    assert main(["track", str(bedroom), "--point", "1,1", "--every", "2", "--frame", "3",
+                 "--output", str(tmp_path / "o4")]) == 2
+    assert "would never be tracked" in capsys.readouterr().err
+
+
+def test_cli_track_skips_a_corrupt_frame_and_tracks_every_nth(bedroom, tmp_path, monkeypatch):
+    folder = tmp_path / "frames"
+    shutil.copytree(bedroom, folder)
+    data = (folder / "00003.jpg").read_bytes()
+    (folder / "00003.jpg").write_bytes(data[: len(data) // 3])       # a truncated JPEG in the middle
+    stream = stand_in(monkeypatch, StandInStream())
+    out = tmp_path / "out"
+    assert main(["track", str(folder), "--point", "100,60", "--output", str(out), "--quiet"]) == 0
+    record = json.loads((out / "track.json").read_text())
+    assert record["frames_done"] == 5 and len(stream.steps) == 5          # the tracker never saw frame 3
+    assert [s["index"] for s in record["frames_skipped"]] == [3] and record["frames_skipped"][0]["reason"]
+    assert sorted(read_masks(out / "masks" / "obj1")) == [0, 1, 2, 4, 5]
+    stand_in(monkeypatch, StandInStream())
+    assert main(["track", str(bedroom), "--point", "100,60", "--every", "2", "--output", str(tmp_path / "o2"),
+                 "--quiet"]) == 0
+    assert sorted(read_masks(tmp_path / "o2" / "masks" / "obj1")) == [0, 2, 4]
+
+
+def test_cli_track_stops_cleanly_on_sigterm(bedroom, tmp_path):
+    """SIGTERM mid-run: every mask so far written, a playable overlay of exactly those frames, and a track.json
+    that says where and why the run stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from repvit.data.video import open_frames as decode
+    out = tmp_path / "out"
+    code = ("import sys; sys.path.insert(0, {repo!r})\n"
+            "from tests.test_track import StandInStream\n"
+            "import repvit.commands.track as command\n"
+            "command.make_tracker = lambda args, threads: (StandInStream(delay=0.4), {{'runtime': 'stand-in'}})\n"
+            "from repvit.cli import main\n"
+            "sys.exit(main(['track', {src!r}, '--point', '100,60', '--output', {out!r}, '--quiet']))\n")
+    frames = tmp_path / "long"
+    frames.mkdir()
+    for i in range(60):
+        shutil.copy(bedroom / f"{i % 6:05d}.jpg", frames / f"{i:05d}.jpg")
+    repo = str(Path(__file__).resolve().parents[1])
+    process = subprocess.Popen([sys.executable, "-c", code.format(repo=repo, src=str(frames), out=str(out))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "masks" / "obj1").glob("*.png"))
+                                         if (out / "masks" / "obj1").is_dir() else []) < 3:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    record = json.loads((out / "track.json").read_text())
+    assert record["stop_reason"] == "stopped (signal)" and 3 <= record["frames_done"] < 60
+    assert len(list((out / "masks" / "obj1").glob("*.png"))) == record["frames_done"]
+    assert len(decode(out / "overlay.mp4", tmp_path / "decoded")) == record["frames_done"]

@@ -1,14 +1,22 @@
-"""``repvit track VIDEO``: follow objects through a video with EdgeTAM (RepViT-M1 image encoder).
+"""``repvit track SOURCE``: follow objects through a video, a camera or a stream with EdgeTAM, frame by frame.
 
-Writes, under ``--output``: ``masks/obj<K>/<frame>.png`` (one 0/255 mask per frame and object, at
-the video's size), ``overlay.mp4`` (the frames with every object's mask drawn; PNG frames in
-``overlay/`` when PyAV is missing) and ``track.json`` (prompts, per-frame timings, areas).
+SOURCE is a folder of frames (read one at a time), a video file (decoded as it goes), an RTSP/HTTP URL,
+``-`` (raw RGB frames on stdin, ``--stdin-size WxH``), or ``--camera N``. The tracker is the streaming
+one (``repvit.edgetam.stream_torch`` or, with ``--runtime onnxruntime|openvino``, ``onnx_stream`` over
+the exported graphs): memory stays flat whatever the length. Written under ``--output`` as frames come:
+``masks/obj<K>/<frame>.png`` (0/255 at the frame's size), ``overlay.mp4`` (every object drawn; PNG
+frames in ``overlay/`` without PyAV) and, when the run ends for any reason, ``track.json`` (source,
+prompts, runtime, threads, frames done/dropped/skipped, why it stopped, latency and peak memory).
+``repvit track eval`` is the DAVIS protocol (``track_eval.py``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import shutil
+import signal
 import sys
-import tempfile
+import threading
 from pathlib import Path
 
 from ..progress_bar import Progress
@@ -16,39 +24,62 @@ from . import _grammar as grammar
 from ._weights import EDGETAM_RELEASE as RELEASE, edgetam_weights
 
 EXTRA = "pip install 'repvit-pytorch[edgetam]'"
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+OUR_OUTPUTS = ("masks", "overlay.mp4", "overlay", "track.json")
 
 
 def read_track_prompts(path) -> list:
     """A JSON list of ``{"object": K, "frame": N, "points": [[x, y, label]], "box": [x0, y0, x1, y1]}``
-    (object defaults to 1, frame to 0); several entries for an object on other frames are corrections."""
+    (object defaults to 1, frame to the first tracked); an object's entries on later frames correct it."""
     from ..data.prompts import read_prompt_entries
-    from ..edgetam.tracking import TrackPrompt
+    from ..edgetam.live import LivePrompt
     prompts = []
     for i, entry in enumerate(read_prompt_entries(path, extra_keys=("object", "frame"))):
         try:
-            object_id, frame = int(entry.get("object", 1)), int(entry.get("frame", 0))
+            object_id = int(entry.get("object", 1))
+            frame = None if entry.get("frame") is None else int(entry["frame"])
         except (TypeError, ValueError) as err:
             raise ValueError(f"prompt {i} of {str(path)!r}: 'object' and 'frame' are whole numbers ({err})") from None
-        prompts.append(TrackPrompt(object_id, frame, entry["points"], entry["box"]))
+        prompts.append(LivePrompt(object_id, frame, entry["points"], entry["box"]))
     return prompts
 
 
 def prompts_from_args(args) -> list:
-    from ..edgetam.tracking import TrackPrompt
+    import numpy as np
+    from PIL import Image
     from ..data.prompts import parse_box, parse_point
+    from ..edgetam.live import LivePrompt
     points = [parse_point(p) for p in args.point or []]
     boxes = [parse_box(b) for b in args.box or []]
     prompts = read_track_prompts(args.prompts) if args.prompts else []
     if len(boxes) > 1 and points:
         raise ValueError("several --box with --point is ambiguous: one --box with points is one object, several "
                          "boxes are several objects; put mixed prompts in a --prompts JSON file")
-    first_id = max((p.object_id for p in prompts), default=0) + 1
+    next_id = max((p.object_id for p in prompts), default=0) + 1
     if len(boxes) > 1:
-        prompts += [TrackPrompt(first_id + k, args.frame, [], b) for k, b in enumerate(boxes)]
+        prompts += [LivePrompt(next_id + k, args.frame, [], b) for k, b in enumerate(boxes)]
+        next_id += len(boxes)
     elif points or boxes:
-        prompts.append(TrackPrompt(first_id, args.frame, points, boxes[0] if boxes else None))
+        prompts.append(LivePrompt(next_id, args.frame, points, boxes[0] if boxes else None))
+        next_id += 1
+    for k, path in enumerate(args.mask or []):
+        try:
+            with Image.open(path) as image:
+                mask = np.asarray(image.convert("L")) > 0
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--mask {path}: not a readable image ({err})") from None
+        prompts.append(LivePrompt(next_id + k, args.frame, [], None, mask, str(path)))
     if not prompts:
-        raise ValueError("give a prompt: --point X,Y[,LABEL] (repeatable), --box X0,Y0,X1,Y1, or --prompts FILE.json")
+        raise ValueError("give a prompt: --point X,Y[,LABEL] (repeatable), --box X0,Y0,X1,Y1, --mask MASK.png, or "
+                         "--prompts FILE.json")
+    if args.every > 1:
+        off = [p for p in prompts if p.frame is not None and p.frame % args.every]
+        if off:
+            raise ValueError(f"--every {args.every} tracks frames 0, {args.every}, {2 * args.every}, ...; prompts on "
+                             f"frame(s) {sorted({p.frame for p in off})} would never be tracked")
+    if args.runtime != "torch" and any(p.mask is not None for p in prompts):
+        raise ValueError(f"--mask with --runtime {args.runtime}: the exported prompt decoder takes points and boxes; "
+                         "use --runtime torch for mask prompts")
     return prompts
 
 
@@ -57,87 +88,158 @@ def load_predictor(args):
         from ..edgetam import build_video_predictor
     except ImportError as err:
         raise ImportError(f"repvit track needs Meta's sam2 package: {EXTRA} ({err})") from None
-    pretrained, device = edgetam_weights(args)
+    pretrained, device, seed = edgetam_weights(args)
     return build_video_predictor(args.checkpoint, pretrained=pretrained, fused=not args.unfused,
-                                 device=str(device)), device
+                                 device=str(device), seed=seed), device
+
+
+def _weights_id(args) -> tuple[str, Path]:
+    """A digest of the weights and the folder their exported graphs are cached in (beside the weights)."""
+    if args.random_weights:
+        return "random (seed 0)", Path.home() / ".cache" / "repvit" / "edgetam-random-seed0-onnx"
+    if args.pretrained:
+        from ..models.pretrained import fetch
+        from ..models.releases import EDGETAM, find_release
+        path = Path(fetch(find_release("edgetam", kind=EDGETAM)))
+    else:
+        path = Path(args.checkpoint)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}", path.with_name(f"{path.stem}-onnx")
+
+
+def make_tracker(args, threads):
+    """The streaming tracker ``--runtime`` names, with its description for track.json."""
+    predictor, device = load_predictor(args)
+    if args.runtime == "torch":
+        from ..edgetam.stream_torch import TorchStreamingTracker
+        return TorchStreamingTracker(predictor), {"runtime": "torch", "device": str(device),
+                                                  "fused": not args.unfused}
+    from ..edgetam.export import cached_export
+    from ..edgetam.onnx_stream import OnnxStreamingTracker
+    if args.export_dir:
+        folder = Path(args.export_dir)
+        weights_id = _weights_id(args)[0]
+    else:
+        weights_id, folder = _weights_id(args)
+    log = (lambda line: None) if args.quiet else (lambda line: print(f"  export: {line}", file=sys.stderr))
+    try:
+        folder = cached_export(predictor, folder, weights_id=weights_id, log=log)
+    except PermissionError:
+        folder = cached_export(predictor, Path.home() / ".cache" / "repvit" / folder.name, weights_id=weights_id,
+                               log=log)
+    return OnnxStreamingTracker(folder, threads=threads, runtime=args.runtime), {
+        "runtime": args.runtime, "device": "cpu", "graphs": str(folder)}
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file; name a folder")
+    previous = [name for name in OUR_OUTPUTS if (out / name).exists()]
+    if previous and not overwrite:
+        raise ValueError(f"--output {out} holds a previous run ({', '.join(previous)}): pass --overwrite to replace "
+                         "it, or name another folder (two runs' masks are never mixed)")
+    for name in previous:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def run_track(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-    from ..data.video import DEFAULT_FPS, open_frames, require_av, write_video
-    from ..edgetam.tracking import track
+    from ..data.images import overlay as draw
+    from ..data.stream import LiveVideoWriter, open_source
+    from ..edgetam.live import run_live
     from ..engine.timing import resolve_threads, torch_threads
-    from ..data.images import overlay
-    prompts = prompts_from_args(args)       # bad prompts fail before anything loads
+    if (args.source is None) == (args.camera is None):
+        raise ValueError("give one source: a frame folder, a video file, a URL or - (stdin), or --camera N")
+    prompts = prompts_from_args(args)           # bad prompts fail before anything loads
     out = Path(args.output)
+    _prepare_output(out, args.overwrite)
     threads = resolve_threads(args.threads)[0]
-    with tempfile.TemporaryDirectory(prefix="repvit-track-") as work, torch_threads(threads):
-        frames = open_frames(args.video, work, max_frames=args.max_frames)
-        for prompt in prompts:
-            prompt.check(len(frames), *frames.size)
-        predictor, device = load_predictor(args)
-        bar = Progress(len(frames), desc="tracking", unit="frame", enabled=not args.quiet)
-        try:
-            tracks = track(predictor, frames.folder, prompts, num_frames=len(frames), size=frames.size,
-                           on_frame=lambda frame, masks: bar.update(1))
-        finally:
-            bar.close()
-        for obj in tracks.object_ids:
-            (out / "masks" / f"obj{obj}").mkdir(parents=True, exist_ok=True)
-        for frame in sorted(tracks.masks):
-            for obj, mask in tracks.masks[frame].items():
-                Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"obj{obj}" / f"{frame:05d}.png")
-        drawn = (overlay(frames.frame(f), [tracks.masks[f][o] for o in tracks.object_ids])
-                 for f in range(len(frames)))
-        fps = args.fps or frames.fps or DEFAULT_FPS
-        try:
-            require_av()
-            overlay_path = write_video(drawn, out / "overlay.mp4", fps=fps)
-        except ImportError as err:
-            overlay_path = out / "overlay"
-            overlay_path.mkdir(parents=True, exist_ok=True)
-            for f, image in enumerate(drawn):
-                Image.fromarray(image).save(overlay_path / f"{f:05d}.png")
-            print(f"note: {err}; wrote the overlay as PNG frames in {overlay_path}", file=sys.stderr)
-    prompted = sorted({p.frame for p in prompts})
-    summary = tracks.summary(prompted)
-    record = {"video": str(args.video), "frames": len(frames), "size": list(frames.size), "fps": fps,
-              "objects": tracks.object_ids, "prompts": [p.as_dict() for p in prompts],
+    spec = args.source
+    if args.camera is not None:
+        spec = int(args.camera) if str(args.camera).isdigit() else str(args.camera)
+    source = open_source(spec, every=args.every, max_frames=args.max_frames, size=args.stdin_size)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    writer = None
+    try:
+        with torch_threads(threads):
+            tracker, described = make_tracker(args, threads)
+            fps = args.fps or source.fps or 24.0
+            writer = LiveVideoWriter(out / "overlay.mp4", fps=fps)
+            bar = Progress(args.max_frames, desc="tracking", unit="frame", enabled=not args.quiet)
+            try:
+                record, error = run_live(tracker, source, prompts, out, overlay=writer, draw=draw, stop=stop,
+                                         on_frame=lambda index, seconds: bar.update(1))
+            finally:
+                bar.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        overlay_path = writer.close() if writer is not None else None
+        source.close()
+    record = {"source": source.description, "live": source.live, "every": args.every, "max_frames": args.max_frames,
+              **described, "threads": threads,
               "weights": args.checkpoint or (RELEASE if args.pretrained else "random (seed 0)"),
-              "fused": not args.unfused, "device": str(device), "threads": threads,
-              "setup_seconds": round(tracks.setup_seconds, 4), "latency": summary,
-              "seconds_per_frame": [round(tracks.seconds[f], 5) for f in sorted(tracks.seconds)],
-              "areas": {str(k): v for k, v in tracks.areas().items()},
-              "masks": str(out / "masks"), "overlay": str(overlay_path)}
+              "prompts": [p.as_dict() for p in prompts], **record, "masks": str(out / "masks"),
+              "overlay": str(overlay_path) if overlay_path else None}
     report = grammar.write_report(args.report or out / "track.json", record)
-    speed = (f"{summary['mean_ms']:.0f} ms a frame ({summary['frames_per_second']:.2f} frames/s)"
-             if summary.get("frames") else "no propagated frames")
-    print(f"{args.video}: {len(tracks.object_ids)} object(s) through {len(frames)} frames, {speed} on {device} "
-          f"with {threads} thread(s) -> {out / 'masks'}, {overlay_path}, {report}")
-    return 0
+    latency = record["latency"]
+    speed = (f"median {latency['median_ms']:.0f} ms a frame, p99 {latency['p99_ms']:.0f} ms "
+             f"({latency['frames_per_second']:.2f} frames/s)" if latency.get("frames") else "no tracked frames timed")
+    print(f"{source.description}: {len(record['objects'])} object(s) through {record['frames_done']} frames "
+          f"({record['stop_reason']}), {speed} on {described['runtime']} with {threads} thread(s), peak "
+          f"{latency['peak_rss_mb']:.0f} MB -> {out / 'masks'}, {report}")
+    if error is not None:
+        raise error
+    return 130 if record["stop_reason"].startswith(("interrupted", "stopped")) else 0
+
+
+def _size(text: str) -> tuple:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+        if width > 0 and height > 0:
+            return width, height
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 640x480")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "track", help="follow objects through a video (EdgeTAM: SAM 2 with a RepViT-M1 encoder)",
-        description="Prompt objects with points and/or boxes on any frame, then track them through the whole "
-                    "video (forward from the first prompted frame, and backward to frame 0). VIDEO is a folder of "
-                    "frames (JPEG, or PNG/BMP/WebP re-encoded) or a video file (.mp4, .mov, ... through PyAV). "
-                    "All --point options and one --box form one object; several --box are several objects; "
-                    "--prompts FILE.json holds any objects on any frames "
-                    "([{\"object\": 1, \"frame\": 0, \"points\": [[x, y, 1]], \"box\": [x0, y0, x1, y1]}]). "
+        "track", help="follow objects through a video, a camera or a stream (EdgeTAM: SAM 2 with a RepViT-M1 "
+                      "encoder); `repvit track eval`: the DAVIS protocol",
+        description="Prompt objects with points, boxes or masks on the first frame tracked (or any frame with "
+                    "--prompts), then track them frame by frame in constant memory. SOURCE is a folder of frames, a "
+                    "video file, an RTSP/HTTP URL or - (raw RGB frames on stdin, --stdin-size WxH); --camera N "
+                    "reads a camera. All --point options and one --box form one object; several --box are several "
+                    "objects; each --mask is an object; --prompts FILE.json holds objects and corrections on any "
+                    "frames ([{\"object\": 1, \"frame\": 0, \"points\": [[x, y, 1]], \"box\": [x0, y0, x1, y1]}]). "
+                    "Live sources drop frames when tracking is slower (the newest frame wins, the drops are "
+                    "counted). `repvit track eval --data DAVIS_ROOT` runs the DAVIS protocol. "
                     f"Needs {EXTRA}.")
-    p.add_argument("video", metavar="VIDEO", help="a folder of frames or a video file")
+    p.add_argument("source", metavar="SOURCE", nargs="?", help="a frame folder, a video file, a URL, or - (stdin)")
+    p.add_argument("--camera", metavar="N", help="a camera: its index (V4L2 /dev/videoN) or device path")
+    p.add_argument("--stdin-size", metavar="WxH", type=_size, help="the size of raw RGB24 frames on stdin (SOURCE -)")
     grammar.add(p, "--point", action="append")
     grammar.add(p, "--box", action="append")
-    p.add_argument("--frame", type=int, default=0, help="the frame --point/--box are on [0]")
+    p.add_argument("--mask", action="append", metavar="MASK.png", help="an object's mask on the prompted frame "
+                                                                        "(non-zero pixels; repeatable; --runtime torch)")
+    p.add_argument("--frame", type=int, default=None,
+                   help="the source frame --point/--box/--mask are on (default: the first frame tracked)")
     p.add_argument("--prompts", metavar="FILE.json", help="objects and corrections on any frames (see above)")
-    p.add_argument("--max-frames", type=int, default=None, help="track only the first N frames")
-    p.add_argument("--fps", type=float, default=None, help="frame rate of overlay.mp4 (default: the video's, or "
-                                                           "24 for a frame folder)")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="track every Nth frame of a file or folder [1]")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N tracked frames")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="the tracker: PyTorch, or the exported graphs on ONNX Runtime or OpenVINO (exported on first "
+                        "use, checked, and cached beside the weights) [torch]")
+    p.add_argument("--export-dir", metavar="DIR", help="the exported graphs' folder (made there when absent)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of overlay.mp4 (default: the source's, or 24)")
     grammar.add(p, "--output", default="track-out", help="folder for masks/, overlay.mp4 and track.json")
-    grammar.add_report(p, help="write the timings JSON here instead of OUTPUT/track.json")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run's outputs in --output")
+    grammar.add_report(p, help="write the run's JSON here instead of OUTPUT/track.json")
     g = p.add_mutually_exclusive_group()
     grammar.add(g, "--checkpoint", help="EdgeTAM weights: the official edgetam.pt or a file written by this library")
     grammar.add(g, "--pretrained", help=f"official weights: {RELEASE} (downloaded once into the torch hub cache)")
@@ -148,3 +250,4 @@ def register(subparsers) -> None:
     grammar.add(p, "--threads")
     grammar.add(p, "--quiet")
     p.set_defaults(func=run_track)
+

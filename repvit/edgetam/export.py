@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -332,6 +333,32 @@ def export_edgetam(model: nn.Module, out_dir: Union[str, os.PathLike], *, opset:
     return report
 
 
-__all__ = ["export_edgetam", "export_spec", "fused_copy", "graph_modules", "bank_sizes", "output_folder", "examples",
+def cached_export(model: nn.Module, folder: Union[str, os.PathLike], *, weights_id: str,
+                  log: Callable[[str], None] = lambda _: None) -> Path:
+    """The checked graphs of ``model`` in ``folder``: reused when its spec was made from ``weights_id``
+    (a digest of the weights file, say), else exported into a partial folder beside it and renamed into
+    place when complete (an interrupted export never leaves a half folder under the name)."""
+    folder = Path(folder)
+    spec_path = folder / SPEC_NAME
+    if spec_path.is_file():
+        try:
+            if json.loads(spec_path.read_text()).get("weights_id") == weights_id:
+                return folder
+        except ValueError:
+            pass
+        log(f"{folder}: made from other weights, exporting again")
+    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    export_edgetam(model, partial, log=log)
+    spec = json.loads((partial / SPEC_NAME).read_text())
+    spec["weights_id"] = weights_id
+    (partial / SPEC_NAME).write_text(json.dumps(spec, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    partial.rename(folder)
+    return folder
+
+
+__all__ = ["export_edgetam", "cached_export", "export_spec", "fused_copy", "graph_modules", "bank_sizes", "output_folder", "examples",
            "check_graph", "FILES", "NAMES",
            "SPEC_NAME"]
