@@ -115,8 +115,9 @@ def make_tracker(args, threads):
     predictor, device = load_predictor(args)
     if args.runtime == "torch":
         from ..edgetam.stream_torch import TorchStreamingTracker
-        return TorchStreamingTracker(predictor), {"runtime": "torch", "device": str(device),
-                                                  "fused": not args.unfused}
+        tracker = TorchStreamingTracker(predictor)
+        return tracker, {"runtime": "torch", "device": str(device), "fused": not args.unfused,
+                         "hole_filling": tracker.fills_holes}
     from ..edgetam.export import cached_export
     from ..edgetam.onnx_stream import OnnxStreamingTracker
     if args.export_dir:

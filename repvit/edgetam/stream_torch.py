@@ -9,6 +9,7 @@ body tracks every object), so a stream computes what a whole-video propagation c
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -36,15 +37,27 @@ class _CurrentFrame:
 
 
 @contextlib.contextmanager
-def _no_sam2_progress():
-    """sam2's ``propagate_in_video`` wraps its frames in tqdm; a one-frame call must not print a bar."""
+def _quiet_sam2():
+    """sam2's ``propagate_in_video`` wraps its frames in tqdm (a one-frame call must not print a bar), and
+    without its CUDA extension (every CPU install) it warns in four lines on the first frame that it
+    skips filling holes in the masks: ``TorchStreamingTracker.fills_holes`` says that once, as data."""
     import sam2.sam2_video_predictor as video
     original = video.tqdm
     video.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"cannot import name '_C'", category=UserWarning)
+            yield
     finally:
         video.tqdm = original
+
+
+def _has_sam2_extension() -> bool:
+    try:
+        from sam2 import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class TorchStreamingTracker:
@@ -62,6 +75,8 @@ class TorchStreamingTracker:
                                      stride=int(getattr(predictor, "memory_temporal_stride_for_eval", 1)),
                                      max_cond_frames=max_cond_frames)
         self.device = next(predictor.parameters()).device
+        # sam2 fills small holes in the masks (fill_hole_area) only with its CUDA extension built
+        self.fills_holes = bool(getattr(predictor, "fill_hole_area", 0)) and _has_sam2_extension()
         self.reset_state()
 
     # ------------------------------------------------------------------ state
@@ -110,7 +125,7 @@ class TorchStreamingTracker:
             self._last = StepResult(self.frame_index, [], np.zeros((0, *self.frame_size), np.float32))
             return self._last
         t = self.frame_index
-        with _no_sam2_progress():
+        with _quiet_sam2():
             (index, obj_ids, logits), = list(self.predictor.propagate_in_video(
                 self.state, start_frame_idx=t, max_frame_num_to_track=0))
         assert index == t
@@ -128,7 +143,7 @@ class TorchStreamingTracker:
         pts = [] if coords is None else [(float(x), float(y), int(l)) for (x, y), l in zip(coords, marks)]
         Prompt(pts, None if corners is None else tuple(float(v) for v in corners)).check(
             width, height, where=f"object {obj_id} on frame {self.frame_index}", picture="frame")
-        with self._as_cond():
+        with self._as_cond(), _quiet_sam2():
             _, obj_ids, logits = self.predictor.add_new_points_or_box(
                 self.state, frame_idx=self.frame_index, obj_id=int(obj_id), points=coords, labels=marks, box=corners)
         return self._prompted(obj_ids, logits)
@@ -138,7 +153,7 @@ class TorchStreamingTracker:
         """Prompt ``obj_id`` on the current frame with a mask (HxW, the frame's size)."""
         self._require_frame()
         mask = torch.from_numpy(check_mask(mask, self.frame_size))
-        with self._as_cond():
+        with self._as_cond(), _quiet_sam2():
             _, obj_ids, logits = self.predictor.add_new_mask(self.state, frame_idx=self.frame_index,
                                                              obj_id=int(obj_id), mask=mask)
         return self._prompted(obj_ids, logits)
