@@ -1,0 +1,160 @@
+"""Per-frame latency of the streaming trackers on a CPU, per graph, beside the physical limit.
+
+For each runtime (PyTorch eager on sam2's predictor; the four exported graphs on ONNX Runtime and
+OpenVINO) one object (a box on frame 0) streams through ``--frames`` frames of a DAVIS sequence (or the
+bedroom video); rounds are interleaved (the runtime order rotates each round) and the first frames of
+each round are warm-up. A frame's time is ``step()``'s: image encoder + memory attention + decoder +
+memory encoder of every object. For the exported trackers each graph's share is timed by wrapping its
+runner. The limit: every graph's multiply-adds counted by ``torch.utils.flop_counter`` (matmuls and
+attention included, not just convolutions and linears) over the best sgemm rate this process reaches on
+the same threads: the time a frame would take if every multiply-add ran at peak.
+
+    PYTHONPATH=. python benchmarks/edgetam_stream_speed.py --threads 2 --objects 1 4 \\
+        --json runs/bench/edgetam_stream_speed.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from repvit.engine.timing import environment, load_average, torch_threads  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BOXES = ((300, 60, 520, 300), (100, 100, 300, 400), (520, 200, 760, 460), (50, 20, 250, 200))
+
+
+def sgemm_gmacs(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """The best multiply-add rate (GMAC/s) of a float32 matrix product on ``threads`` threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    with torch_threads(threads):
+        torch.mm(a, b)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    return size ** 3 / best / 1e9
+
+
+def graph_macs(model) -> dict:
+    """Multiply-adds of each exported graph for one object (half of torch's FLOP count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from repvit.edgetam.export import bank_sizes, examples, fused_copy, graph_modules
+    fused = fused_copy(model)
+    max_frames, max_pointers = bank_sizes(fused, None, None)
+    modules = graph_modules(fused, max_frames=max_frames, max_pointers=max_pointers)
+    inputs = examples(fused, max_frames=max_frames, max_pointers=max_pointers)
+    out = {}
+    for name, module in modules.items():
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            module(*inputs[name])
+        out[name] = counter.get_total_flops() / 2
+    return out
+
+
+def frames_of(sequence: str, count: int) -> list:
+    folder = SHARED / "davis-2016" / "JPEGImages" / "480p" / sequence
+    files = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else sorted(
+        (SHARED / "videos" / "bedroom").glob("*.jpg"))[:count]
+    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+
+
+def timed_runners(tracker) -> dict:
+    """Wrap each graph runner of an OnnxStreamingTracker so its calls are timed (seconds per name)."""
+    spent = {name: 0.0 for name in tracker.graphs.runners}
+    for name, run in list(tracker.graphs.runners.items()):
+        def wrapped(feed, run=run, name=name):
+            start = time.perf_counter()
+            result = run(feed)
+            spent[name] += time.perf_counter() - start
+            return result
+        tracker.graphs.runners[name] = wrapped
+    return spent
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sequence", default="hockey")
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--objects", type=int, nargs="+", default=[1])
+    p.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime", "openvino"])
+    p.add_argument("--json", metavar="FILE", required=True)
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+    from repvit.edgetam import build_video_predictor
+    from repvit.edgetam.export import export_edgetam
+    from repvit.edgetam.onnx_stream import OnnxStreamingTracker
+    from repvit.edgetam.stream_torch import TorchStreamingTracker
+    frames = frames_of(args.sequence, args.frames)
+    result = {"environment": environment("cpu"), "threads": args.threads, "sequence": args.sequence,
+              "frame_size": list(frames[0].shape[:2]), "frames": len(frames), "warmup": args.warmup,
+              "load_avg_1min_before": load_average(), "runs": {}}
+    with torch_threads(args.threads), tempfile.TemporaryDirectory() as work:
+        predictor = build_video_predictor(seed=0, fused=True)
+        result["macs"] = {k: round(v / 1e9, 3) for k, v in graph_macs(predictor).items()}
+        result["sgemm_gmacs"] = round(sgemm_gmacs(args.threads), 1)
+        export_edgetam(predictor, Path(work) / "onnx")
+        trackers = {"torch": TorchStreamingTracker(predictor)}
+        for rt in args.runtimes:
+            if rt != "torch":
+                trackers[rt] = OnnxStreamingTracker(Path(work) / "onnx", threads=args.threads, runtime=rt)
+        trackers = {k: v for k, v in trackers.items() if k in args.runtimes}
+        spent = {rt: timed_runners(t) for rt, t in trackers.items() if rt != "torch"}
+        times = {(rt, n): [] for rt in trackers for n in args.objects}
+        graph_time = {(rt, n): {g: 0.0 for g in spent[rt]} for rt in spent for n in args.objects}
+        for r in range(args.rounds):
+            order = list(trackers)[r % len(trackers):] + list(trackers)[:r % len(trackers)]
+            for n in args.objects:
+                for rt in order:
+                    tracker = trackers[rt]
+                    tracker.reset_state()
+                    for t, frame in enumerate(frames):
+                        if rt in spent:
+                            before = dict(spent[rt])
+                        start = time.perf_counter()
+                        tracker.step(frame)
+                        elapsed = time.perf_counter() - start
+                        if t == 0:
+                            for k in range(n):
+                                tracker.add_new_points_or_box(k + 1, box=BOXES[k % len(BOXES)])
+                        elif t > args.warmup:
+                            times[(rt, n)].append(elapsed)
+                            if rt in spent:
+                                for g in spent[rt]:
+                                    graph_time[(rt, n)][g] += spent[rt][g] - before[g]
+        for (rt, n), seconds in times.items():
+            ms = np.asarray(seconds) * 1e3
+            row = {"objects": n, "frames_timed": len(ms), "median_ms": round(float(np.median(ms)), 1),
+                   "p99_ms": round(float(np.percentile(ms, 99)), 1), "frames_per_second": round(1e3 / ms.mean(), 2)}
+            if rt in spent:
+                row["graphs_ms_per_frame"] = {g: round(1e3 * s / len(ms), 1) for g, s in graph_time[(rt, n)].items()}
+            result["runs"][f"{rt}/{n}"] = row
+            print(rt, n, json.dumps(row), flush=True)
+    macs = result["macs"]
+    per_frame = macs["image_encoder"] + macs["memory_attention"] + macs["prompt_decoder"] + macs["memory_encoder"]
+    result["limit"] = {"gmacs_per_frame_one_object": round(per_frame, 2),
+                       "ms_at_sgemm_peak": round(1e3 * per_frame / result["sgemm_gmacs"], 1)}
+    result["load_avg_1min_after"] = load_average()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps({"macs": macs, "limit": result["limit"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
