@@ -266,7 +266,7 @@ def _frame_files(folder: Path) -> list:
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))   # writable, as every source's frames are
 
 
 def _open_folder(folder: Path, start: int, every: int, reverse: bool) -> dict:
@@ -316,7 +316,7 @@ def _pyav_items(container, stream, every: int, start: int = 0) -> Iterator[_Item
 def _stream_facts(stream) -> tuple:
     fps = float(stream.average_rate) if stream.average_rate else None
     size = (stream.width, stream.height) if stream.width and stream.height else None
-    shown = f"{stream.codec_context.name}" + (f" {size[0]}x{size[1]}" if size else "") + (f" {fps:g} fps" if fps else "")
+    shown = stream.codec_context.name + (f" {size[0]}x{size[1]}" if size else "") + (f" {fps:g} fps" if fps else "")
     return fps, size, shown
 
 

@@ -7,15 +7,21 @@ video file (``.mp4``, ``.mov``, ``.mkv``, ``.avi``, ``.webm``) is decoded throug
 maintained Python binding, the ``video`` extra); PNG, BMP or WebP frames are re-encoded as JPEG. ``write_video`` encodes frames back into an
 H.264 ``.mp4`` (MPEG-4 Part 2 where the FFmpeg build has no H.264 encoder).
 
+For streams (``repvit.data.stream``): ``decode_frames`` numbers a file's frames as they decode,
+``read_backward`` reads a file from a frame back to frame 0 a bounded block at a time, and
+``LiveVideoWriter`` encodes frames as they come, leaving a playable file however it stops.
+
 This module is a bottom layer: it imports nothing from ``repvit``.
 """
 from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -149,3 +155,195 @@ def write_video(frames: Iterable[np.ndarray], path: Union[str, os.PathLike], *, 
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+MAX_BAD_PACKETS = 50   # packets in a row that fail to decode before a file counts as broken
+
+
+def _one_line(err: BaseException) -> str:
+    """The error in one short line; an ``OSError``'s reason alone (FFmpeg's names the URL, password too)."""
+    text = " ".join(str(getattr(err, "strerror", None) or err).split()) or type(err).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def decode_frames(container, stream) -> Iterator[tuple]:
+    """``(index, av.VideoFrame or None, error)`` for each frame of ``stream`` in decoding order. A
+    packet that fails to decode is reported (frame None, a one-line error) and takes one number
+    (a video packet is one frame), so the numbering is the same on every pass over a file."""
+    av = require_av()
+    index, bad = 0, 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as err:
+            bad += 1
+            if bad > MAX_BAD_PACKETS:
+                raise RuntimeError(f"{bad} packets in a row did not decode ({_one_line(err)})") from None
+            if packet.size:
+                yield index, None, f"decode error: {_one_line(err)}"
+                index += 1
+            continue
+        bad = 0
+        for frame in frames:
+            yield index, frame, ""
+            index += 1
+
+
+def _rgb(index: int, frame, error: str) -> tuple:
+    return (index, None, None, error) if frame is None else (index, frame.to_ndarray(format="rgb24"), frame.time, "")
+
+
+def read_backward(path: Union[str, os.PathLike], start: int, every: int = 1, *,
+                  max_bytes: int = 64 << 20) -> Iterator[tuple]:
+    """Frames ``start, start - every, ...`` down to 0 of a video file as ``(index, HxWx3 uint8 RGB or
+    None, seconds, error)``, numbered as ``decode_frames`` numbers them. One decoding pass first
+    records every frame's timestamp (and checks ``start``); then each block of frames (at most
+    ``max_bytes`` of them) is decoded from the keyframe before it, found by a seek, or from the
+    file's start where the timestamps cannot place it. Nothing else is held."""
+    av = require_av()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        size = stream.width * stream.height * 3 or 1
+        pts = [frame.pts if frame is not None else None for _, frame, _ in decode_frames(container, stream)]
+    if not 0 <= start < len(pts):
+        raise ValueError(f"{path}: frame {start} asked for, the video has {len(pts)} frames")
+    wanted, chunk = list(range(start, -1, -every)), max(1, max_bytes // size)
+
+    def frames() -> Iterator[tuple]:
+        for k in range(0, len(wanted), chunk):
+            block = _read_block(Path(path), wanted[k:k + chunk], pts)
+            yield from (block[i] for i in wanted[k:k + chunk])
+    return frames()
+
+
+def _read_block(path: Path, block: list, pts: list) -> dict:
+    av = require_av()
+    low, high, found = min(block), max(block), {}
+    if all(pts[i] is not None for i in block):
+        by_pts = {pts[i]: i for i in block}
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                container.seek(pts[low], stream=stream, backward=True)   # to the keyframe at or before it
+                for frame in container.decode(stream):
+                    if frame.pts in by_pts:
+                        found[by_pts[frame.pts]] = _rgb(by_pts[frame.pts], frame, "")
+                    if frame.pts is not None and frame.pts >= pts[high]:
+                        break
+        except av.error.FFmpegError:
+            found = {}
+    if len(found) < len(block):   # timestamps missing or repeated, or a seek that missed: decode from the start
+        found, wanted = {}, set(block)
+        with av.open(str(path)) as container:
+            for index, frame, error in decode_frames(container, container.streams.video[0]):
+                if index in wanted:
+                    found[index] = _rgb(index, frame, error)
+                if index >= high:
+                    break
+    return found
+
+
+class LiveVideoWriter:
+    """Encodes frames into ``path`` as they are written: H.264 (``libx264``; MPEG-4 Part 2 where FFmpeg
+    has no H.264 encoder), yuv420p, odd sides padded by one pixel, later frames of another size
+    resized to the first's. An ``.mp4``/``.mov`` is fragmented at each keyframe (every
+    ``keyframe_s``), so even a killed process leaves a file playable up to its last keyframe;
+    ``close()`` (idempotent; called from a signal handler during ``write`` it waits for that frame)
+    flushes the rest. Without PyAV, frames go to PNGs in the folder ``path`` without its suffix,
+    with one note on stderr. ``frames``: frames in the file so far. One thread writes.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], fps: float = DEFAULT_FPS, *,
+                 keyframe_s: float = 2.0, fragmented: bool = True):
+        self.path, self.fps, self.frames = Path(path), float(fps), 0
+        self._rate = Fraction(self.fps).limit_denominator(1001)
+        self._keyint, self._fragmented = max(1, round(keyframe_s * self.fps)), fragmented
+        self._container = self._stream = self._shape = self._origin = None
+        self._pts, self._writing, self._close_requested, self.closed = -1, False, False, False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._av = require_av()
+        except ImportError as err:
+            self._av, self.path = None, self.path.with_suffix("")
+            self.path.mkdir(parents=True, exist_ok=True)
+            print(f"note: {err}; writing the overlay as PNG frames in {self.path}", file=sys.stderr)
+
+    def write(self, image: np.ndarray, timestamp_s: Optional[float] = None) -> None:
+        """Encode one HxWx3 uint8 RGB frame; ``timestamp_s`` (a live source's) places it in time,
+        else frames follow each other at ``fps``."""
+        if self.closed or self._close_requested:
+            raise ValueError(f"{self.path}: the writer is closed")
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 uint8 RGB frame, got {image.dtype} {image.shape}")
+        self._writing = True
+        try:
+            if self._av is None:
+                from PIL import Image
+                Image.fromarray(image).save(self.path / f"{self.frames:05d}.png")
+                self.frames += 1
+            else:
+                self._encode(image, timestamp_s)
+        finally:
+            self._writing = False
+            if self._close_requested:
+                self.close()
+
+    def _encode(self, image: np.ndarray, timestamp_s: Optional[float]) -> None:
+        av = self._av
+        if self._shape is None:
+            self._open(image.shape[:2])
+        if image.shape[:2] != self._shape:
+            from PIL import Image
+            image = np.asarray(Image.fromarray(image).resize(self._shape[::-1], Image.BILINEAR))
+        height, width = self._shape
+        if height % 2 or width % 2:
+            image = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        if timestamp_s is not None:
+            self._origin = timestamp_s if self._origin is None else self._origin
+            self._pts = max(self._pts + 1, round((timestamp_s - self._origin) * self._rate))
+        else:
+            self._pts += 1
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts, frame.time_base = self._pts, 1 / self._rate
+        self._mux(self._stream.encode(frame))
+
+    def _open(self, shape: tuple) -> None:
+        av = self._av
+        fragment = self._fragmented and self.path.suffix.lower() in (".mp4", ".mov", ".m4v")
+        options = {"flush_packets": "1"}   # on disk as it comes, not in a buffer a killed process loses
+        if fragment:
+            options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
+        self._container = av.open(str(self.path), mode="w", container_options=options)
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        self._stream = self._container.add_stream(codec, rate=self._rate)
+        self._stream.width, self._stream.height = shape[1] + shape[1] % 2, shape[0] + shape[0] % 2
+        self._stream.pix_fmt, self._stream.codec_context.gop_size = "yuv420p", self._keyint
+        if codec == "libx264":   # zerolatency: a packet per frame written, none held in a lookahead
+            self._stream.options = {"crf": "20", "preset": "veryfast", "tune": "zerolatency"}
+        self._shape = shape
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self._container.mux(packet)
+            self.frames += 1
+
+    def close(self) -> Path:
+        """Flush and finish the file (or folder); returns its path. No frames written: no file."""
+        if self._writing:   # inside write(), from a signal handler: write() closes when the frame is done
+            self._close_requested = True
+            return self.path
+        self.closed = True
+        if self._container is not None:
+            try:
+                self._mux(self._stream.encode(None))   # what the encoder still holds
+            finally:
+                container, self._container = self._container, None
+                container.close()
+        return self.path
+
+    def __enter__(self) -> "LiveVideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
