@@ -174,6 +174,9 @@ class StandInStream:
         self.anchors[obj_id] = (self.frame_index, float(centre[0]), float(centre[1]))
         return self._result()
 
+    def reset_state(self):
+        self.anchors, self.frame_index = {}, -1
+
     def add_new_mask(self, obj_id, mask):
         ys, xs = np.nonzero(mask)
         self.anchors[obj_id] = (self.frame_index, float(xs.mean()), float(ys.mean()))
@@ -291,3 +294,21 @@ def test_cli_track_stops_cleanly_on_sigterm(bedroom, tmp_path):
     assert record["stop_reason"] == "stopped (signal)" and 3 <= record["frames_done"] < 60
     assert len(list((out / "masks" / "obj1").glob("*.png"))) == record["frames_done"]
     assert len(decode(out / "overlay.mp4", tmp_path / "decoded")) == record["frames_done"]
+
+
+def test_cli_track_a_later_prompt_tracks_forward_then_backward_reading_the_file_again(bedroom, tmp_path, monkeypatch):
+    stream = stand_in(monkeypatch, StandInStream())
+    out = tmp_path / "out"
+    assert main(["track", str(bedroom), "--point", "100,60", "--frame", "3", "--output", str(out), "--quiet"]) == 0
+    record = json.loads((out / "track.json").read_text())
+    masks = read_masks(out / "masks" / "obj1")
+    assert sorted(masks) == list(range(6)) and record["frames_done"] == 6
+    assert record["backward"]["from_frame"] == 3 and record["backward"]["frames_done"] == 4
+    square = np.zeros((136, 240), bool)
+    square[50:70, 90:110] = True
+    assert (masks[3] == square).all()
+    for t in (2, 1, 0):      # the backward pass: one stand-in step further from the prompt per frame
+        assert (masks[t] == np.roll(square, 3 * (3 - t), axis=1)).all(), t
+    assert (masks[5] == np.roll(square, 6, axis=1)).all()
+    assert len(stream.steps) == 3 + 4                       # frames 3-5 forward, 3-0 backward: none held
+    assert len(open_frames(out / "overlay.mp4", tmp_path / "decoded")) == 3

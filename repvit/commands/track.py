@@ -162,10 +162,16 @@ def run_track(args: argparse.Namespace) -> int:
     spec = args.source
     if args.camera is not None:
         spec = int(args.camera) if str(args.camera).isdigit() else str(args.camera)
-    source = open_source(spec, every=args.every, max_frames=args.max_frames, size=args.stdin_size)
+    # objects all prompted on a later frame of a file or folder: track forward from there, then backward
+    seekable = args.camera is None and args.source != "-" and "://" not in str(args.source)
+    first = None if any(p.frame is None for p in prompts) else min(p.frame for p in prompts)
+    backward_from = first if first and seekable else None
+    source = open_source(spec, every=args.every, max_frames=args.max_frames, size=args.stdin_size,
+                         start=backward_from or 0)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     writer = None
+    backward: dict = {}
     try:
         with torch_threads(threads):
             tracker, described = make_tracker(args, threads)
@@ -175,12 +181,25 @@ def run_track(args: argparse.Namespace) -> int:
             try:
                 record, error = run_live(tracker, source, prompts, out, overlay=writer, draw=draw, stop=stop,
                                          on_frame=lambda index, seconds: bar.update(1))
+                if backward_from and error is None and not stop.is_set() and record["frames_done"]:
+                    # the frames before the prompts, from the prompted frame back to frame 0 (the file is read
+                    # again, backward, rather than held); the overlay shows the forward pass
+                    tracker.reset_state()
+                    with open_source(spec, every=args.every, start=backward_from, reverse=True) as behind:
+                        backward, error = run_live(tracker, behind, [p for p in prompts if p.frame == backward_from],
+                                                   out, stop=stop, on_frame=lambda index, seconds: bar.update(1))
+                    record["frames_done"] += max(backward["frames_done"] - 1, 0)
+                    if backward["stop_reason"] != "end of stream":
+                        record["stop_reason"] = f"backward pass: {backward['stop_reason']}"
             finally:
                 bar.close()
     finally:
         signal.signal(signal.SIGTERM, previous)
         overlay_path = writer.close() if writer is not None else None
         source.close()
+    if backward:
+        record["backward"] = {"from_frame": backward_from, "frames_done": backward["frames_done"],
+                              "stop_reason": backward["stop_reason"], "latency": backward["latency"]}
     record = {"source": source.description, "live": source.live, "every": args.every, "max_frames": args.max_frames,
               **described, "threads": threads,
               "weights": args.checkpoint or (RELEASE if args.pretrained else "random (seed 0)"),
