@@ -128,3 +128,44 @@ def test_predictions_of_any_method_are_scored_without_a_model(davis, tmp_path, c
     assert "nope not in" in capsys.readouterr().err
     assert main(["track", "eval", "--data", str(davis), "--runtime", "onnxruntime", "--random-weights"]) == 2
     assert "run the evaluation with --runtime torch" in capsys.readouterr().err
+
+
+def test_two_torchrun_ranks_share_the_sequences_and_a_rerun_resumes(checkpoint, tmp_path):
+    """``torchrun --nproc_per_node 2 -m repvit track eval``: each rank tracks its sequence (one line each), rank 0
+    scores both; the predictions equal a single process's, and a rerun skips what is complete."""
+    import os
+    import subprocess
+    import sys
+    source = shared_data("davis-2016", pattern="00002.png")
+    root = tmp_path / "davis"
+    for sequence in ("boat", "bus"):
+        for kind, suffix in (("JPEGImages", "jpg"), ("Annotations", "png")):
+            folder = root / kind / "480p" / sequence
+            folder.mkdir(parents=True)
+            for i in range(3):
+                image = Image.open(source / kind / "480p" / sequence / f"{i:05d}.{suffix}")
+                resample = Image.NEAREST if suffix == "png" else Image.BILINEAR
+                image.resize((214, 120), resample).save(folder / f"{i:05d}.{suffix}")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "repvit",
+           "track", "eval", "--data", str(root), "--output", str(tmp_path / "pred"), "--checkpoint", str(checkpoint),
+           "--threads", "1", "--quiet"]
+    first = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stderr.count("[rank 0] boat: 3 frames") == 1 and first.stderr.count("[rank 1] bus: 3 frames") == 1
+    assert first.stdout.count("2 sequence(s)") == 1                 # rank 0 alone reports
+    report = json.loads((tmp_path / "pred" / "davis.json").read_text())
+    assert report["run"]["world_size"] == 2 and sorted(report["run"]["timings"]) == ["boat", "bus"]
+    assert {report["run"]["timings"][s]["rank"] for s in ("boat", "bus")} == {0, 1}
+    again = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[rank 0] boat: predictions complete" in again.stderr and "[rank 1] bus: predictions complete" in again.stderr
+    rerun = json.loads((tmp_path / "pred" / "davis.json").read_text())
+    assert rerun["run"]["skipped_complete"] == ["boat", "bus"] and rerun["J&F"] == report["J&F"]
+    single = tmp_path / "single"
+    assert main(["track", "eval", "--data", str(root), "--output", str(single), "--checkpoint", str(checkpoint),
+                 "--threads", "1", "--quiet", "--sequences", "bus"]) == 0
+    for i in range(3):   # the rank's predictions are a single process's
+        assert (np.asarray(Image.open(single / "bus" / f"{i:05d}.png")) ==
+                np.asarray(Image.open(tmp_path / "pred" / "bus" / f"{i:05d}.png"))).all()

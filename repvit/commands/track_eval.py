@@ -28,15 +28,27 @@ def _sequences(args) -> list:
 
 def run_track_eval(args: argparse.Namespace) -> int:
     from ..edgetam.evaluation import evaluate_predictions
+    from ..engine import distributed
     sequences = _sequences(args)            # a bad folder or name fails before any model loads
     record: dict = {"data": str(args.data), "sequences": sequences}
-    if args.predictions:
-        predictions = Path(args.predictions)
-        record["method"] = f"predictions read from {predictions}"
-    else:
-        predictions = Path(args.output)
-        record.update(_track(args, sequences, predictions))
-    report = evaluate_predictions(args.data, predictions, sequences)
+    env = distributed.setup("cpu" if args.device in (None, "auto") else args.device)
+    try:
+        if args.predictions:
+            predictions = Path(args.predictions)
+            record["method"] = f"predictions read from {predictions}"
+        else:
+            # under torchrun each rank tracks its share of the sequences, one line per sequence; rank 0 scores
+            predictions = Path(args.output)
+            mine = [sequences[i] for i in distributed.shard(range(len(sequences)), env)]
+            parts = distributed.each_rank(lambda: _track(args, mine, predictions, env.rank), env)
+            record.update(parts[0], world_size=env.world_size,
+                          timings={k: v for part in parts for k, v in part["timings"].items()},
+                          skipped_complete=sorted(s for part in parts for s in part["skipped_complete"]))
+        if not env.is_main:
+            return 0
+        report = evaluate_predictions(args.data, predictions, sequences)
+    finally:
+        distributed.teardown(env)
     report["run"] = record
     path = grammar.write_report(args.report or predictions / "davis.json", report)
     if not args.quiet:
@@ -50,7 +62,7 @@ def run_track_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _track(args, sequences: list, output: Path) -> dict:
+def _track(args, sequences: list, output: Path, rank: int = 0) -> dict:
     from ..data.davis import list_frames
     from ..edgetam.vos import is_done, track_sequence
     from ..engine.timing import resolve_threads, torch_threads
@@ -69,9 +81,8 @@ def _track(args, sequences: list, output: Path) -> dict:
             frames = list_frames(args.data, name)
             if is_done(output, name, frames) and not args.overwrite:
                 done.append(name)
-                if not args.quiet:
-                    print(f"  {name}: predictions complete in {output / name}, skipped (--overwrite redoes it)",
-                          file=sys.stderr)
+                print(f"[rank {rank}] {name}: predictions complete in {output / name}, skipped (--overwrite redoes "
+                      "it)", file=sys.stderr)
                 continue
             bar = Progress(len(frames), desc=name, unit="frame", enabled=not args.quiet)
             try:
@@ -80,7 +91,9 @@ def _track(args, sequences: list, output: Path) -> dict:
                 bar.close()
             times = sorted(run["seconds"][1:]) or [0.0]
             timings[name] = {"frames": run["frames"], "objects": len(run["objects"]),
-                             "median_ms": round(1e3 * times[len(times) // 2], 2)}
+                             "median_ms": round(1e3 * times[len(times) // 2], 2), "rank": rank}
+            print(f"[rank {rank}] {name}: {run['frames']} frames, {len(run['objects'])} object(s), median "
+                  f"{timings[name]['median_ms']:.0f} ms a frame -> {output / name}", file=sys.stderr)
     return {"method": "streaming tracker (TorchStreamingTracker)", "runtime": args.runtime, "threads": threads,
             "device": str(device), "weights": args.checkpoint or (RELEASE if args.pretrained else "random (seed 0)"),
             "predictions": str(output), "skipped_complete": done, "timings": timings}
@@ -93,7 +106,8 @@ def register(subparsers) -> None:
                     "with its mask on the first frame and tracked frame by frame; the predictions are written "
                     "as DIR/<sequence>/<frame>.png in the annotations' format and scored with J, F and J&F "
                     "(mean, recall, decay) over the frames DAVIS's evaluator scores. --predictions DIR scores "
-                    "existing predictions of any method without a model.")
+                    "existing predictions of any method without a model. Under torchrun each rank tracks its "
+                    "share of the sequences; complete sequences are skipped, so a rerun resumes.")
     p.add_argument("--data", required=True, metavar="ROOT",
                    help="a DAVIS folder (JPEGImages/480p/<seq>, Annotations/480p/<seq>; DAVIS 2016 or 2017)")
     p.add_argument("--sequences", metavar="A,B", help="only these sequences (default: every one in ROOT)")
