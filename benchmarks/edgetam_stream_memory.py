@@ -60,15 +60,18 @@ def main() -> int:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch_threads(args.threads), tempfile.TemporaryDirectory() as work:
-        predictor = build_video_predictor(seed=0, fused=True)
+        predictor = build_video_predictor(seed=0, fused=True) if args.runtime == "torch" else None
         if args.runtime == "torch":
             from repvit.edgetam.stream_torch import TorchStreamingTracker
             tracker = TorchStreamingTracker(predictor)
-        else:
-            from repvit.edgetam.export import export_edgetam
+        else:   # exported in a child process, so this one's peak is the tracker's alone
+            import subprocess
             from repvit.edgetam.onnx_stream import OnnxStreamingTracker
-            export_edgetam(predictor, Path(work) / "onnx")
             del predictor
+            code = ("import sys, warnings; warnings.filterwarnings('ignore'); from repvit.edgetam import "
+                    "build_video_predictor; from repvit.edgetam.export import export_edgetam; "
+                    "export_edgetam(build_video_predictor(seed=0, fused=True), sys.argv[1])")
+            subprocess.run([sys.executable, "-c", code, str(Path(work) / "onnx")], check=True)
             tracker = OnnxStreamingTracker(Path(work) / "onnx", threads=args.threads, runtime=args.runtime)
         start = time.perf_counter()
         for t in range(args.frames):
