@@ -29,6 +29,7 @@ from repvit import reparameterize  # noqa: E402
 from repvit.commands._dense import real_images  # noqa: E402
 from repvit.commands._grammar import write_report  # noqa: E402
 from repvit.dense import export as dense  # noqa: E402
+from repvit.segmentation.exported import ExportedSegmenter  # noqa: E402
 from repvit.export.verify import ParityError  # noqa: E402
 from repvit.engine.timing import environment, load_average, torch_threads  # noqa: E402
 from repvit.segmentation.data import EvalResize, SemanticFolder  # noqa: E402
@@ -131,7 +132,7 @@ def main() -> int:
                 report["results"][name] = {"failed_check": str(err)}
                 print(f"{name}: {err}", flush=True)
                 continue
-            runner = Recording(dense.ExportedSegmenter(target, threads=args.threads))
+            runner = Recording(ExportedSegmenter(target, threads=args.threads))
             t = time.perf_counter()
             entry.update(evaluate_segmenter(runner, val, class_names=model.class_names))
             entry["seconds"] = time.perf_counter() - t

@@ -34,6 +34,8 @@ MODULES = {
 ATTRIBUTES = {
     "repvit.export": {name: "repvit.classification.export" for name in
                       ("export_model", "ExportResult", "INT8_FORMATS")},
+    "repvit.dense.export": {"ExportedSegmenter": "repvit.segmentation.exported",
+                            "export_detector_torchscript": "repvit.detection.export"},
 }
 
 

@@ -52,6 +52,11 @@ def test_from_import_of_an_old_submodule_and_an_old_attribute():
     assert any("repvit.export.export_model moved to repvit.classification.export.export_model" in m for m in messages)
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         importlib.import_module("repvit.export").not_a_name
+    from repvit.segmentation.exported import ExportedSegmenter
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from repvit.dense.export import ExportedSegmenter as old_segmenter
+    assert old_segmenter is ExportedSegmenter and any("repvit.segmentation.exported" in str(w.message) for w in caught)
 
 
 def test_every_new_path_exists_and_no_old_file_is_left():

@@ -5,8 +5,6 @@
 * Backbone + FPN -> ONNX (one output per pyramid level, dynamic sizes), checked the same way.
 * Both also -> OpenVINO IR (``.xml`` + ``.bin``, same dynamic sizes and outputs), checked with
   OpenVINO's CPU plugin in float32 the same way.
-* A torchvision detector -> TorchScript (scripted, so any image size and count), checked on real
-  images: the same boxes, labels and scores.
 * Semantic FPN -> LiteRT (``.tflite`` at a fixed size, float or full-integer INT8), checked with the
   LiteRT interpreter; the flatbuffer carries no metadata here, so the record goes beside it
   (``<name>.json``).
@@ -15,8 +13,8 @@
 * INT8 copies of the ONNX and OpenVINO exports (``quantize_dense``): ONNX Runtime static QDQ or
   NNCF, calibrated on real images, kept only if they stay close to the float model on real images
   (segmenters: the class of at least 90% of the pixels unchanged).
-* ``ExportedSegmenter``: an exported Semantic FPN (float or INT8, any of these formats) behind the
-  PyTorch model's interface, so ``repvit segment eval`` scores the file itself.
+The detector's TorchScript export is ``repvit.detection.export``; the exported segmenter run behind the
+PyTorch model's interface (``ExportedSegmenter``) is ``repvit.segmentation.exported``.
 
 Every export is of the fused model; a failed check removes the file (both files of an IR) and raises
 ``ParityError``.
@@ -34,7 +32,7 @@ import torch
 from torch import nn
 
 from ..models.reparam import is_fused, reparameterize
-from ..export.onnx import DEFAULT_OPSET, read_metadata, save_with_metadata, session
+from ..export.onnx import DEFAULT_OPSET, save_with_metadata, session
 from ..export.quantize import INT8_MAX_REL_ERROR, INT8_MIN_PIXEL_AGREEMENT, WEIGHT_ENCODINGS
 from ..export.verify import ParityError
 
@@ -372,84 +370,8 @@ def _int8_check(reference: nn.Module, run, images: Sequence[torch.Tensor], path:
     return report
 
 
-class ExportedSegmenter(nn.Module):
-    """An exported Semantic FPN (``.onnx`` through ONNX Runtime, an OpenVINO ``.xml``, a LiteRT ``.tflite``
-    with its ``.json`` record or an ExecuTorch ``.pte``; float or INT8)
-    with the loaded PyTorch model's interface: image tensor in, logits out, and the recorded
-    ``class_names``, ``num_classes``, ``ignore_index``, ``reduce_zero_label`` and ``eval_size``, so
-    ``evaluate_segmenter`` scores the deployed file itself. Files exported before the ignore value
-    and evaluation size were recorded have ``ignore_index`` None (the caller must supply it)."""
-
-    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None):
-        super().__init__()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such file")
-        if self.path.suffix == ".xml":
-            from ..export import openvino as fmt_ov
-            meta, self.runtime = fmt_ov.read_metadata(self.path), "OpenVINO"
-        elif self.path.suffix == ".tflite":
-            record = litert_record_path(self.path)
-            if not record.is_file():
-                raise FileNotFoundError(f"{self.path}: its record {record.name} is missing (a LiteRT segmenter is "
-                                        "the .tflite and the .json that repvit segment export writes beside it)")
-            meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in json.loads(record.read_text()).items()}
-            self.runtime = "LiteRT"
-        elif self.path.suffix == ".pte":
-            from ..export import executorch as fmt_et
-            meta, self.runtime = fmt_et.read_metadata(self.path), "ExecuTorch"
-        else:
-            meta, self.runtime = (read_metadata(self.path) if self.path.suffix == ".onnx" else {}), "ONNX Runtime"
-        if meta.get("task") != "segmentation":
-            raise ValueError(f"{self.path} is not a segmentation export of this library (task "
-                             f"{meta.get('task', 'not recorded')!r}); write one with repvit segment export")
-        self._run, _ = _file_runner(self.path, threads)
-        field = lambda key: json.loads(meta[key]) if key in meta else None  # noqa: E731
-        self.class_names = list(field("class_names"))
-        self.num_classes = len(self.class_names)
-        self.ignore_index = field("ignore_index")
-        self.reduce_zero_label = bool(field("reduce_zero_label"))
-        self.eval_size = tuple(field("eval_size")) if field("eval_size") else None
-        self.precision = meta.get("precision", "float32")
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self._run(image.detach().cpu().float().contiguous().numpy())[0]))
-
-
-def export_detector_torchscript(model: nn.Module, path: Union[str, os.PathLike], images: Sequence[torch.Tensor], *,
-                                class_names: Sequence[str], category_ids: Sequence[int]) -> dict:
-    """Fused torchvision detector -> TorchScript; scripted ``forward(list of images)`` returns
-    ``(losses, detections)`` as torchvision's scripted detectors do."""
-    fused, path = _fused(model), Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"producer": "repvit", "task": "detection", "class_names": list(class_names),
-            "category_ids": list(category_ids), "config": getattr(model, "repvit_config", {}),
-            "input": "list of float32 RGB images in 0..1, CHW, any size"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scripted = torch.jit.script(fused)
-        torch.jit.save(scripted, str(path), _extra_files={"repvit.json": json.dumps(meta)})
-        loaded = torch.jit.load(str(path))
-    worst, counts = 0.0, []
-    with torch.no_grad():
-        for image in images:
-            # torchvision's transform resizes with slightly different arithmetic when scripted, so the
-            # check feeds each image at the size the model would resize it to: both then see the same pixels.
-            size = fused.transform([image])[0].image_sizes[0]
-            image = torch.nn.functional.interpolate(image[None], size=list(size), mode="bilinear",
-                                                    align_corners=False)[0]
-            want = fused([image])[0]
-            got = loaded([image])[1][0]
-            if not torch.equal(want["labels"], got["labels"]):
-                worst = float("inf")
-                break
-            counts.append(len(want["boxes"]))
-            worst = max(worst, (want["boxes"] - got["boxes"]).abs().max().item() if len(want["boxes"]) else 0.0,
-                        (want["scores"] - got["scores"]).abs().max().item() if len(want["scores"]) else 0.0)
-    report = {"path": str(path), "max_abs_diff": worst, "tolerance": DET_TOLERANCE, "detections": counts,
-              "passed": worst <= DET_TOLERANCE}
-    if not report["passed"]:
-        path.unlink(missing_ok=True)
-        raise ParityError(f"the scripted detector differs from the eager one by {worst:.3g} (> {DET_TOLERANCE:g}); "
-                          f"{path} was removed")
-    return report
+def __getattr__(name: str):
+    # ExportedSegmenter and the detector's TorchScript export moved to their capabilities in 0.2
+    from .._moved import moved_attribute
+    value = globals()[name] = moved_attribute(__name__, name)
+    return value

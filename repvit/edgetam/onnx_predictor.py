@@ -1,6 +1,9 @@
 """The reference tracking loop over EdgeTAM's four ONNX graphs: numpy, Pillow and ONNX Runtime (or OpenVINO,
 which compiles the same ONNX files: ``OnnxTracker(export_dir, runtime="openvino")``) only.
 
+(One file of over 400 lines by design: it is the file a deployment copies beside the exported graphs,
+so it imports nothing of this package; the streaming tracker over the same graphs is ``onnx_stream.py``.)
+
 ``OnnxTracker(export_dir).track(frames_dir, points=[(x, y)], labels=[1])`` tracks one object
 prompted on one frame (clicks and/or a box, video pixels) forward through a folder of numbered
 JPEG frames, as sam2's video predictor (``build_video_predictor``: ``add_new_points_or_box`` then

@@ -9,7 +9,7 @@ from .._dense import real_images
 
 def run_export(args: argparse.Namespace) -> int:
     from ...detection.detectors import load_detector
-    from ...dense.export import export_detector_torchscript
+    from ...detection.export import export_detector_torchscript
     model = load_detector(args.checkpoint)
     report = export_detector_torchscript(model, args.output, real_images(args.images, args.num_real),
                                          class_names=model.class_names, category_ids=model.category_ids)

@@ -3,8 +3,10 @@ exported file (ONNX, OpenVINO, LiteRT or ExecuTorch; float or INT8) run by its r
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from ...progress_bar import Progress
 from .. import _grammar as grammar
 from .._dense import add_common, load_for_inference
 
@@ -17,7 +19,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ...segmentation.evaluation import evaluate_segmenter
     exported = Path(args.checkpoint).suffix in EXPORTED
     if exported:
-        from ...dense.export import ExportedSegmenter
+        from ...segmentation.exported import ExportedSegmenter
         if args.unfused or args.ema:
             raise ValueError(f"{args.checkpoint} is an exported (fused) model: --unfused and --ema apply to "
                              "checkpoints only")
@@ -31,7 +33,13 @@ def run_eval(args: argparse.Namespace) -> int:
                          "recorded): pass --ignore-index N")
     data = SemanticFolder(args.data, num_classes=model.num_classes, ignore_index=ignore, skip_bad=args.skip_bad,
                           reduce_zero_label=model.reduce_zero_label, transforms=EvalResize(model.eval_size))
-    result = evaluate_segmenter(model, data, device=device, class_names=model.class_names)
+    if data.skip_report():
+        print(data.skip_report(), file=sys.stderr)
+    bar = Progress(desc="images", unit="img", enabled=not args.quiet)
+    try:
+        result = evaluate_segmenter(model, data, device=device, class_names=model.class_names, progress=bar.update_to)
+    finally:
+        bar.close()
     result.update(checkpoint=str(args.checkpoint), fused=not args.unfused, data=str(args.data), ignore_index=ignore)
     what = f"{'unfused' if args.unfused else 'fused'} model"
     if exported:
@@ -53,4 +61,5 @@ def register(actions) -> None:
     grammar.add(ev, "--data", required=True, help="folder with images/ and labels/ (index PNGs)")
     ev.add_argument("--ignore-index", type=int, default=None, help="label value to ignore (default: the checkpoint's)")
     grammar.add(ev, "--skip-bad", help="skip (and count) bad image/label pairs")
-    ev.set_defaults(func=run_eval)
+    grammar.add(ev, "--quiet")
+    ev.set_defaults(func=grammar.with_threads(run_eval))
