@@ -106,7 +106,9 @@ def run_live(tracker, source, prompts: Sequence[LivePrompt], output: Union[str, 
                 Image.fromarray(result.mask(obj_id).astype(np.uint8) * 255).save(
                     folders[obj_id] / f"{frame.source_index:05d}.png")
             if overlay is not None and draw is not None:
-                overlay.write(draw(frame.image, [result.mask(o) for o in result.object_ids]))
+                # a live source's frames are placed at their arrival times: the overlay plays in real time
+                overlay.write(draw(frame.image, [result.mask(o) for o in result.object_ids]),
+                              timestamp_s=frame.timestamp_s if getattr(source, "live", False) else None)
             record["frames_done"] += 1
             if on_frame is not None:
                 on_frame(frame.source_index, elapsed)
