@@ -15,7 +15,11 @@ from . import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repvit", description="RepViT models: info, train, evaluate, export, benchmark")
+    parser = argparse.ArgumentParser(
+        prog="repvit", description="RepViT models. Classifiers: train, eval, predict, export, bench. Detectors and "
+                                   "segmenters: detect, segment (train, eval, predict, export). Segment anything: "
+                                   "sam (RepViT-SAM). Objects through videos: track (EdgeTAM). Also info (the "
+                                   "variants), weights (official files), roadmap, demo.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):

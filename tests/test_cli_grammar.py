@@ -18,11 +18,14 @@ OLD_SPELLINGS = {"--output-dir", "--coco", "-w"}     # never offered except as a
 
 
 def walk(parser: argparse.ArgumentParser, path=("repvit",)):
+    """Every command and action as users spell it (a routed action such as ``track-eval`` as ``track eval``)."""
+    from repvit.cli import ACTIONS
+    routed = {name: words for words, name in ACTIONS.items()}
     yield " ".join(path), parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                yield from walk(sub, path + (name,))
+                yield from walk(sub, path + tuple(routed.get(name, (name,))))
 
 
 def table_defaults() -> dict:

@@ -36,9 +36,16 @@ def add_common(p, what: str, exported: str = "") -> None:
     grammar.add(p, "--checkpoint", required=True, help=f"a {what} saved by this library (self-describing)"
                 + (f", {exported}" if exported else ""))
     grammar.add(p, "--device")
+    grammar.add(p, "--threads")
     grammar.add(p, "--unfused")
     grammar.add(p, "--ema")
     grammar.add_report(p, help="also write the results to this JSON file")
+
+
+def add_skip_bad_images(p) -> None:
+    """``--skip-bad`` of the predict actions: image files that do not decode."""
+    grammar.add(p, "--skip-bad", help="leave out image files that do not decode, counted on stderr (default: stop "
+                                      "before the first image, naming every bad file)")
 
 
 def add_train(sub, task: str, build_task_module: str) -> None:

@@ -223,6 +223,32 @@ def image_source(values):
     return expand_images(values)
 
 
+def input_images(paths, *, skip_bad: bool, what: str = "the images given") -> list:
+    """The image files of the positional ``IMAGE`` arguments (folders expanded), each decoded before the
+    first is used: a bad file stops the command with one error listing every bad file, or with
+    ``--skip-bad`` is left out; what was skipped is counted by reason on stderr."""
+    from ..classification.eval_predict import expand_images
+    from ..data.bad_inputs import check_image_files
+    good, bad = check_image_files(expand_images(paths), skip_bad=skip_bad, source=what)
+    if bad:
+        print(bad.summary(), file=sys.stderr)
+    return good
+
+
+def with_threads(run):
+    """``run(args)`` with torch's CPU threads set by ``--threads`` (``args.threads``) while it runs; the
+    count used is ``args.threads_used``."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapped(args):
+        from ..engine.timing import resolve_threads, torch_threads
+        with torch_threads(resolve_threads(args.threads)[0]) as used:
+            args.threads_used = used
+            return run(args)
+    return wrapped
+
+
 def markdown_table() -> str:
     """The shared options as the Markdown table in docs/cli.md."""
     rows = ["| option | meaning | default |", "|---|---|---|"]

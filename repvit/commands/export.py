@@ -82,4 +82,7 @@ def register(subparsers) -> None:
     cm.add_argument("--coreml-precision", default="float16", choices=["float16", "float32"])
     et = p.add_argument_group("ExecuTorch")
     grammar.add(et, "--batch-size", default=1, help="fixed batch size of the ExecuTorch program")
-    p.set_defaults(func=run)
+    grammar.add(p, "--threads", help="CPU threads for PyTorch (the reference model, TorchScript, INT8 calibration of "
+                                      "LiteRT and ExecuTorch): a count, or auto (the cores idle when the command "
+                                      "starts) [auto]")
+    p.set_defaults(func=grammar.with_threads(run))

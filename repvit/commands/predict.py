@@ -17,16 +17,20 @@ def register(subparsers) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image [5]")
     grammar.add(parser, "--device")
+    grammar.add(parser, "--threads")
     grammar.add(parser, "--ema")
     grammar.add(parser, "--json")
-    parser.set_defaults(func=run)
+    grammar.add(parser, "--skip-bad", help="leave out image files that do not decode, counted on stderr (default: "
+                                           "stop before the first image, naming every bad file)")
+    parser.set_defaults(func=grammar.with_threads(run))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..classification.eval_predict import predict
     if args.topk < 1:
         raise ValueError(f"--topk must be 1 or more, got {args.topk}")
-    results = predict(args.checkpoint, args.images, topk=args.topk, device=args.device, use_ema=args.ema,
+    images = grammar.input_images(args.images, skip_bad=args.skip_bad)
+    results = predict(args.checkpoint, images, topk=args.topk, device=args.device, use_ema=args.ema,
                       pretrained=args.pretrained)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -108,8 +108,8 @@ def register(subparsers) -> None:
                     "(mean, recall, decay) over the frames DAVIS's evaluator scores. --predictions DIR scores "
                     "existing predictions of any method without a model. Under torchrun each rank tracks its "
                     "share of the sequences; complete sequences are skipped, so a rerun resumes.")
-    p.add_argument("--data", required=True, metavar="ROOT",
-                   help="a DAVIS folder (JPEGImages/480p/<seq>, Annotations/480p/<seq>; DAVIS 2016 or 2017)")
+    grammar.add(p, "--data", required=True,
+                help="a DAVIS folder (JPEGImages/480p/<seq>, Annotations/480p/<seq>; DAVIS 2016 or 2017)")
     p.add_argument("--sequences", metavar="A,B", help="only these sequences (default: every one in ROOT)")
     p.add_argument("--predictions", metavar="DIR", help="score these predictions instead of tracking")
     grammar.add(p, "--output", default="track-eval-out", help="folder for the predictions (one folder per sequence)")

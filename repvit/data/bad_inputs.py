@@ -6,12 +6,17 @@ Datasets (COCO/VOC detection data, SAM's COCO evaluation, segmentation folders) 
 when they are built, before a training step or an evaluation starts, and record each problem
 here with a short reason ("missing image", "negative width", ...) and a sentence saying exactly
 what is wrong. ``read_image_size`` is the image check they share: a full decode.
+
+Commands that run on image files given by name (``repvit predict``, ``detect predict``, ``segment
+predict``) check them the same way before the first is used (``check_image_files``): a bad file
+stops the command with one error naming every bad file, or with ``--skip-bad`` is left out and
+counted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Type
+from typing import Iterator, Optional, Sequence, Type, Union
 
 from PIL import Image
 
@@ -95,6 +100,31 @@ class BadInputs:
             raise exc
 
 
+class BadImagesError(ValueError):
+    """Image files that do not decode; the message lists them all, ``bad_inputs`` holds them."""
+
+
+def check_image_files(paths: Sequence[Union[str, Path]], *, skip_bad: bool = False, source: str = "",
+                      fix: str = SKIP_BAD_HINT) -> tuple[list[Path], BadInputs]:
+    """``(good, bad)``: the files of ``paths`` that decode whole (``read_image_size``), in order, and the
+    others with their reasons. Without ``skip_bad`` one bad file refuses them all before any is used
+    (``BadImagesError`` listing every bad file, then ``fix``); with it the bad ones are left out, and
+    nothing left is an error too."""
+    bad = BadInputs(source)
+    good = []
+    for path in map(Path, paths):
+        size, reason, detail = read_image_size(path)
+        if size is None:
+            bad.add(reason, str(path), detail)
+        else:
+            good.append(path)
+    if not skip_bad:
+        bad.raise_if_any(BadImagesError, fix)
+    if not good:
+        raise BadImagesError(f"{source or 'the images'}: no readable image\n{bad.summary()}")
+    return good, bad
+
+
 def read_image_size(path: Path) -> tuple[Optional[tuple[int, int]], str, str]:
     """``((width, height), "", "")`` once the whole file decodes, else ``(None, reason, detail)``.
 
@@ -108,7 +138,7 @@ def read_image_size(path: Path) -> tuple[Optional[tuple[int, int]], str, str]:
             im.load()
     except FileNotFoundError:
         return None, "missing image", "image file not found"
-    except (OSError, SyntaxError, ValueError) as err:   # PIL's errors for broken files
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:   # PIL's for broken files
         if "truncated" in str(err):
             return None, "truncated image", f"the file ends early: {err}"
         return None, "unreadable image", f"unreadable image ({err})"

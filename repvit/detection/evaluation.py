@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,8 +30,10 @@ def to_coco_results(output: dict, image_id: int, category_ids: Sequence[int]) ->
 
 @torch.no_grad()
 def evaluate_detector(model: nn.Module, data: DetectionData, *, batch_size: int = 2, workers: int = 0,
-                      device: torch.device = torch.device("cpu"), env: Optional[DistEnv] = None) -> dict:
-    """COCO box (and, for Mask R-CNN, mask) AP of ``model`` on ``data``, as fractions.
+                      device: torch.device = torch.device("cpu"), env: Optional[DistEnv] = None,
+                      progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """COCO box (and, for Mask R-CNN, mask) AP of ``model`` on ``data``, as fractions; ``progress(done,
+    total)`` is called after each batch with this process's images done and its share's size.
 
     Under torchrun (``env`` of a distributed run, called on every rank) each rank detects on its
     share of the images, in the same batches a single process would form, the detections are
@@ -51,6 +53,8 @@ def evaluate_detector(model: nn.Module, data: DetectionData, *, batch_size: int 
             outputs = model([im.to(device) for im in images])
             for output, target in zip(outputs, targets):
                 found.append((next(position), to_coco_results(output, target["image_id"], data.category_ids)))
+            if progress is not None:
+                progress(len(found), len(mine))
         return found
 
     per_image = sorted((pair for share in each_rank(detect_share, env) for pair in share), key=lambda p: p[0])

@@ -58,7 +58,7 @@ def build_task(cfg, env, log=print, resume=None) -> Task:
                 evaluate, "bbox_AP", save,
                 describe=f"{cfg.detector} on {cfg.model}, {len(train.class_names)} classes, {len(train)} train / "
                          f"{len(val)} val images; {describe_data(batches, env, cfg.batch_size)}, "
-                         f"{describe_schedule(cfg)}",
+                         f"{describe_schedule(cfg, batches.steps_per_epoch)}",
                 nonfinite_hint="Lower --lr, raise --warmup-iters or set --clip-grad, or check the boxes",
                 # a detector may leave a head unused in a step (no positive proposal for the mask head)
                 find_unused_parameters=True)

@@ -44,7 +44,7 @@ def adamw_with_warmup(model: nn.Module, cfg, steps_per_epoch: int) -> Optimizati
     ``clip_grad``; ``warmup_ratio`` and ``min_lr`` where the task's table has them)."""
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     total = steps_per_epoch * cfg.epochs
-    factor = partial(lr_factor, total=total, warmup=min(cfg.warmup_iters, total // 2), schedule=cfg.schedule,
+    factor = partial(lr_factor, total=total, warmup=warmup_iters(cfg, steps_per_epoch), schedule=cfg.schedule,
                      power=cfg.power, milestones=cfg.milestones, steps_per_epoch=steps_per_epoch,
                      warmup_ratio=getattr(cfg, "warmup_ratio", 1e-3), floor=getattr(cfg, "min_lr", 0.0) / cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -52,5 +52,14 @@ def adamw_with_warmup(model: nn.Module, cfg, steps_per_epoch: int) -> Optimizati
                         clip_grad=cfg.clip_grad or 0.0)
 
 
-def describe_schedule(cfg) -> str:
-    return f"AdamW lr {cfg.lr:g} ({cfg.schedule}, {cfg.warmup_iters} warm-up iterations)"
+def warmup_iters(cfg, steps_per_epoch: int) -> int:
+    """The warm-up the schedule uses: ``warmup_iters``, capped at half the run."""
+    return min(cfg.warmup_iters, steps_per_epoch * cfg.epochs // 2)
+
+
+def describe_schedule(cfg, steps_per_epoch: int) -> str:
+    """The optimisation for the run's log, with the warm-up the schedule uses (and why, when capped)."""
+    used = warmup_iters(cfg, steps_per_epoch)
+    capped = (f" (--warmup-iters {cfg.warmup_iters} capped at half the run's {steps_per_epoch * cfg.epochs})"
+              if used < cfg.warmup_iters else "")
+    return f"AdamW lr {cfg.lr:g} ({cfg.schedule}, {used} warm-up iteration{'s' if used != 1 else ''}{capped})"

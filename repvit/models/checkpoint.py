@@ -35,9 +35,38 @@ _SAFE_GLOBALS = [argparse.Namespace]
 
 
 # --------------------------------------------------------------------------- reading files
+# Files of the exporters (``repvit export``, ``segment export``, ``sam export``): models for a runtime, not weights.
+EXPORTED_SUFFIXES = {".onnx": "an ONNX model", ".xml": "an OpenVINO model", ".tflite": "a LiteRT (TFLite) model",
+                     ".pte": "an ExecuTorch program", ".mlpackage": "a Core ML package",
+                     ".mlmodel": "a Core ML model", ".mlmodelc": "a compiled Core ML model"}
+EXPORTED_FILES_HINT = (
+    "This command builds the model from weights (.pth, .pt, .safetensors): pass the checkpoint the file was "
+    "exported from. Exported files are run by `repvit segment eval --checkpoint FILE` (segmenters: .onnx, .xml, "
+    ".tflite, .pte) and `repvit sam eval --encoder FILE` (RepViT-SAM encoders); `repvit export` and `repvit detect "
+    "export` check a classifier's and a detector's against their checkpoint as they write them, and `repvit bench "
+    "--checkpoint WEIGHTS --runtimes onnxruntime,openvino,litert,torchscript` times a classifier in those runtimes")
+
+
+def exported_kind(path: Path) -> Optional[str]:
+    """What an exported model file is ("an ONNX model", "a TorchScript program", ...), or None for any other file."""
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
+        return EXPORTED_SUFFIXES[path.suffix.lower()]
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:   # torch.jit.save writes code/; torch.save never does
+                if any("/code/" in name for name in archive.namelist()):
+                    return "a TorchScript program"
+        except (zipfile.BadZipFile, OSError):
+            return None
+    return None
+
+
 def read_file(path: Union[str, os.PathLike]) -> tuple[dict, dict]:
     """Return ``(raw_object, safetensors_metadata)`` from a .pth/.pt/.bin or .safetensors file."""
     path = Path(path)
+    kind = exported_kind(path) if path.exists() else None
+    if kind:
+        raise CheckpointError(f"{str(path)!r} is {kind}, an exported file, not a checkpoint. {EXPORTED_FILES_HINT}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     if path.suffix == ".safetensors":

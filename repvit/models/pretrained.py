@@ -145,7 +145,7 @@ def fetch(release: Release, *, progress: bool = True, log: Callable[[str], None]
         looked.append(f"{url}: {reason}")
         raise WeightsUnavailableError(
             f"could not get {release.filename} ({release.spec}):\n  " + "\n  ".join(looked) +
-            f"\nOn a machine without access, fetch {release.url}\nand put it at {cached}"
+            f"\nOn a machine with access, fetch {release.url}\nand put it at {cached}"
             f"\nor into a folder named by {WEIGHTS_DIR_ENV}" +
             (f" (checked: {weights_dir})" if weights_dir else "") +
             f"; a mirror of the release files can be named with {MIRROR_ENV}=BASE_URL.") from None

@@ -343,7 +343,8 @@ def build_task(cfg, env, log=None, resume=None) -> Task:
 
     return Task(TASK, student, batches, loss, lambda m: adamw_with_warmup(m, cfg, batches.steps_per_epoch),
                 evaluate, "mse", save,
-                describe=f"{describe}; {describe_data(batches, env, cfg.batch_size)}, {describe_schedule(cfg)}",
+                describe=f"{describe}; {describe_data(batches, env, cfg.batch_size)}, "
+                         f"{describe_schedule(cfg, batches.steps_per_epoch)}",
                 lower_is_better=True, evaluate_at_start=True,
                 nonfinite_hint="Lower --lr, raise --warmup-iters or set --clip-grad")
 

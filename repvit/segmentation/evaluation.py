@@ -3,7 +3,7 @@ class maps over images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +17,10 @@ from .metrics import ConfusionMatrix
 
 @torch.no_grad()
 def evaluate_segmenter(model: nn.Module, data: SemanticFolder, *, device: torch.device = torch.device("cpu"),
-                       class_names: Sequence[str], env: Optional[DistEnv] = None) -> dict:
-    """Whole images, one at a time (any size): the metrics of ``ConfusionMatrix.compute`` plus counts.
+                       class_names: Sequence[str], env: Optional[DistEnv] = None,
+                       progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Whole images, one at a time (any size): the metrics of ``ConfusionMatrix.compute`` plus counts;
+    ``progress(done, total)`` is called after each image with this process's count and its share's size.
 
     Where the dataset's ``transforms`` resized the image (``EvalResize``), the logits are resized
     back to the label's size (bilinear) before the argmax, so scores are at the label's resolution.
@@ -29,12 +31,15 @@ def evaluate_segmenter(model: nn.Module, data: SemanticFolder, *, device: torch.
 
     def score_share() -> torch.Tensor:
         matrix = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)
-        for index in shard(range(len(data)), env):
+        mine = shard(range(len(data)), env)
+        for done, index in enumerate(mine, 1):
             image, label = data[index]
             logits = model(image[None].to(device))
             if logits.shape[-2:] != label.shape[-2:]:
                 logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
             matrix.update(logits.argmax(dim=1).cpu(), label[None])
+            if progress is not None:
+                progress(done, len(mine))
         return matrix.matrix
 
     total = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)

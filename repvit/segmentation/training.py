@@ -55,6 +55,7 @@ def build_task(cfg, env, log=print, resume=None) -> Task:
                 evaluate, "mIoU", save,
                 describe=f"Semantic FPN on {cfg.model}, {len(names)} classes, {len(val)} val images"
                          + (f", {skipped} bad pairs skipped" if skipped else "")
-                         + f"; {describe_data(batches, env, cfg.batch_size)}, {describe_schedule(cfg)}",
+                         + f"; {describe_data(batches, env, cfg.batch_size)}, "
+                           f"{describe_schedule(cfg, batches.steps_per_epoch)}",
                 nonfinite_hint="Lower --lr, raise --warmup-iters or set --clip-grad, or check the labels")
 

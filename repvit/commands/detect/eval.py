@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from ...progress_bar import Progress
 from .. import _grammar as grammar
 from .._dense import add_common, load_for_inference
 
@@ -23,7 +25,13 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         raise ValueError("pass --data PATH (images/ + annotations.json or annotations/*.xml) or --annotations PATH "
                          "[--images PATH]")
-    result = evaluate_detector(model, data, batch_size=args.batch_size, device=device)
+    if data.skip_report():   # what --skip-bad left out, by reason
+        print(data.skip_report(), file=sys.stderr)
+    bar = Progress(desc="images", unit="img", enabled=not args.quiet)
+    try:
+        result = evaluate_detector(model, data, batch_size=args.batch_size, device=device, progress=bar.update_to)
+    finally:
+        bar.close()
     result.update(checkpoint=str(args.checkpoint), fused=not args.unfused, data=str(args.data or args.annotations))
     for iou_type in ("bbox", "segm"):
         if iou_type in result:
@@ -45,4 +53,5 @@ def register(actions) -> None:
     grammar.add(ev, "--images", help="the image folder of --annotations")
     grammar.add(ev, "--batch-size", default=2)
     grammar.add(ev, "--skip-bad", help="skip (and count) bad annotations and images")
-    ev.set_defaults(func=run_eval)
+    grammar.add(ev, "--quiet")
+    ev.set_defaults(func=grammar.with_threads(run_eval))

@@ -5,17 +5,17 @@ import argparse
 from pathlib import Path
 
 from .. import _grammar as grammar
-from .._dense import add_common, load_for_inference
+from .._dense import add_common, add_skip_bad_images, load_for_inference
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ...detection.detectors import load_detector
     from ...detection.evaluation import predict_images
-    from ...classification.eval_predict import expand_images
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold is a probability in [0, 1], got {args.score_threshold}")
+    images = grammar.input_images(args.images, skip_bad=args.skip_bad)
     model, device = load_for_inference(load_detector, args)
-    results = predict_images(model, expand_images(args.images), Path(args.output), class_names=model.class_names,
+    results = predict_images(model, images, Path(args.output), class_names=model.class_names,
                              score_threshold=args.score_threshold, device=device)
     for r in results:
         found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing above the threshold"
@@ -31,4 +31,5 @@ def register(actions) -> None:
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     grammar.add(pr, "--output", default="detections", help="folder for the drawn PNGs")
     pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this [0.5]")
-    pr.set_defaults(func=run_predict)
+    add_skip_bad_images(pr)
+    pr.set_defaults(func=grammar.with_threads(run_predict))

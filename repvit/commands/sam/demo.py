@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import _grammar as grammar
 from ._common import add_sam_weights, describe_weights, load_sam
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -102,4 +103,5 @@ def register(actions) -> None:
     v.add_argument("--video-examples", metavar="DIR", help="clips to offer: the video files in DIR, or DIR itself "
                                                            "when it is a folder of frames")
     v.add_argument("--video-max-frames", type=int, default=60, help="cut clips at this many frames [60]")
-    p.set_defaults(func=run_demo)
+    grammar.add(p, "--threads")
+    p.set_defaults(func=grammar.with_threads(run_demo))

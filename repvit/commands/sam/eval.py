@@ -92,4 +92,5 @@ def register(actions) -> None:
                         ".xml (OpenVINO), .tflite (LiteRT) or .pte (ExecuTorch) from `repvit sam export`; the "
                         "decoder is the weights' (give the weights the file was exported from)")
     add_sam_weights(p)
-    p.set_defaults(func=run_eval)
+    grammar.add(p, "--threads")
+    p.set_defaults(func=grammar.with_threads(run_eval))

@@ -118,4 +118,6 @@ def register(actions) -> None:
     add_sam_weights(p, unfused=False)  # the exported encoder is always the fused one
     p.add_argument("--unfused", action=grammar.Deprecated, nargs=0, dest="unfused", replacement="",
                    message="sam export always writes the fused encoder; drop it (it has no effect)")
-    p.set_defaults(func=run_export)
+    grammar.add(p, "--threads", help="CPU threads for PyTorch (the reference encoder, INT8 calibration of LiteRT and "
+                                      "ExecuTorch): a count, or auto (the cores idle when the command starts) [auto]")
+    p.set_defaults(func=grammar.with_threads(run_export))

@@ -33,7 +33,7 @@ def run_eval(args: argparse.Namespace) -> int:
                          "recorded): pass --ignore-index N")
     data = SemanticFolder(args.data, num_classes=model.num_classes, ignore_index=ignore, skip_bad=args.skip_bad,
                           reduce_zero_label=model.reduce_zero_label, transforms=EvalResize(model.eval_size))
-    if data.skip_report():
+    if data.skip_report():   # what --skip-bad left out, by reason
         print(data.skip_report(), file=sys.stderr)
     bar = Progress(desc="images", unit="img", enabled=not args.quiet)
     try:

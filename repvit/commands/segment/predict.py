@@ -5,15 +5,15 @@ import argparse
 from pathlib import Path
 
 from .. import _grammar as grammar
-from .._dense import add_common, load_for_inference
+from .._dense import add_common, add_skip_bad_images, load_for_inference
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ...segmentation.semantic_fpn import load_segmenter
     from ...segmentation.evaluation import predict_images
-    from ...classification.eval_predict import expand_images
+    images = grammar.input_images(args.images, skip_bad=args.skip_bad)
     model, device = load_for_inference(load_segmenter, args)
-    results = predict_images(model, expand_images(args.images), Path(args.output), class_names=model.class_names,
+    results = predict_images(model, images, Path(args.output), class_names=model.class_names,
                              device=device, eval_size=model.eval_size)
     for r in results:
         top = sorted(r["fractions"].items(), key=lambda kv: -kv[1])[:3]
@@ -28,4 +28,5 @@ def register(actions) -> None:
     add_common(pr, "segmentation model")
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     grammar.add(pr, "--output", default="segmentations", help="folder for the PNGs")
-    pr.set_defaults(func=run_predict)
+    add_skip_bad_images(pr)
+    pr.set_defaults(func=grammar.with_threads(run_predict))
