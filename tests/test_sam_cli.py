@@ -21,6 +21,7 @@ from .conftest import SHARED_DATA, shared_data  # noqa: E402
 from .test_sam import official_format_file  # noqa: E402
 
 FRUIT = SHARED_DATA / "fruit"
+MAX_MASK_FLIPS = 1e-4   # share of pixels whose side of the threshold may differ between two runs of the model
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +108,36 @@ def test_weights_must_be_named(files, tmp_path, capsys):
     assert "--random-weights" in capsys.readouterr().err
 
 
-def test_cli_everything_writes_rle_json_and_overlay(files, tmp_path):
+def test_cli_everything_writes_rle_json_and_overlay(files, predictor, tmp_path):
+    from pycocotools import mask as mask_utils
+    from repvit.sam.everything import FastMaskGenerator
     weights, photo = files
+    # Random weights give masks whose boxes all span the image: with the box NMS off (threshold 1) every
+    # one of the 3 x 3 x 3 candidates stays, instead of the one the default keeps.
     assert main(["sam", "everything", str(photo), "--points-per-side", "3", "--pred-iou-thresh", "0",
-                 "--stability-score-thresh", "0", "--checkpoint", str(weights), "-o", str(tmp_path), "--quiet"]) == 0
+                 "--stability-score-thresh", "0", "--box-nms-thresh", "1", "--checkpoint", str(weights), "-o",
+                 str(tmp_path), "--quiet"]) == 0
     record = json.loads((tmp_path / "photo_masks.json").read_text())
-    assert record["masks"] and {"segmentation", "bbox", "area", "predicted_iou"} <= set(record["masks"][0])
-    assert set(record["masks"][0]["segmentation"]) == {"size", "counts"}
+    # The generator itself, in this process, on the same weights (fused, as the command loads them) and grid,
+    # reading the embedding the predictor fixture made of the same photo instead of encoding it again.
+    generator = FastMaskGenerator(predictor.model, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0,
+                                  box_nms_thresh=1.0, output_mode="binary_mask")
+    shared = generator.predictor
+    for name in ("features", "original_size", "input_size", "is_image_set"):
+        setattr(shared, name, getattr(predictor, name))
+    shared.set_image = shared.reset_image = lambda *_: None
+    want = generator.generate(load_rgb(photo))
+    assert len(record["masks"]) == len(want) == 27
+    # The command may run on another number of threads (--threads auto): the decoder's last bits may
+    # differ, so a pixel whose logit is within rounding of the threshold may too (MAX_MASK_FLIPS of them).
+    for got, mine in zip(record["masks"], want):
+        mask = mask_utils.decode(got["segmentation"]).astype(bool)   # the RLE is the generator's mask
+        assert got["area"] == mask.sum() and 0 < got["area"] < mask.size
+        assert (mask != mine["segmentation"]).mean() <= MAX_MASK_FLIPS
+        assert abs(got["area"] - mine["area"]) <= MAX_MASK_FLIPS * mask.size
+        assert got["bbox"] == pytest.approx(mine["bbox"], abs=1)
+        assert got["predicted_iou"] == pytest.approx(mine["predicted_iou"], abs=1e-5)
+    assert len({m["area"] for m in want}) > 1   # different masks, not one repeated
     assert Image.open(tmp_path / "photo_everything.png").size == Image.open(photo).size
 
 
