@@ -223,7 +223,7 @@ def test_pretrained_goes_through_the_release_machinery(sam2, official_file, monk
     assert read_recorded_sha256(cached) == sha256_of(path)
     key = "spatial_perceiver.latents_2d"
     torch.testing.assert_close(model.state_dict()[key], weights[key], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="pass one of pretrained=True .*, checkpoint= .* and seed="):
         build_edgetam(path, pretrained=True)
 
 

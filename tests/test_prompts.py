@@ -20,7 +20,8 @@ def test_track_prompt_file_reads_object_and_frame_and_defaults(tmp_path):
     path.write_text(json.dumps([{"object": 3, "frame": 5, "points": [[10, 20]]}, {"box": [1, 2, 3, 4]}]))
     first, second = read_track_prompts(path)
     assert (first.object_id, first.frame, first.points, first.box) == (3, 5, [(10.0, 20.0, 1)], None)
-    assert (second.object_id, second.frame, second.points, second.box) == (1, 0, [], (1.0, 2.0, 3.0, 4.0))
+    # no frame: the first frame the stream tracks (repvit track --frame's default)
+    assert (second.object_id, second.frame, second.points, second.box) == (1, None, [], (1.0, 2.0, 3.0, 4.0))
 
 
 @pytest.mark.parametrize("content, message", [
