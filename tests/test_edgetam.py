@@ -48,6 +48,17 @@ def sam2():
     return pytest.importorskip("sam2", reason="EdgeTAM needs the edgetam extra (Meta's sam2)")
 
 
+def write_reference_checkpoint(folder: Path) -> Path:
+    """The reference's seeded weights (official layout) saved as ``folder/edgetam.pt``: the weights the
+    EdgeTAM tests share, shown equal to the official code here, whose object scores are positive."""
+    with np.load(REFERENCE, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+    weights = SCRIPT.reference_weights([(n, tuple(s)) for n, s in meta["layout"]], meta["seed"])
+    path = Path(folder) / "edgetam.pt"
+    torch.save({"model": weights}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def reference():
     with np.load(REFERENCE, allow_pickle=False) as data:

@@ -22,7 +22,7 @@ from repvit.edgetam.onnx_predictor import (Memory, OnnxTracker, choose, resize_b
                                         round_to_bfloat16, use_multimask)
 
 from .conftest import shared_data  # noqa: E402
-from .test_edgetam import REFERENCE, SCRIPT  # noqa: E402
+from .test_edgetam import write_reference_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:cannot import name '_C':UserWarning")
 
@@ -43,11 +43,7 @@ def close(got, want, rel: float = 1e-3) -> float:
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    with np.load(REFERENCE, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-    weights = SCRIPT.reference_weights([(n, tuple(s)) for n, s in meta["layout"]], meta["seed"])
-    path = tmp_path_factory.mktemp("edgetam") / "edgetam.pt"
-    torch.save({"model": weights}, path)
+    path = write_reference_checkpoint(tmp_path_factory.mktemp("edgetam"))
     return build_video_predictor(path)
 
 

@@ -8,7 +8,6 @@ whose object scores are positive on these frames: every comparison below is of r
 nine frames exercise them; the full windows are the same code with larger numbers."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from repvit.edgetam import build_video_predictor  # noqa: E402
 from repvit.edgetam.stream_torch import TorchStreamingTracker  # noqa: E402
 
 from .conftest import shared_data  # noqa: E402
-from .test_edgetam import REFERENCE, SCRIPT  # noqa: E402
+from .test_edgetam import write_reference_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:cannot import name '_C':UserWarning",
                                         "ignore:.*post-processing.*:UserWarning")
@@ -34,11 +33,7 @@ CLICK = ((240.0, 60.0),)
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    with np.load(REFERENCE, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-    weights = SCRIPT.reference_weights([(n, tuple(s)) for n, s in meta["layout"]], meta["seed"])
-    path = tmp_path_factory.mktemp("edgetam") / "edgetam.pt"
-    torch.save({"model": weights}, path)
+    path = write_reference_checkpoint(tmp_path_factory.mktemp("edgetam"))
     model = build_video_predictor(path, fused=True)
     model.num_maskmem, model.max_obj_ptrs_in_encoder = 3, 4     # windows that nine frames exercise
     return model

@@ -19,7 +19,7 @@ from repvit.cli import main  # noqa: E402
 from repvit.data.video import open_frames, write_video  # noqa: E402
 
 from .conftest import shared_data  # noqa: E402
-from .test_edgetam import REFERENCE, SCRIPT  # noqa: E402
+from .test_edgetam import write_reference_checkpoint  # noqa: E402
 
 SIZE = (320, 180)   # the bedroom frames (960x540) downscaled: the model sees 1024 either way
 BOXES = ("40,40,150,170", "180,20,300,120")
@@ -27,11 +27,7 @@ BOXES = ("40,40,150,170", "180,20,300,120")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    with np.load(REFERENCE, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-    weights = SCRIPT.reference_weights([(n, tuple(s)) for n, s in meta["layout"]], meta["seed"])
-    path = tmp_path_factory.mktemp("edgetam") / "edgetam.pt"
-    torch.save({"model": weights}, path)
+    path = write_reference_checkpoint(tmp_path_factory.mktemp("edgetam"))
     return path
 
 
@@ -79,7 +75,12 @@ def test_cli_tracks_two_objects_each_as_alone(checkpoint, clip, tmp_path, capsys
         runs[name] = out
     record = json.loads((runs["both"] / "track.json").read_text())
     assert record["objects"] == [1, 2] and record["frames_done"] == 3 and record["stop_reason"] == "end of stream"
-    assert record["latency"]["frames"] == 2 and record["latency"]["median_ms"] > 0 and record["fused"] is True
+    latency = record["latency"]
+    assert latency["frames"] == 2 and latency["median_ms"] > 0 and record["fused"] is True
+    # two timed frames: the median is their mean, and the rate is its inverse
+    assert latency["median_ms"] == pytest.approx(latency["mean_ms"], abs=0.011)
+    assert latency["median_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert latency["frames_per_second"] == pytest.approx(1e3 / latency["mean_ms"], abs=1e-3)
     alone, both = masks_of(runs["alone"], 1), masks_of(runs["both"], 1)
     assert alone.shape == (3, SIZE[1], SIZE[0])
     # The library's track() on the same frames, box and weights (fused, at the command's two threads).

@@ -22,7 +22,7 @@ from repvit.edgetam.streaming import StepResult  # noqa: E402
 from repvit.edgetam.vos import index_mask  # noqa: E402
 
 from .conftest import shared_data  # noqa: E402
-from .test_edgetam import REFERENCE, SCRIPT  # noqa: E402
+from .test_edgetam import write_reference_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:cannot import name '_C':UserWarning",
                                         "ignore:.*post-processing.*:UserWarning")
@@ -31,11 +31,7 @@ SEQUENCE, FRAMES, SIZE = "boat", 5, (427, 240)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    with np.load(REFERENCE, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-    weights = SCRIPT.reference_weights([(n, tuple(s)) for n, s in meta["layout"]], meta["seed"])
-    path = tmp_path_factory.mktemp("edgetam") / "edgetam.pt"
-    torch.save({"model": weights}, path)
+    path = write_reference_checkpoint(tmp_path_factory.mktemp("edgetam"))
     return path
 
 

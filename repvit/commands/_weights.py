@@ -18,6 +18,19 @@ def add_weights_options(parser, *, required: bool, checkpoint_help: str) -> None
 EDGETAM_RELEASE = "edgetam"
 
 
+def add_edgetam_weights_options(parser) -> None:
+    """``--checkpoint`` / ``--pretrained edgetam`` / ``--random-weights`` (one of them) and ``--unfused``: how
+    every EdgeTAM command names its weights (``edgetam_weights`` reads them)."""
+    group = parser.add_mutually_exclusive_group()
+    grammar.add(group, "--checkpoint", help="EdgeTAM weights: the official edgetam.pt or a file written by this "
+                                            "library")
+    grammar.add(group, "--pretrained", help=f"official weights: {EDGETAM_RELEASE} (downloaded once into the torch "
+                                            "hub cache)")
+    group.add_argument("--random-weights", action="store_true",
+                       help="deterministic random weights (seed 0): checks the pipeline, the results mean nothing")
+    grammar.add(parser, "--unfused", help="keep the RepViT trunk's BatchNorms and branches (for comparison)")
+
+
 def edgetam_weights(args):
     """``(pretrained, device, seed)`` of an EdgeTAM command's ``--checkpoint`` / ``--pretrained edgetam`` /
     ``--random-weights`` (seed 0: ``repvit.edgetam.builder.seeded_weights``, which track something) and

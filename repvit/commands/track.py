@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..progress_bar import Progress
 from . import _grammar as grammar
-from ._weights import EDGETAM_RELEASE as RELEASE, edgetam_weights
+from ._weights import EDGETAM_RELEASE as RELEASE, add_edgetam_weights_options, edgetam_weights
 
 EXTRA = "pip install 'repvit-pytorch[edgetam]'"
 RUNTIMES = ("torch", "onnxruntime", "openvino")
@@ -260,12 +260,7 @@ def register(subparsers) -> None:
     grammar.add(p, "--output", default="track-out", help="folder for masks/, overlay.mp4 and track.json")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run's outputs in --output")
     grammar.add_report(p, help="write the run's JSON here instead of OUTPUT/track.json")
-    g = p.add_mutually_exclusive_group()
-    grammar.add(g, "--checkpoint", help="EdgeTAM weights: the official edgetam.pt or a file written by this library")
-    grammar.add(g, "--pretrained", help=f"official weights: {RELEASE} (downloaded once into the torch hub cache)")
-    g.add_argument("--random-weights", action="store_true",
-                   help="deterministic random weights (seed 0): checks the pipeline, the masks mean nothing")
-    grammar.add(p, "--unfused", help="keep the RepViT trunk's BatchNorms and branches (for comparison)")
+    add_edgetam_weights_options(p)
     grammar.add(p, "--device")
     grammar.add(p, "--threads")
     grammar.add(p, "--quiet")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import _grammar as grammar
-from ._weights import EDGETAM_RELEASE as RELEASE
+from ._weights import EDGETAM_RELEASE as RELEASE, add_edgetam_weights_options
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
@@ -117,12 +117,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="track sequences again whose predictions are complete (default: skip them)")
     p.add_argument("--runtime", choices=RUNTIMES, default="torch", help="the tracker: PyTorch [torch]")
-    g = p.add_mutually_exclusive_group()
-    grammar.add(g, "--checkpoint", help="EdgeTAM weights: the official edgetam.pt or a file written by this library")
-    grammar.add(g, "--pretrained", help=f"official weights: {RELEASE} (downloaded once into the torch hub cache)")
-    g.add_argument("--random-weights", action="store_true",
-                   help="deterministic random weights (seed 0): checks the pipeline, the scores mean nothing")
-    grammar.add(p, "--unfused", help="keep the RepViT trunk's BatchNorms and branches (for comparison)")
+    add_edgetam_weights_options(p)
     grammar.add(p, "--device")
     grammar.add(p, "--threads")
     grammar.add(p, "--quiet")
