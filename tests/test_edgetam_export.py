@@ -17,7 +17,7 @@ pytest.importorskip("sam2", reason="EdgeTAM needs the edgetam extra (Meta's sam2
 pytest.importorskip("onnxruntime", reason="the ONNX loop needs the onnx extra")
 
 from repvit.edgetam import build_video_predictor  # noqa: E402
-from repvit.edgetam.export import FILES, SPEC_NAME, export_edgetam  # noqa: E402
+from repvit.edgetam.export import FILES, NAMES, SPEC_NAME, export_edgetam  # noqa: E402
 from repvit.edgetam.onnx_predictor import (Memory, OnnxTracker, choose, resize_bilinear,  # noqa: E402
                                         round_to_bfloat16, use_multimask)
 
@@ -86,8 +86,13 @@ def test_export_writes_four_checked_graphs_and_the_spec(exported):
         assert Path(entry["path"]).is_file() and entry["passed"], name
     spec = json.loads((out / SPEC_NAME).read_text())
     attention = spec["graphs"]["memory_attention"]["inputs"]
-    assert attention["memory"]["shape"] == [1, 7, 512, 64] and attention["object_pointers"]["shape"] == [1, 16, 256]
-    assert spec["graphs"]["prompt_decoder"]["inputs"]["point_coords"]["shape"] == [1, "num_points", 2]
+    assert attention["memory"]["shape"] == ["objects", 7, 512, 64]
+    assert attention["object_pointers"]["shape"] == ["objects", 16, 256]
+    assert attention["features"]["shape"] == [1, 256, 64, 64]       # the frame's, once for every object
+    assert spec["graphs"]["prompt_decoder"]["inputs"]["point_coords"]["shape"] == ["objects", "num_points", 2]
+    assert spec["objects_axis"] is True
+    for name in ("prompt_decoder", "memory_encoder", "memory_attention"):   # checked for three objects at once
+        assert set(report["files"][name]["objects_axis"]) == set(NAMES[name][1]), name
     assert len(spec["constants"]["no_memory_embedding"]) == 256
 
 
@@ -385,11 +390,13 @@ def test_coreml_programs_carry_the_graphs_tensors_and_the_loop_spec(predictor, e
         assert list(program["inputs"]) == list(onnx_io["inputs"]), name
         assert set(program["outputs"]) == set(onnx_io["outputs"]), name
         for n, i in onnx_io["inputs"].items():
-            if "num_points" not in i["shape"]:
-                assert program["inputs"][n] == i["shape"] == spec["graphs"][name]["inputs"][n]["shape"], (name, n)
+            if "num_points" not in i["shape"]:   # Core ML programs take one object: the objects axis is 1 there
+                one = [1 if d == "objects" else d for d in i["shape"]]
+                assert program["inputs"][n] == one == spec["graphs"][name]["inputs"][n]["shape"], (name, n)
     decoder = tensor_spec(tmp_path / "coreml" / COREML_FILES["prompt_decoder"])["inputs"]
     assert decoder["point_coords"] == [[1, 1], [1, 16], [2, 2]] and decoder["point_labels"] == [[1, 1], [1, 16]]
     assert spec["format"] == "repvit-edgetam-coreml" and spec["files"] == COREML_FILES
+    assert "objects_axis" not in spec and onnx_spec["objects_axis"] is True
     for key in ("memory_bank", "choice", "constants", "preprocessing", "image_size"):
         assert spec[key] == onnx_spec[key], key
 
@@ -449,3 +456,38 @@ def test_the_onnx_stream_equals_the_onnx_loop_and_keeps_only_its_windows(exporte
         np.testing.assert_array_equal(out.logit(7), want[t][7])
         assert out.mask(7).sum() > 50
     assert stream.held_frames() == {7: {"cond": [0], "tracked": [5, 6, 7, 8], "with_memory": [6, 7, 8]}}
+
+
+def test_the_onnx_stream_runs_every_object_of_a_frame_in_one_call_per_graph(exported, frames):
+    """Three objects: one call of each graph per frame (the frame's first self-attention computed once), and the
+    same masks as one call per object (graphs of an older release), to float tolerance."""
+    from repvit.edgetam.onnx_stream import OnnxStreamingTracker
+    images = stream_frames(frames)[:3]
+    prompts = {1: dict(points=[CLICK], labels=[1]), 2: dict(box=BOX), 3: dict(box=(20, 30, 140, 160))}
+    outputs, calls = {}, {}
+    for batched in (True, False):
+        stream = OnnxStreamingTracker(exported[0], threads=1)
+        stream.graphs.batched = batched
+        count = {name: 0 for name in stream.graphs.runners}
+        for name, run in list(stream.graphs.runners.items()):
+            def counted(feed, run=run, name=name):
+                count[name] += 1
+                return run(feed)
+            stream.graphs.runners[name] = counted
+        outputs[batched] = []
+        for t, image in enumerate(images):
+            out = stream.step(image)
+            if t == 0:
+                for obj_id, prompt in prompts.items():
+                    out = stream.add_new_points_or_box(obj_id, **prompt)
+                count.update({name: 0 for name in count})
+            outputs[batched].append(out)
+        calls[batched] = dict(count)
+    assert calls[True] == {name: 2 for name in calls[True]}, calls[True]            # frames 1 and 2, all objects
+    assert calls[False]["memory_attention"] == 6 and calls[False]["image_encoder"] == 2, calls[False]
+    for one, each in zip(outputs[True][1:], outputs[False][1:]):
+        assert one.object_ids == each.object_ids == [1, 2, 3]
+        for i in range(3):
+            assert each.masks[i].sum() > 50, (one.frame, i)
+            assert iou(one.logits[i], each.logits[i]) >= 0.999
+            close(one.logits[i], each.logits[i], rel=1e-4)

@@ -1,7 +1,9 @@
 """EdgeTAM's whole tracking loop to ONNX: four graphs, a JSON that says how they compose, parity checks.
 
 ``export_edgetam(model, out_dir)`` writes four graphs (``repvit.edgetam.graphs``; fixed
-1024 input, batch 1 = one object, the RepViT trunk fused):
+1024 input, the RepViT trunk fused). The shapes below are for one object; every per-object input
+and output has an ``objects`` axis first (B objects of one frame in one call; the frame's own
+inputs ``features``, ``features_pos``, ``high_res_*`` keep batch 1), checked at export for three:
 
 * ``edgetam_image_encoder.onnx``: ``image`` 1x3x1024x1024 -> ``high_res_0`` 1x32x256x256,
   ``high_res_1`` 1x64x128x128, ``features`` and ``features_pos`` 1x256x64x64;
@@ -27,7 +29,7 @@ Variable memory: fixed maxima with a validity flag per slot (F = ``num_maskmem``
 before the softmax, so the result is sam2's for the frames present; the graph has no
 data-dependent shapes (what Core ML and other mobile runtimes need) and always costs the full
 bank, which is what a video reaches after its 7th frame anyway. Only the decoder's number of
-points is a dynamic axis.
+points and the objects axis are dynamic.
 
 Each graph is checked against the module it was exported from on seeded inputs (``check=True``);
 a graph beyond tolerance is removed and ``ParityError`` raised. The test checks the modules
@@ -69,7 +71,14 @@ NAMES = {
     "memory_attention": (("features", "features_pos", "memory", "memory_pos", "memory_tpos", "memory_valid",
                           "object_pointers", "pointer_valid"), ("conditioned",)),
 }
-DYNAMIC = {"prompt_decoder": {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}}
+# The frame's inputs (image features, high-resolution maps) have batch 1; every per-object input and
+# output has an "objects" axis, so one call serves every object a frame tracks (the memory attention
+# computes its first self-attention, which reads the frame alone, once for all of them).
+SHARED_INPUTS = {"features", "features_pos", "high_res_0", "high_res_1"}
+DYNAMIC = {name: {key: ({0: "objects", 1: "num_points"} if key in ("point_coords", "point_labels") else {0: "objects"})
+                  for key in inputs + outputs if key not in SHARED_INPUTS}
+           for name, (inputs, outputs) in NAMES.items() if name != "image_encoder"}
+
 # Largest |ONNX - PyTorch| allowed per output: ATOL + RTOL * max |PyTorch| (float32 both sides).
 ATOL, RTOL = 1e-3, 1e-4
 # sam2's video predictor normalises frames with ImageNet statistics after scaling to 0..1.
@@ -143,6 +152,14 @@ def examples(model: nn.Module, *, max_frames: int, max_pointers: int, seed: int 
                              randn(1, max_frames, tokens, mem_dim), randn(1, max_frames, tokens, mem_dim),
                              tpos, memory_valid, randn(1, max_pointers, hidden), pointer_valid),
     }
+
+
+def object_batch(model: nn.Module, name: str, *, max_frames: int, max_pointers: int, count: int = 2) -> tuple:
+    """``examples``' inputs of graph ``name`` for ``count`` objects of one frame: the frame's inputs once,
+    each object's drawn with its own seed (checks that the objects axis keeps objects apart)."""
+    per = [examples(model, max_frames=max_frames, max_pointers=max_pointers, seed=k)[name] for k in range(count)]
+    inputs = NAMES[name][0]
+    return tuple(per[0][i] if inputs[i] in SHARED_INPUTS else torch.cat([p[i] for p in per]) for i in range(len(inputs)))
 
 
 def export_graph(module: nn.Module, example: tuple, path: Union[str, os.PathLike], name: str, *,
@@ -316,6 +333,11 @@ def export_edgetam(model: nn.Module, out_dir: Union[str, os.PathLike], *, opset:
         entry = {"path": str(path)}
         if check:
             entry.update(check_graph(module, inputs[name], path, name))
+            if name in DYNAMIC and entry["passed"]:   # and for three objects at once, on the objects axis
+                batch = check_graph(module, object_batch(model, name, max_frames=max_frames,
+                                                         max_pointers=max_pointers, count=3), path, name)
+                entry["objects_axis"] = batch["outputs"]
+                entry["passed"] = batch["passed"]
             log(f"{name}: " + ", ".join(f"{k} {v['max_abs_diff']:.2e}" for k, v in entry["outputs"].items()) +
                 (" OK" if entry["passed"] else " FAILED"))
             if not entry["passed"]:
@@ -328,6 +350,7 @@ def export_edgetam(model: nn.Module, out_dir: Union[str, os.PathLike], *, opset:
         err.report = report
         raise err
     spec = export_spec(model, out, max_frames=max_frames, max_pointers=max_pointers)
+    spec["objects_axis"] = True
     (out / SPEC_NAME).write_text(json.dumps(spec, indent=1))
     report["spec"] = str(out / SPEC_NAME)
     return report
@@ -342,11 +365,13 @@ def cached_export(model: nn.Module, folder: Union[str, os.PathLike], *, weights_
     spec_path = folder / SPEC_NAME
     if spec_path.is_file():
         try:
-            if json.loads(spec_path.read_text()).get("weights_id") == weights_id:
+            spec = json.loads(spec_path.read_text())
+            if spec.get("weights_id") == weights_id and spec.get("objects_axis"):
                 return folder
+            log(f"{folder}: " + ("made from other weights" if spec.get("weights_id") != weights_id else
+                                 "graphs of an older release (one object per call)") + ", exporting again")
         except ValueError:
-            pass
-        log(f"{folder}: made from other weights, exporting again")
+            log(f"{folder}: unreadable {SPEC_NAME}, exporting again")
     partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     export_edgetam(model, partial, log=log)
@@ -360,5 +385,5 @@ def cached_export(model: nn.Module, folder: Union[str, os.PathLike], *, weights_
 
 
 __all__ = ["export_edgetam", "cached_export", "export_spec", "fused_copy", "graph_modules", "bank_sizes", "output_folder", "examples",
-           "check_graph", "FILES", "NAMES",
+           "object_batch", "check_graph", "FILES", "NAMES",
            "SPEC_NAME"]

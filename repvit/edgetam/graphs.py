@@ -105,7 +105,7 @@ class PromptDecoderGraph(nn.Module):
         sparse = self.embed_points(point_coords, point_labels)
         grid = self.dense_pe.shape[-2:]
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, grid[0], grid[1])
-        dense = torch.where(has_mask_input.reshape(1, 1, 1, 1) > 0.5, self.prompt_encoder.mask_downscaling(mask_input),
+        dense = torch.where(has_mask_input.reshape(-1, 1, 1, 1) > 0.5, self.prompt_encoder.mask_downscaling(mask_input),
                             no_mask)
         masks, ious, tokens, score = self.mask_decoder.predict_masks(
             image_embeddings=image_embed, image_pe=self.dense_pe, sparse_prompt_embeddings=sparse,
@@ -135,8 +135,11 @@ class MemoryEncoderGraph(nn.Module):
 
     def forward(self, features, mask_logits, from_points):
         logits = F.interpolate(mask_logits, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        mask = torch.where(from_points.reshape(1, 1, 1, 1) > 0.5, (logits > 0).float(), torch.sigmoid(logits))
+        mask = torch.where(from_points.reshape(-1, 1, 1, 1) > 0.5, (logits > 0).float(), torch.sigmoid(logits))
         mask = mask * self.scale + self.bias
+        # the frame's features are given once for every object; expanded here, not broadcast inside the
+        # encoder (OpenVINO's CPU plugin fuses the broadcast add into the convolution and fails on it)
+        features = features.expand(mask.shape[0], -1, -1, -1)
         out = self.memory_encoder(features, mask, skip_mask_sigmoid=True)
         return self.perceiver(out["vision_features"], out["vision_pos_enc"][0])
 
@@ -179,8 +182,8 @@ class MemoryAttentionGraph(nn.Module):
 
     def forward(self, features, features_pos, memory, memory_pos, memory_tpos, memory_valid, object_pointers,
                 pointer_valid):
-        b, c, h, w = features.shape
-        frames, tokens = memory.shape[1], memory.shape[2]
+        _, c, h, w = features.shape
+        b, frames, tokens = memory.shape[0], memory.shape[1], memory.shape[2]   # b: objects
         x = features.flatten(2).transpose(1, 2)
         x = x + self.input_pos_scale * features_pos.flatten(2).transpose(1, 2)
         tpos = self.tpos.reshape(self.num_maskmem, self.mem_dim)[self.num_maskmem - 1 - memory_tpos]   # (1, F, C)
@@ -191,8 +194,10 @@ class MemoryAttentionGraph(nn.Module):
         valid = torch.cat([memory_valid[:, :, None].expand(b, frames, tokens).reshape(b, frames * tokens),
                            pointer_valid[:, :, None].expand(b, -1, POINTER_SPLIT).reshape(b, -1)], dim=1)
         bias = torch.where(valid > 0.5, torch.zeros_like(valid), torch.full_like(valid, float("-inf")))[:, None, None]
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             x = x + self._self_attention(layer.self_attn, layer.norm1(x))
+            if i == 0:   # the first self-attention reads the frame alone: computed once for every object
+                x = x.expand(b, -1, -1)
             x = x + self._cross_attention(layer.cross_attn_image, layer.norm2(x), keys, values, bias, frames * tokens)
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
         return self.norm(x).transpose(1, 2).reshape(b, c, h, w)

@@ -179,6 +179,10 @@ class OnnxTracker:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.runtime = runtime
+        ir = sorted(file for file in self.spec["files"].values() if file.endswith(".xml"))
+        if ir and runtime != "openvino":
+            raise ValueError(f"{folder} holds OpenVINO IR ({', '.join(ir)}, INT8 for OpenVINO): run it with "
+                             f"runtime 'openvino'")
         self.runners = {name: open_runner(folder / file, threads, runtime) for name, file in self.spec["files"].items()}
         self.size = int(self.spec["image_size"])
         self.bank_rules = self.spec["memory_bank"]
@@ -186,6 +190,8 @@ class OnnxTracker:
         self.no_object = float(self.spec["constants"].get("no_object_score", -1024.0))
         # graphs exported before corrections were supported have no mask input
         self.takes_mask_input = "mask_input" in self.spec["graphs"]["prompt_decoder"]["inputs"]
+        # graphs with an objects axis: one call per graph serves every object of a frame
+        self.batched = bool(self.spec.get("objects_axis", False))
 
     def run(self, name: str, **feed) -> list:
         return self.runners[name](feed)
@@ -214,6 +220,10 @@ class OnnxTracker:
                   reverse: bool = False) -> np.ndarray:
         """The memory attention's output for tracked frame ``t`` (the bank as sam2 selects it; ``reverse``:
         tracking backward, the memories of the frames after ``t``)."""
+        return self.condition_objects(frame, [self.bank(t, cond, tracked, num_frames, reverse)])
+
+    def bank(self, t: int, cond: dict, tracked: dict, num_frames: int, reverse: bool = False) -> dict:
+        """One object's memory-attention inputs for tracked frame ``t`` (batch 1): its slots as sam2 fills them."""
         rules = self.bank_rules
         n_mem, stride = rules["num_maskmem"], rules["temporal_stride"]
         slots = [(0, m) for m in cond.values()]
@@ -247,10 +257,40 @@ class OnnxTracker:
         ptr_valid = np.zeros((1, rules["max_pointers"]), np.float32)
         for i, p in enumerate(pointers):
             ptrs[0, i], ptr_valid[0, i] = p[0], 1.0
-        (out,) = self.run("memory_attention", features=frame["features"], features_pos=frame["features_pos"],
-                          memory=memory, memory_pos=memory_pos, memory_tpos=tpos, memory_valid=valid,
-                          object_pointers=ptrs, pointer_valid=ptr_valid)
+        return dict(memory=memory, memory_pos=memory_pos, memory_tpos=tpos, memory_valid=valid,
+                    object_pointers=ptrs, pointer_valid=ptr_valid)
+
+    def condition_objects(self, frame: dict, banks: list) -> np.ndarray:
+        """The memory attention for several objects on one frame (``banks`` from ``bank``): Bx256x64x64,
+        in one call when the graphs have an objects axis."""
+        if len(banks) > 1 and not self.batched:
+            return np.concatenate([self.condition_objects(frame, [b]) for b in banks])
+        feed = {key: np.concatenate([b[key] for b in banks]) for key in banks[0]}
+        (out,) = self.run("memory_attention", features=frame["features"], features_pos=frame["features_pos"], **feed)
         return out
+
+    def decode_tracked(self, embeds: np.ndarray, frame: dict, multimask: bool) -> list:
+        """The decoder on frames with no prompt (a tracked step) for a batch of objects' ``embeds``:
+        ``[(mask 1x1x256x256, pointer 1x256), ...]``, one per object, in one call when the graphs allow."""
+        count = embeds.shape[0]
+        if count > 1 and not self.batched:
+            return [self.decode_tracked(embeds[i:i + 1], frame, multimask)[0] for i in range(count)]
+        feed = dict(image_embed=embeds, high_res_0=frame["high_res_0"], high_res_1=frame["high_res_1"],
+                    point_coords=np.zeros((count, 1, 2), np.float32), point_labels=-np.ones((count, 1), np.float32))
+        if self.takes_mask_input:
+            feed["mask_input"] = np.zeros((count, 1, 4 * embeds.shape[-2], 4 * embeds.shape[-1]), np.float32)
+            feed["has_mask_input"] = np.zeros((count,), np.float32)
+        masks, ious, pointers, _ = self.run("prompt_decoder", **feed)
+        return [choose(self.spec["choice"], masks[i:i + 1], ious[i:i + 1], pointers[i:i + 1], multimask)
+                for i in range(count)]
+
+    def encode_memories(self, frame: dict, masks: list, pointers: list, from_points: bool) -> list:
+        """``encode_memory`` for several objects of one frame, in one call when the graphs allow."""
+        if len(masks) > 1 and not self.batched:
+            return [self.encode_memory(frame, m, p, from_points) for m, p in zip(masks, pointers)]
+        memory, memory_pos = self.run("memory_encoder", features=frame["features"], mask_logits=np.concatenate(masks),
+                                      from_points=np.full((len(masks),), 1.0 if from_points else 0.0, np.float32))
+        return [Memory(round_to_bfloat16(memory[i:i + 1]), memory_pos[i:i + 1], p) for i, p in enumerate(pointers)]
 
     def prompt_arrays(self, points, labels, box, video_size) -> tuple[np.ndarray, np.ndarray]:
         coords = np.asarray(points if points is not None else [], np.float32).reshape(-1, 2)

@@ -3,7 +3,7 @@ OpenVINO), in constant memory, with the API of ``repvit.edgetam.streaming``.
 
 Each frame runs what ``OnnxTracker.propagate_in_video`` runs for one frame (the image encoder once,
 then for every object the memory attention over its bank, the prompt decoder and the memory
-encoder), on a bank that holds only what the windows of ``MemoryWindows`` say: the objects'
+encoder; the objects in one call per graph, along the graphs' objects axis), on a bank that holds only what the windows of ``MemoryWindows`` say: the objects'
 conditioning frames, the memories and pointers the current and the next frame read. Prompts
 follow ``OnnxTracker.add_new_points_or_box`` (and so sam2): a new object's prompt is decoded from
 the frame alone; a prompt for an object already tracked on the current frame corrects it, the
@@ -89,15 +89,17 @@ class OnnxStreamingTracker:
         self._image, self.frame_size = frame_input(frame, self.graphs.size, pre["mean"], pre["std"])
         self._features = None
         self.frame_index = t = t + 1
-        choice = self.graphs.spec["choice"]
-        for obj in self.objects.values():
-            feats = self._frame_features()
-            embed = self.graphs.condition(feats, t, obj.cond, obj.tracked, ENDLESS)
-            mask, pointer = self.graphs.decode(embed, feats, np.zeros((1, 1, 2), np.float32),
-                                               -np.ones((1, 1), np.float32), use_multimask(choice, 0, prompted=False))
-            obj.tracked[t] = self.graphs.encode_memory(feats, mask, pointer, from_points=False)
-            obj.mask = mask
-            self._forget(obj, t)
+        if self.objects:   # every object in one call per graph (graphs with an objects axis)
+            feats, objects = self._frame_features(), list(self.objects.values())
+            embeds = self.graphs.condition_objects(
+                feats, [self.graphs.bank(t, obj.cond, obj.tracked, ENDLESS) for obj in objects])
+            decoded = self.graphs.decode_tracked(embeds, feats, use_multimask(self.graphs.spec["choice"], 0,
+                                                                               prompted=False))
+            memories = self.graphs.encode_memories(feats, [m for m, _ in decoded], [p for _, p in decoded],
+                                                   from_points=False)
+            for obj, (mask, _), memory in zip(objects, decoded, memories):
+                obj.tracked[t], obj.mask = memory, mask
+                self._forget(obj, t)
         return self._result()
 
     def add_new_points_or_box(self, obj_id: int, points=None, labels=None, box=None) -> StepResult:
