@@ -84,7 +84,7 @@ def test_compare_timm_runs_both_in_one_report():
 def test_cli_bench_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--model", "repvit_m0_6", "--img-size", "32", "--runtimes", "eager-fused,onnxruntime",
-                 "--warmup", "1", "--rounds", "1", "--iters", "2", "--threads", "1", "--report", str(out), "--quiet"])
+                 "--warmup", "1", "--rounds", "1", "--repeats", "2", "--threads", "1", "--report", str(out), "--quiet"])
     assert code == 0
     assert "repvit_m0_6" in capsys.readouterr().out
     data = json.loads(out.read_text())
@@ -109,7 +109,7 @@ def test_cli_bench_reads_the_variant_from_a_checkpoint(tmp_path, capsys):
     from repvit import create_model, save_checkpoint
     ckpt = save_checkpoint(create_model("repvit_m0_6", num_classes=3).eval(), tmp_path / "m.pth")
     code = main(["bench", "--checkpoint", str(ckpt), "--img-size", "32", "--runtimes", "eager-fused",
-                 "--warmup", "1", "--rounds", "1", "--iters", "1", "--threads", "1", "--json"])
+                 "--warmup", "1", "--rounds", "1", "--repeats", "1", "--threads", "1", "--json"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)  # stdout is pure JSON with --json -
     assert [r["model"] for r in data["results"]] == ["repvit_m0_6"]
@@ -151,7 +151,7 @@ def test_a_runtime_that_disagrees_with_eager_is_not_timed():
 def test_cli_bench_sam_task_and_what_it_refuses(tmp_path, capsys):
     out = tmp_path / "sam.json"
     assert main(["bench", "--task", "sam", "--img-size", "128", "--runtimes", "eager-fused,eager-fused-cl",
-                 "--warmup", "1", "--rounds", "1", "--iters", "1", "--threads", "1", "--report", str(out),
+                 "--warmup", "1", "--rounds", "1", "--repeats", "1", "--threads", "1", "--report", str(out),
                  "--quiet"]) == 0
     data = json.loads(out.read_text())
     assert [(r["model"], r["memory_format"]) for r in data["results"]] == [("repvit_sam encoder", "NCHW"),

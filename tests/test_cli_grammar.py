@@ -1,20 +1,25 @@
-"""Every parser of ``repvit`` against the command grammar (``repvit/commands/_grammar.py``, written
-out in docs/cli.md): each shared option has its one spelling, metavar, type, nargs and default
-wherever it appears; deprecated spellings exist only as hidden aliases, still work and say so;
-a missing optional package is one line naming its extra; ``repvit demo`` times warm models."""
+"""Every parser of ``repvit`` against the option grammar (``repvit/engine/grammar.py``, written out in
+docs/cli.md): no spelling means two things anywhere (two registry rows, two commands' own options, or
+a command's own option under a registry spelling); every shared option comes from the registry, with
+its one spelling, metavar, type, nargs and default; deprecated spellings exist only as hidden aliases,
+still work and say so once; a missing optional package is one line naming its extra; ``repvit demo``
+times warm models."""
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from repvit.cli import build_parser, main, missing_extra
 from repvit.commands import _grammar as grammar
+from repvit.engine import grammar as registry
 
 REPO = Path(__file__).resolve().parents[1]
-OLD_SPELLINGS = {"--output-dir", "--coco", "-w"}     # never offered except as a Deprecated alias
+OLD_SPELLINGS = {"--output-dir", "--coco", "-w", "--sched", "--formats", "--limit", "--video-max-frames", "--runs",
+                 "--iters"}     # never offered except as a Deprecated alias
 
 
 def walk(parser: argparse.ArgumentParser, path=("repvit",)):
@@ -40,42 +45,87 @@ def table_defaults() -> dict:
     return out
 
 
+def live_options(parser: argparse.ArgumentParser):
+    """The options of ``parser`` a user sees (not --help, sub-commands or hidden deprecated aliases)."""
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction,
+                                                               registry.Deprecated)):
+            yield action
+
+
+def meanings(parsers: dict) -> list[str]:
+    """Spellings that mean two things: each live option means its registry row when it was taken from
+    the registry (``grammar.add`` / ``grammar.row`` mark it), else the command's own option. A spelling
+    of two rows, of a row and a command's own option, or of two commands' own options is a problem;
+    so is a registry spelling re-declared by hand (it is then the command's own)."""
+    found = []
+    rows = defaultdict(list)
+    for opt in registry.SHARED:
+        for spelling in registry.spellings(opt):
+            rows[spelling].append(opt)
+    found += [f"{spelling}: {len(opts)} registry rows" for spelling, opts in rows.items() if len(opts) > 1]
+    used = defaultdict(lambda: defaultdict(list))     # spelling -> meaning -> commands
+    for command, parser in parsers.items():
+        for action in live_options(parser):
+            opt = getattr(action, "grammar", None)
+            meaning = ("row", opt.flags[0]) if opt is not None else ("own", command)
+            for spelling in action.option_strings:
+                used[spelling][meaning].append(command)
+    for spelling, by_meaning in sorted(used.items()):
+        own = sorted(cmds[0] for (kind, _), cmds in by_meaning.items() if kind == "own")
+        if spelling in rows and own:
+            found.append(f"{spelling}: declared by hand in {', '.join(own)}; the registry has it (grammar.add, "
+                         "grammar.row)")
+        elif len(by_meaning) > 1:
+            found.append(f"{spelling} means {len(by_meaning)} things: "
+                         + "; ".join(f"{what} in {', '.join(sorted(set(cmds)))}" for (_, what), cmds
+                                     in sorted(by_meaning.items())))
+    return found
+
+
 def problems(command: str, parser: argparse.ArgumentParser, defaults: dict | None = None) -> list[str]:
-    """What in ``parser`` disagrees with the grammar (empty when it follows it)."""
+    """What in ``parser`` disagrees with the grammar's rows (empty when it follows them)."""
     found = []
     for action in parser._actions:
         if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue
         where = f"{command} {'/'.join(action.option_strings)}"
-        if isinstance(action, grammar.Deprecated):
+        if isinstance(action, registry.Deprecated):
             if action.help is not argparse.SUPPRESS:
                 found.append(f"{where}: a deprecated alias must be hidden from --help")
             continue
         old = set(action.option_strings) & OLD_SPELLINGS
         if old:
             found.append(f"{where}: offers the deprecated spelling {sorted(old)} as an option of its own")
-        shared = [grammar.BY_FLAG[s] for s in action.option_strings if s in grammar.BY_FLAG]
+        shared = [registry.BY_FLAG[s] for s in action.option_strings if s in registry.BY_FLAG]
         if not shared:
             continue
         opt = shared[0]
-        if set(action.option_strings) != set(opt.flags):
-            found.append(f"{where}: spelled {sorted(action.option_strings)}, the grammar says {sorted(opt.flags)}")
-        if opt.metavar is None:   # an on/off flag
-            if not (action.nargs == 0 or isinstance(action, grammar.FlagOrDeprecatedFile)):
+        if set(action.option_strings) != set(registry.spellings(opt)):
+            found.append(f"{where}: spelled {sorted(action.option_strings)}, the grammar says "
+                         f"{sorted(registry.spellings(opt))}")
+        if opt.metavar == registry.ONOFF:
+            if not isinstance(action, argparse.BooleanOptionalAction):
+                found.append(f"{where}: the grammar makes it --X/--no-X, here it is not")
+        elif opt.metavar is None:   # an on/off flag
+            if not (action.nargs == 0 or isinstance(action, registry.FlagOrDeprecatedFile)):
                 found.append(f"{where}: the grammar makes it an on/off flag, here it takes a value")
             continue
-        if action.nargs == 0:
+        elif action.nargs == 0:
             found.append(f"{where}: takes {opt.metavar} in the grammar, here it is an on/off flag")
             continue
-        metavar = action.metavar or action.dest.upper()
-        if metavar != opt.metavar:
-            found.append(f"{where}: metavar {metavar!r}, the grammar says {opt.metavar!r}")
-        if action.type is not opt.type and not (opt.type is None and action.type is str):
-            found.append(f"{where}: type {action.type}, the grammar says {opt.type}")
-        bare_pretrained = (opt.flags == ("--pretrained",) and action.nargs == "?" and command.startswith("repvit sam "))
-        if action.nargs != opt.nargs and not bare_pretrained:
-            found.append(f"{where}: nargs {action.nargs!r}, the grammar says {opt.nargs!r}")
-        if opt.default != grammar.PER_COMMAND:
+        else:
+            metavar = action.metavar or action.dest.upper()
+            if metavar != opt.metavar:
+                found.append(f"{where}: metavar {metavar!r}, the grammar says {opt.metavar!r}")
+            if action.type is not opt.type and not (opt.type is None and action.type is str):
+                found.append(f"{where}: type {action.type}, the grammar says {opt.type}")
+            bare_pretrained = (opt.flags == ("--pretrained",) and action.nargs == "?" and command.startswith("repvit sam "))
+            if action.nargs != opt.nargs and not bare_pretrained:
+                found.append(f"{where}: nargs {action.nargs!r}, the grammar says {opt.nargs!r}")
+            if opt.choices is not None and tuple(action.choices or ()) != tuple(opt.choices):
+                found.append(f"{where}: choices {action.choices}, the grammar says {opt.choices}")
+        if opt.default != registry.PER_COMMAND:
             default = action.default
             if default is argparse.SUPPRESS and defaults is not None:
                 default = defaults.get(command, {}).get(opt.flags[0], argparse.SUPPRESS)
@@ -84,18 +134,88 @@ def problems(command: str, parser: argparse.ArgumentParser, defaults: dict | Non
     return found
 
 
+COMMANDS = ("repvit train", "repvit eval", "repvit predict", "repvit export", "repvit bench", "repvit info",
+            "repvit demo", "repvit weights", "repvit roadmap", "repvit detect train", "repvit detect eval",
+            "repvit detect predict", "repvit detect export", "repvit segment train", "repvit segment eval",
+            "repvit segment predict", "repvit segment export", "repvit sam predict", "repvit sam everything",
+            "repvit sam eval", "repvit sam export", "repvit sam distill", "repvit sam demo", "repvit track",
+            "repvit track eval")
+
+
 def test_every_command_and_action_follows_the_grammar():
     parsers = dict(walk(build_parser()))
-    for command in ("repvit train", "repvit eval", "repvit predict", "repvit export", "repvit bench", "repvit info",
-                    "repvit demo", "repvit weights", "repvit roadmap", "repvit detect train", "repvit detect eval",
-                    "repvit detect predict", "repvit detect export", "repvit segment train", "repvit segment eval",
-                    "repvit segment predict", "repvit segment export", "repvit sam predict",
-                    "repvit sam everything", "repvit sam eval", "repvit sam export", "repvit sam distill",
-                    "repvit sam demo"):
+    for command in COMMANDS:
         assert command in parsers, f"{command} is in docs/cli.md but not in the CLI"
     defaults = table_defaults()
     found = [p for command, parser in parsers.items() for p in problems(command, parser, defaults)]
     assert found == []
+
+
+def test_no_spelling_means_two_things():
+    assert meanings(dict(walk(build_parser()))) == []
+
+
+def test_every_option_two_commands_offer_is_a_registry_row():
+    """The issue's list, checked: --sched/--schedule, --clip-grad, --sync-bn, --scale, --model, --format(s),
+    the caps and the timing options each have one row, offered by every command that has the knob."""
+    users = defaultdict(set)
+    for command, parser in walk(build_parser()):
+        for action in live_options(parser):
+            for spelling in action.option_strings:
+                users[spelling].add(command)
+    shared = sorted(s for s, commands in users.items() if len(commands) > 1)
+    assert [s for s in shared if s not in registry.BY_FLAG] == []
+    rows = {s: registry.BY_FLAG[s].flags[0] for s in ("--schedule", "--clip-grad", "--clip-mode", "--sync-bn",
+                                                       "--format", "--max-images", "--max-frames", "--repeats",
+                                                       "--warmup", "--opset", "--coreml-precision", "--prompts",
+                                                       "--random-weights", "--point", "--box")}
+    assert all(users[s] for s in rows), {s: users[s] for s in rows}
+    for gone in ("--sched", "--formats", "--limit", "--video-max-frames", "--runs", "--iters"):
+        assert users[gone] == set(), (gone, users[gone])
+    assert users["--scale"] == {"repvit train"}          # the crop area; segment's resize range is --ratio-range
+    assert "repvit export" not in users["--batch-size"]  # the ExecuTorch program's batch is --fixed-batch
+    assert "repvit sam predict" not in users["--model"]  # the model family is --family there
+    for row in registry.SHARED:
+        if row.default == registry.PER_COMMAND and row.metavar == registry.ONOFF:
+            assert row.why, f"{row.flags[0]}: on in one command, off in another needs a reason in its row"
+
+
+def test_the_checker_catches_a_spelling_with_two_meanings(monkeypatch):
+    parsers = dict(walk(build_parser()))
+    planted = argparse.ArgumentParser()
+    planted.add_argument("--scale", type=float, nargs=2, help="another range")    # train's --scale is the crop area
+    planted.add_argument("--seed", type=int, default=0, metavar="N")             # a shared option by hand
+    found = meanings({**parsers, "repvit planted": planted})
+    assert len(found) == 2, found
+    assert found[0].startswith("--scale means 2 things: ") and "repvit planted" in found[0], found
+    assert found[1].startswith("--seed: declared by hand in repvit planted"), found
+    # a table row written by hand instead of taken from the registry
+    from repvit.engine import option_table
+    by_hand = [(("--clip-grad",), dict(type=float, default=0.0, metavar="MAX", help="clip the gradient norm"))
+               if flags[0] == "--clip-grad" else (flags, kwargs) for flags, kwargs in option_table.LOOP]
+    table = argparse.ArgumentParser()
+    option_table.add_options(table, options=by_hand)
+    assert meanings({**parsers, "repvit planted": table}) == [
+        "--clip-grad: declared by hand in repvit planted; the registry has it (grammar.add, grammar.row)"]
+    # two registry rows with one spelling
+    monkeypatch.setattr(registry, "SHARED", registry.SHARED + (registry.Shared(("--scale",), "F", "another"),
+                                                                 registry.Shared(("--scale",), "F", "a third")))
+    assert meanings({}) == ["--scale: 2 registry rows"]
+
+
+def test_the_checker_catches_a_drifted_command():
+    drifted = argparse.ArgumentParser()
+    drifted.add_argument("--device", default="cpu")                    # another default
+    drifted.add_argument("--output-dir")                                # an old spelling offered as new
+    drifted.add_argument("--pretrained", action="store_true")          # a flag where the grammar takes a name
+    drifted.add_argument("--report", metavar="FILE.json")              # another metavar
+    drifted.add_argument("--batch-size", type=int, metavar="N")        # no -b
+    drifted.add_argument("--sync-bn", action="store_true")             # not --sync-bn/--no-sync-bn
+    found = problems("repvit drifted", drifted)
+    assert len(found) == 7, found
+    for text in ("default 'cpu'", "--output-dir", "on/off flag", "metavar 'FILE.json'", "spelled ['--batch-size']",
+                 "spelled ['--sync-bn']", "--X/--no-X"):
+        assert any(text in p for p in found), (text, found)
 
 
 def test_device_defaults_to_auto_in_every_command():
@@ -109,19 +229,6 @@ def test_device_defaults_to_auto_in_every_command():
                     default = defaults[command]["--device"]
                 seen[command] = default
     assert len(seen) >= 16 and set(seen.values()) == {"auto"}, seen
-
-
-def test_the_checker_catches_a_drifted_command():
-    drifted = argparse.ArgumentParser()
-    drifted.add_argument("--device", default="cpu")                    # another default
-    drifted.add_argument("--output-dir")                                # an old spelling offered as new
-    drifted.add_argument("--pretrained", action="store_true")          # a flag where the grammar takes a name
-    drifted.add_argument("--report", metavar="FILE.json")              # another metavar
-    drifted.add_argument("--batch-size", type=int, metavar="N")        # no -b
-    found = problems("repvit drifted", drifted)
-    assert len(found) == 5, found
-    for text in ("default 'cpu'", "--output-dir", "on/off flag", "metavar 'FILE.json'", "spelled"):
-        assert any(text in p for p in found), (text, found)
 
 
 def parse(argv):
@@ -153,6 +260,80 @@ def test_deprecated_spellings_still_work_and_say_so_once(argv, dest, value, mess
     assert getattr(args, dest) == value
     err = capsys.readouterr().err
     assert err.count(message) == 1, err
+
+
+@pytest.mark.parametrize("argv, dest, value, message", [
+    (["train", "--data", "d", "--sched", "step", "--sched", "none"], "schedule", "none",
+     "--sched is deprecated: use --schedule"),
+    (["segment", "train", "--scale", "1", "1", "--scale", "0.5", "1.5"], "ratio_range", [0.5, 1.5],
+     "--scale is deprecated: use --ratio-range"),
+    (["sam", "predict", "im.png", "--model", "edgetam", "--model", "edgetam"], "family", "edgetam",
+     "--model is deprecated: use --family"),
+    (["sam", "export", "--random-weights", "--formats", "onnx", "--formats", "onnx,openvino"], "format",
+     "onnx,openvino", "--formats is deprecated: use --format"),
+    (["export", "--model", "repvit_m0_6", "--batch-size", "3", "--batch-size", "2"], "fixed_batch", 2,
+     "--batch-size is deprecated: use --fixed-batch"),
+    (["sam", "eval", "--random-weights", "--limit", "4", "--limit", "3"], "max_images", 3,
+     "--limit is deprecated: use --max-images"),
+    (["sam", "demo", "--random-weights", "--video-max-frames", "9", "--video-max-frames", "5"], "max_frames", 5,
+     "--video-max-frames is deprecated: use --max-frames"),
+    (["roadmap", "--runs", "2", "--runs", "3"], "repeats", 3, "--runs is deprecated: use --repeats"),
+    (["bench", "--iters", "2", "--iters", "4"], "repeats", 4, "--iters is deprecated: use --repeats"),
+])
+def test_the_issue_27_old_spellings_still_work_and_say_so_once(argv, dest, value, message, capsys):
+    args = parse(argv)
+    assert getattr(args, dest) == value
+    err = capsys.readouterr().err
+    assert err.count(message) == 1 and err.count("\n") == 1, err
+
+
+def test_the_new_spellings_parse_without_a_message(capsys):
+    assert parse(["train", "--data", "d", "--schedule", "none"]).schedule == "none"
+    assert parse(["segment", "train", "--ratio-range", "1", "2"]).ratio_range == [1.0, 2.0]
+    args = parse(["sam", "predict", "im.png", "--family", "edgetam"])
+    assert (args.family, args.checkpoint) == ("edgetam", None)
+    assert parse(["sam", "predict", "im.png"]).family == "repvit_sam"
+    assert parse(["export", "--model", "repvit_m0_6"]).format == "onnx"      # no longer required
+    assert parse(["export", "--model", "repvit_m0_6", "--fixed-batch", "2"]).fixed_batch == 2
+    assert parse(["sam", "demo", "--random-weights"]).max_frames == 60
+    assert parse(["bench"]).repeats == 20 and parse(["roadmap"]).repeats == 50 and parse(["demo"]).repeats == 5
+    assert capsys.readouterr().err == ""
+
+
+def test_the_training_tables_share_one_meaning_of_clipping_and_sync_bn():
+    from repvit.classification.config import resolve as resolve_train
+    from repvit.dense.options import resolve as resolve_dense
+    from repvit.sam.distill import resolve as resolve_distill
+    train = resolve_train({"data": "d"})
+    seg = resolve_dense({"data": "d", "class_names": "a,b"}, "segment")
+    distill = resolve_distill({"data": "d", "teacher_random_seed": 0})
+    assert [(c.clip_grad, c.clip_mode, c.sync_bn) for c in (train, seg, distill)] == [
+        (0.02, "agc", False), (0.0, "norm", True), (0.0, "norm", True)]
+    assert [c.schedule for c in (train, seg, distill)] == ["cosine", "step", "cosine"]
+
+
+def test_an_image_prompt_file_is_the_track_schema(tmp_path):
+    from repvit.commands.sam.predict import read_image_prompts
+    from repvit.commands.track import read_track_prompts
+    path = tmp_path / "p.json"
+    path.write_text('[{"object": 2, "frame": 0, "points": [[3, 4, 0]]}, {"box": [1, 2, 5, 6]}]')
+    image = read_image_prompts(path)
+    assert [(p.points, p.box) for p in image] == [([(3.0, 4.0, 0)], None), ([], (1.0, 2.0, 5.0, 6.0))]
+    track = read_track_prompts(path)
+    assert [(p.object_id, p.frame, p.points, p.box) for p in track] == [
+        (2, 0, [(3.0, 4.0, 0)], None), (1, None, [], (1.0, 2.0, 5.0, 6.0))]
+    path.write_text('[{"frame": 3, "points": [[3, 4]]}]')
+    with pytest.raises(ValueError, match="frame 3 on an image, which has only frame 0"):
+        read_image_prompts(path)
+
+
+def test_an_old_sched_key_in_a_config_file_still_loads(tmp_path, capsys):
+    from repvit.classification.config import resolve
+    old = tmp_path / "config.yaml"
+    old.write_text("data: somewhere\nsched: step\n")
+    cfg = resolve({"config": str(old)})
+    assert cfg.schedule == "step" and not hasattr(cfg, "sched")
+    assert "sched is deprecated, read as schedule" in capsys.readouterr().err
 
 
 def test_a_renamed_option_in_an_old_config_file_still_loads(tmp_path, capsys):

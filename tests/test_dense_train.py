@@ -140,7 +140,7 @@ def test_segmentation_learns(camvid_tiny, tmp_path):
     # 4 epochs of 3 steps on whole frames (no random crop or rescaling, so epochs are comparable):
     # the training loss must fall far below its first epoch's. An optimizer that does nothing stays put.
     out = tmp_path / "learn"
-    result = run(seg_cmd(camvid_tiny, out, "--epochs", "4", "--lr", "1e-3", "--crop", "120", "160", "--scale", "1",
+    result = run(seg_cmd(camvid_tiny, out, "--epochs", "4", "--lr", "1e-3", "--crop", "120", "160", "--ratio-range", "1",
                          "1", "--eval-interval", "4"))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = epoch_rows(out)

@@ -250,7 +250,7 @@ def test_without_sam2_the_error_is_one_line_naming_the_extra(monkeypatch):
 
 def test_sam_predict_model_edgetam_gives_the_official_image_masks(sam2, reference, official_file, frames, tmp_path,
                                                                   capsys):
-    """Image mode from the command line: `repvit sam predict --model edgetam` (fused, through the prompt
+    """Image mode from the command line: `repvit sam predict --family edgetam` (fused, through the prompt
     code RepViT-SAM uses) picks the official code's best candidate mask for the same clicks."""
     from PIL import Image
     from repvit.cli import main
@@ -258,7 +258,7 @@ def test_sam_predict_model_edgetam_gives_the_official_image_masks(sam2, referenc
     (fg, bg), labels = SCRIPT.IMAGE_PROMPT["points"], SCRIPT.IMAGE_PROMPT["labels"]
     assert labels == [1, 0]
     out = tmp_path / "out"
-    assert main(["sam", "predict", str(frames / "00000.jpg"), "--model", "edgetam", "--checkpoint", str(official_file[0]),
+    assert main(["sam", "predict", str(frames / "00000.jpg"), "--family", "edgetam", "--checkpoint", str(official_file[0]),
                  "--point", f"{fg[0]},{fg[1]},1", "--point", f"{bg[0]},{bg[1]},0", "--multimask", "on",
                  "--output", str(out)]) == 0
     record = json.loads((out / "00000_scores.json").read_text())
@@ -270,8 +270,8 @@ def test_sam_predict_model_edgetam_gives_the_official_image_masks(sam2, referenc
     assert_same_masks(mask, ref["image_masks"][best], meta["width"], "the chosen mask")
     capsys.readouterr()
     # The SAM release's name or no weights at all: one clear line, nothing built.
-    assert main(["sam", "predict", str(frames / "00000.jpg"), "--model", "edgetam", "--pretrained", "repvit_sam",
+    assert main(["sam", "predict", str(frames / "00000.jpg"), "--family", "edgetam", "--pretrained", "repvit_sam",
                  "--point", "10,10", "--output", str(out)]) == 2
     assert "--pretrained edgetam" in capsys.readouterr().err
-    assert main(["sam", "predict", str(frames / "00000.jpg"), "--model", "edgetam", "--point", "10,10"]) == 2
+    assert main(["sam", "predict", str(frames / "00000.jpg"), "--family", "edgetam", "--point", "10,10"]) == 2
     assert "--checkpoint edgetam.pt" in capsys.readouterr().err

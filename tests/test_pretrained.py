@@ -299,7 +299,7 @@ def test_cli_export_and_bench_take_pretrained(server, tmp_path, monkeypatch, cap
     _, meta = fmt_ts.load(tmp_path / "m.pt")
     assert json.loads(meta["class_names"])[PARACHUTE] == "parachute"
     assert main(["bench", "--pretrained", NAME, "--runtimes", "eager-fused", "--img-size", "64", "--warmup", "0",
-                 "--rounds", "1", "--iters", "1", "--threads", "1", "--quiet"]) == 0
+                 "--rounds", "1", "--repeats", "1", "--threads", "1", "--quiet"]) == 0
     assert NAME in capsys.readouterr().out
     with pytest.raises(SystemExit):  # one source of weights at a time
         main(["predict", "--pretrained", NAME, "--checkpoint", "x.pth", "img.jpg"])

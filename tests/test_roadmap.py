@@ -201,7 +201,7 @@ def test_roadmap_command_prints_table_json_and_plot(tmp_path, capsys):
     accuracy.write_text(json.dumps({"results": [{"name": "roadmap_0_mnv3l", "top1": 41.5},
                                                 {"name": "roadmap_8_cross_se", "top1": 55.0}]}))
     plot = tmp_path / "roadmap.png"
-    assert cli_main(["roadmap", "--img-size", str(IMG), "--runs", "1", "--warmup", "0", "--threads", "1",
+    assert cli_main(["roadmap", "--img-size", str(IMG), "--repeats", "1", "--warmup", "0", "--threads", "1",
                      "--accuracy", str(accuracy), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "roadmap_2b_wider" in out and "ours top-1" in out and "71.5" in out and "plot written" in out

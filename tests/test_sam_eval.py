@@ -309,7 +309,7 @@ def random_weight_reference(fruit, tmp_path_factory) -> dict:
 def test_cli_random_weights_end_to_end(fruit, random_weight_reference, tmp_path, capsys):
     annotations, images = fruit
     out_json, results = tmp_path / "report.json", tmp_path / "masks.json"
-    assert main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--limit", "1",
+    assert main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--max-images", "1",
                  "--report", str(out_json), "--results", str(results), "--quiet"]) == 0
     report = json.loads(out_json.read_text())
     coco = load_coco(annotations)
@@ -466,7 +466,7 @@ def test_the_farthest_point_protocol_clicks_on_the_object(tmp_path):
 def test_cli_farthest_point(fruit, random_weight_reference, tmp_path, capsys):
     annotations, _ = fruit
     out_json = tmp_path / "report.json"
-    assert main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--limit", "1",
+    assert main(["sam", "eval", "--data", str(annotations.parent), "--random-weights", "--max-images", "1",
                  "--prompt", "point", "--point-at", "farthest", "--report", str(out_json), "--quiet"]) == 0
     rec = json.loads(out_json.read_text())["prompts"]["point"]
     assert rec["point"] == "farthest" and rec["prompt"] == "one positive point farthest from the mask boundary"

@@ -36,7 +36,7 @@ def exported(tmp_path_factory):
     """One end-to-end CLI run at 1024 on a real photo: ONNX encoder and decoder with their parity report."""
     photo = need_photo()
     out = tmp_path_factory.mktemp("sam-export")
-    code = main(["sam", "export", "--random-weights", "--output", str(out), "--formats", "onnx",
+    code = main(["sam", "export", "--random-weights", "--output", str(out), "--format", "onnx",
                  "--images", str(photo)])
     assert code == 0
     return out, json.loads((out / "repvit_sam_export.json").read_text())
@@ -223,7 +223,7 @@ def test_coreml_conversion_has_the_expected_inputs_and_outputs(tmp_path):
 def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown export format.*'tflite'.*onnx, coreml, executorch"):
         sam_export.parse_formats("onnx,tflite")
-    assert main(["sam", "export", "--random-weights", "-o", str(tmp_path), "--formats", "tflite"]) == 2
+    assert main(["sam", "export", "--random-weights", "-o", str(tmp_path), "--format", "tflite"]) == 2
     assert "unknown export format" in capsys.readouterr().err
     assert main(["sam", "export", "--random-weights", "-o", str(tmp_path), "--images", str(tmp_path / "nope.jpg")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -300,7 +300,7 @@ def test_sam_eval_scores_an_exported_encoder_file(exported, tmp_path, capsys):
     reports = {}
     for name, extra in (("pytorch", []), ("onnx", ["--encoder", str(out / "repvit_sam_encoder.onnx")])):
         path = tmp_path / f"{name}.json"
-        assert main(["sam", "eval", "--data", str(fruit), "--random-weights", "--limit", "1", "--prompt", "box",
+        assert main(["sam", "eval", "--data", str(fruit), "--random-weights", "--max-images", "1", "--prompt", "box",
                      "--quiet", "--report", str(path), *extra]) == 0
         reports[name] = json.loads(path.read_text())
     assert reports["onnx"]["encoder_file"].endswith("repvit_sam_encoder.onnx")

@@ -246,7 +246,7 @@ def test_finetune_onto_fewer_classes_replaces_the_head(trained, tiny_imagenette,
 def test_finetune_with_same_classes_keeps_the_head_and_refuses_fused(trained, tiny_imagenette, tmp_path, capsys):
     out = tmp_path / "ft"
     assert cli(["train", "--data", str(tiny_imagenette), "--output", str(out), *TINY, "--finetune",
-                str(trained / "best.pth"), "--lr", "1e-9", "--sched", "none", "--no-model-ema"]) == 0
+                str(trained / "best.pth"), "--lr", "1e-9", "--schedule", "none", "--no-model-ema"]) == 0
     assert "loaded backbone and the 10-class classifier" in (out / "train.log").read_text()
     before = repvit.create_model(checkpoint=trained / "best.pth").classifier.classifier.l.weight
     after = repvit.create_model(checkpoint=out / "last.pth").classifier.classifier.l.weight

@@ -13,42 +13,38 @@ from __future__ import annotations
 import argparse
 from typing import Any, Iterable, Optional, Sequence
 
-from ..engine.distributed import TIMEOUT_OPTION, timeout_minutes
+from ..engine.distributed import timeout_minutes
+from ..engine.grammar import row
 from ..engine.option_table import add_options as _add_options, dump, load_config_file, save  # noqa: F401
 from ..engine.timing import threads_option
 
 # (flags, argparse keyword arguments). ``default`` is the paper's value unless noted.
 OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     # -- what to train, where ------------------------------------------------------------------
-    (("--model",), dict(default=None, metavar="NAME", help="variant name, e.g. repvit_m0_9 (default: the one recorded in "
-                                           "--finetune/--resume, else repvit_m0_9)")),
-    (("--data",), dict(default=None, metavar="PATH", help="dataset root holding train/ and val/ folders of class folders")),
+    row("--model", help="variant name, e.g. repvit_m0_9 (default: the one recorded in --finetune/--resume, else "
+                        "repvit_m0_9)"),
+    row("--data", help="dataset root holding train/ and val/ folders of class folders"),
     (("--train-split",), dict(default="train", help="train folder name under --data")),
-    (("--val-split",), dict(default="val", help="validation folder name under --data")),
-    (("--output", "-o"), dict(default="runs/train", metavar="PATH", help="folder for checkpoints, logs and curves")),
-    (("--overwrite",), dict(action="store_true", default=False,
-                            help="start a new run even if --output already holds last.pth")),
-    (("--resume",), dict(default=None, help="continue from a training checkpoint (PATH, or 'auto' for "
-                                            "OUTPUT/last.pth when it exists)")),
+    row("--val-split", default="val", help="validation folder name under --data"),
+    row("--output", default="runs/train", help="folder for checkpoints, logs and curves"),
+    row("--overwrite", help="start a new run even if --output already holds last.pth"),
+    row("--resume", help="continue from a training checkpoint (PATH, or 'auto' for OUTPUT/last.pth when it exists)"),
     (("--finetune",), dict(default=None, help="start from the weights of any checkpoint the model library "
                                               "loads; the classifier is replaced when the class count differs")),
-    (("--pretrained",), dict(default=None, metavar="NAME[:TAG]",
-                             help="start from official ImageNet weights (e.g. repvit_m1_1 or repvit_m1_1:dist_300e; "
-                                  "downloaded once and verified), as --finetune does with a file")),
-    (("--seed",), dict(type=int, default=0, metavar="N", help="random seed (rank r uses seed + r for augmentation)")),
-    (("--device",), dict(default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")),
-    TIMEOUT_OPTION,
-    (("--workers", "-j"), dict(type=int, default=8, metavar="N", help="data-loading worker processes per rank")),
-    (("--threads",), dict(type=threads_option, default="auto", metavar="N|auto",
-                          help="CPU threads for torch per process: a count, or auto (the cores idle when the run "
+    row("--pretrained", help="start from official ImageNet weights (e.g. repvit_m1_1 or repvit_m1_1:dist_300e; "
+                             "downloaded once and verified), as --finetune does with a file"),
+    row("--seed", help="random seed (rank r uses seed + r for augmentation)"),
+    row("--device"),
+    row("--dist-timeout"),
+    row("--workers", default=8),
+    row("--threads", help="CPU threads for torch per process: a count, or auto (the cores idle when the run "
                                "starts, shared by this node's processes: all cores on an idle machine, fewer on a "
-                               "busy one, where spinning threads would slow every step)")),
+                               "busy one, where spinning threads would slow every step)"),
     # -- schedule and optimizer ------------------------------------------------------------------
-    (("--epochs",), dict(type=int, default=300, help="number of epochs (the paper: 300, 450 for long runs)")),
-    (("--batch-size", "-b"), dict(type=int, default=256, metavar="N", help="images per process and step")),
+    row("--epochs", default=300, help="number of epochs (the paper: 300, 450 for long runs)"),
+    row("--batch-size", default=256, help="images per process and step"),
     (("--eval-batch-size",), dict(type=int, default=None, help="validation batch (default: --batch-size)")),
-    (("--lr",), dict(type=float, default=None, help="absolute learning rate; default: --lr-base scaled by "
-                                                    "global batch / --lr-base-size")),
+    row("--lr", help="absolute learning rate; default: --lr-base scaled by global batch / --lr-base-size"),
     (("--lr-base",), dict(type=float, default=1e-3, help="learning rate for a global batch of --lr-base-size")),
     (("--lr-base-size",), dict(type=int, default=512, help="global batch size that --lr-base refers to")),
     (("--opt",), dict(default="adamw", help="optimizer name known to timm (adamw, sgd, lamb, ...)")),
@@ -56,19 +52,19 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--opt-betas",), dict(type=float, nargs=2, default=None, metavar=("B1", "B2"),
                             help="optimizer betas (default: the optimizer's own)")),
     (("--momentum",), dict(type=float, default=0.9, help="SGD momentum")),
-    (("--weight-decay",), dict(type=float, default=0.025, help="weight decay (never applied to norms and biases)")),
-    (("--sched",), dict(default="cosine", choices=["cosine", "step", "poly", "none"], help="learning-rate schedule")),
-    (("--warmup-epochs",), dict(type=float, default=5, help="linear warm-up epochs (stepped per iteration); when "
-                                                            "not set: 5, or a tenth of a run shorter than 50 epochs")),
+    row("--weight-decay", default=0.025),
+    row("--schedule", default="cosine", choices=["cosine", "step", "poly", "none"]),
+    row("--warmup-epochs", default=5, help="linear warm-up epochs (stepped per iteration); when not set: 5, or a "
+                                           "tenth of a run shorter than 50 epochs"),
     (("--warmup-lr",), dict(type=float, default=1e-6, help="learning rate at the start of warm-up")),
-    (("--min-lr",), dict(type=float, default=1e-5, help="learning rate at the end of the schedule")),
-    (("--decay-epochs",), dict(type=float, default=30, help="epochs between decays for --sched step")),
-    (("--decay-rate",), dict(type=float, default=0.1, help="decay factor for --sched step")),
-    (("--clip-grad",), dict(type=float, default=0.02, help="gradient clipping value; 0 turns clipping off")),
-    (("--clip-mode",), dict(default="agc", choices=["agc", "norm", "value"],
-                            help="agc: adaptive gradient clipping (the paper)")),
+    row("--min-lr", default=1e-5),
+    (("--decay-epochs",), dict(type=float, default=30, help="epochs between decays for --schedule step")),
+    (("--decay-rate",), dict(type=float, default=0.1, help="decay factor for --schedule step")),
+    row("--clip-grad", default=0.02),
+    row("--clip-mode", default="agc", help="how --clip-grad clips: agc (adaptive, relative to each weight's norm: "
+                                           "the paper), norm (the global gradient norm) or value (each entry)"),
     # -- augmentation ------------------------------------------------------------------------------
-    (("--img-size",), dict(type=int, default=224, metavar="N", help="training and evaluation image size")),
+    row("--img-size", default=224, help="training and evaluation image size"),
     (("--crop-pct",), dict(type=float, default=0.875, help="evaluation: resize to img-size / crop-pct, "
                                                            "then centre-crop img-size")),
     (("--scale",), dict(type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
@@ -97,8 +93,8 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--drop",), dict(type=float, default=0.0, help="dropout before the classifier")),
     (("--model-ema",), dict(action=argparse.BooleanOptionalAction, default=True, help="keep an EMA of the weights")),
     (("--model-ema-decay",), dict(type=float, default=0.99996, help="EMA decay per step")),
-    (("--sync-bn",), dict(action="store_true", default=False, help="SyncBatchNorm across processes")),
-    (("--channels-last",), dict(action="store_true", default=False, help="channels_last memory format")),
+    row("--sync-bn", default=False),
+    row("--channels-last"),
     (("--amp",), dict(action=argparse.BooleanOptionalAction, default=True,
                       help="automatic mixed precision (CUDA only; ignored on CPU)")),
     (("--amp-dtype",), dict(default="float16", choices=["float16", "bfloat16"], help="AMP dtype")),
@@ -106,20 +102,19 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--distillation-type",), dict(default="auto", choices=["auto", "none", "soft", "hard"],
                                     help="auto: hard when teacher weights are given and not fine-tuning, "
                                          "else none")),
-    (("--teacher",), dict(default="regnety_160", help="teacher: a timm or torchvision architecture name, one "
-                                                      "of ours, or the path of one of our checkpoints")),
-    (("--teacher-checkpoint",), dict(default=None, help="weights for --teacher (nothing is downloaded)")),
+    row("--teacher", default="regnety_160", help="teacher: a timm or torchvision architecture name, one of ours, "
+                                                 "or the path of one of our checkpoints"),
+    row("--teacher-checkpoint"),
     (("--distillation-alpha",), dict(type=float, default=0.5, help="weight of the distillation loss")),
     (("--distillation-tau",), dict(type=float, default=1.0, help="temperature of soft distillation")),
     # -- data problems, feedback ---------------------------------------------------------------------
-    (("--skip-bad",), dict(action="store_true", default=False,
-                           help="check every image before training and skip (and count) unreadable ones "
-                                "(default: stop with an error naming the file)")),
-    (("--log-interval",), dict(type=int, default=50, help="steps between log lines when not on a terminal")),
+    row("--skip-bad", help="check every image before training and skip (and count) unreadable ones (default: stop "
+                           "with an error naming the file)"),
+    row("--log-interval", default=50),
     (("--tensorboard",), dict(action=argparse.BooleanOptionalAction, default=True,
                               help="write TensorBoard logs when tensorboard is installed")),
     # Test hook: SIGKILL the process right after the checkpoint of this epoch is written.
-    (("--stop-after-epoch",), dict(type=int, default=None, help=argparse.SUPPRESS)),
+    row("--stop-after-epoch"),
 ]
 
 DEFAULTS: dict[str, Any] = {}
@@ -167,7 +162,7 @@ def adapt_defaults(values: dict, *, set_by_user: set) -> list[str]:
     length instead, so ``--epochs 3`` works without learning another flag."""
     notes = []
     epochs, default = values.get("epochs"), DEFAULTS["warmup_epochs"]
-    if ("warmup_epochs" not in set_by_user and values.get("sched") != "none" and isinstance(epochs, (int, float))
+    if ("warmup_epochs" not in set_by_user and values.get("schedule") != "none" and isinstance(epochs, (int, float))
             and epochs > 0 and epochs / 10 < default):
         values["warmup_epochs"] = round(epochs / 10, 4)
         notes.append(f"warm-up {values['warmup_epochs']:g} epochs: the default {default:g} adapted to a "
@@ -208,7 +203,7 @@ def validate(cfg: argparse.Namespace) -> None:
         raise ValueError(f"--scale MIN MAX needs 0 < MIN <= MAX <= 1, got {cfg.scale}")
     if not 0.0 < cfg.ratio[0] <= cfg.ratio[1]:
         raise ValueError(f"--ratio MIN MAX needs 0 < MIN <= MAX, got {cfg.ratio}")
-    if cfg.warmup_epochs >= cfg.epochs and cfg.sched != "none":
+    if cfg.warmup_epochs >= cfg.epochs and cfg.schedule != "none":
         raise ValueError(f"--warmup-epochs ({cfg.warmup_epochs:g}) must be fewer than --epochs ({cfg.epochs}); "
                          "leave it unset to get a tenth of the run")
     if cfg.distillation_tau <= 0:

@@ -28,11 +28,11 @@ def build_optimizer(model: nn.Module, cfg, lr: float):
 
 def build_scheduler(optimizer, cfg, steps_per_epoch: int) -> Optional[object]:
     """A timm scheduler stepped every iteration (``step_on_epochs=False``); None for a constant lr."""
-    if cfg.sched == "none":
+    if cfg.schedule == "none":
         return None
     from timm.scheduler import create_scheduler_v2
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
+        optimizer, sched=cfg.schedule, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
         min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
         updates_per_epoch=steps_per_epoch)
     return scheduler

@@ -28,7 +28,7 @@ from .optim import build_base_loss, build_mixup, build_optimizer, build_schedule
 __all__ = ["NonFiniteLossError", "build_task", "main", "resolve_distillation"]
 
 # Settings that change what "continuing" means; a resume with other values is reported.
-RESUME_SENSITIVE = ("model", "data", "batch_size", "epochs", "lr", "lr_base", "img_size", "seed", "sched",
+RESUME_SENSITIVE = ("model", "data", "batch_size", "epochs", "lr", "lr_base", "img_size", "seed", "schedule",
                     "aug_repeats", "distillation_type", "workers")
 
 
@@ -118,7 +118,7 @@ def build_task(cfg, env: DistEnv, log, resume: Optional[Path], notes: tuple = ()
         torch.backends.cudnn.benchmark = True
 
     lr = effective_lr(cfg, env.world_size)
-    if cfg.sched != "none" and cfg.min_lr > lr:
+    if cfg.schedule != "none" and cfg.min_lr > lr:
         raise ValueError(f"--min-lr {cfg.min_lr:g} is above the learning rate {lr:g}, so the schedule would raise "
                          "it: lower --min-lr (or raise --lr)")
     steps_per_epoch = len(data.train_loader)

@@ -1,5 +1,5 @@
 """``--checkpoint PATH`` / ``--pretrained NAME[:TAG]``: the two ways a classifier command names its weights,
-and how the EdgeTAM commands (``repvit track``, ``repvit sam predict --model edgetam``) read theirs."""
+and how the EdgeTAM commands (``repvit track``, ``repvit sam predict --family edgetam``) read theirs."""
 from __future__ import annotations
 
 from . import _grammar as grammar
@@ -26,8 +26,7 @@ def add_edgetam_weights_options(parser) -> None:
                                             "library")
     grammar.add(group, "--pretrained", help=f"official weights: {EDGETAM_RELEASE} (downloaded once into the torch "
                                             "hub cache)")
-    group.add_argument("--random-weights", action="store_true",
-                       help="deterministic random weights (seed 0): checks the pipeline, the results mean nothing")
+    grammar.add(group, "--random-weights")
     grammar.add(parser, "--unfused", help="keep the RepViT trunk's BatchNorms and branches (for comparison)")
 
 

@@ -49,7 +49,7 @@ def run(args) -> int:
         runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else installed_runtimes()
         report = cpu_latency(models, img_size=args.img_size or 224, threads=resolve_threads(args.threads)[0],
                              runtimes=runtimes,
-                             compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+                             compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds, iters=args.repeats,
                              batch=args.batch_size or 1, checkpoint=args.checkpoint, calib_images=args.calib_images,
                              calib_count=args.calib_count, log=log)
     else:
@@ -58,7 +58,7 @@ def run(args) -> int:
                                 dtype=args.dtype or "float16",
                                 channels_last=args.channels_last, fused=not args.unfused, compile=args.compile,
                                 cuda_graphs=args.cuda_graphs, compare_timm=args.compare_timm,
-                                optimized=args.optimized, warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+                                optimized=args.optimized, warmup=args.warmup, rounds=args.rounds, iters=args.repeats,
                                 checkpoint=args.checkpoint, log=log)
     print(format_report(report), file=out)
     compared = ratios(report)
@@ -110,7 +110,7 @@ def run_module_task(args) -> int:
     log = (lambda line: print(line, file=out)) if not args.quiet else (lambda _: None)
     report = module_bench.module_latency(subjects, task=args.task, img_size=img_size,
                                          threads=resolve_threads(args.threads)[0], runtimes=runtimes,
-                                         warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+                                         warmup=args.warmup, rounds=args.rounds, iters=args.repeats,
                                          batch=args.batch_size or 1, log=log)
     print(format_report(report), file=out)
     goals = module_bench.goal_ratios(report)
@@ -151,7 +151,7 @@ def register(subparsers) -> None:
     gpu = p.add_argument_group("GPU throughput")
     gpu.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                      help="GPU compute dtype (default float16); the CPU benchmark is float32 (and INT8)")
-    gpu.add_argument("--channels-last", action="store_true")
+    grammar.add(gpu, "--channels-last")
     grammar.add(gpu, "--unfused", help="measure the training-form (unfused) model")
     gpu.add_argument("--compile", action="store_true", help="torch.compile")
     gpu.add_argument("--cuda-graphs", action="store_true")
@@ -159,11 +159,13 @@ def register(subparsers) -> None:
     p.add_argument("--compare-timm", action="store_true", help="run timm's RepViT through the same harness, "
                                                                "interleaved")
     timing = p.add_argument_group("timing")
-    timing.add_argument("--warmup", type=int, default=10)
-    timing.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
-    timing.add_argument("--iters", type=int, default=20, help="calls per candidate per round")
+    grammar.add(timing, "--warmup", default=10, help="untimed calls per candidate before timing")
+    timing.add_argument("--rounds", type=int, default=10, metavar="N",
+                        help="interleaved rounds: each runs every candidate --repeats times in turn [10]")
+    grammar.add(timing, "--repeats", default=20, help="timed calls per candidate per round")
+    grammar.add_deprecated(timing, "--iters", "--repeats", dest="repeats", type=int)
     grammar.add(p, "--json", action=grammar.FlagOrDeprecatedFile, file_dest="report",
                 help="print the results as JSON on stdout (the table goes to stderr)")
     grammar.add(p, "--report", help="write the results as JSON to this file")
-    grammar.add(p, "--quiet", help="print only the table")
+    grammar.add(p, "--quiet", help="no progress lines: print only the table")
     p.set_defaults(func=run)

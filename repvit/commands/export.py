@@ -31,7 +31,7 @@ def run(args) -> int:
             num_real=args.num_real, tolerance=args.tol, keep_failed=args.keep_failed, opset=args.opset, fp16=args.fp16,
             int8=args.int8, calib_images=args.calib_images, calib_count=args.calib_count, calib_method=args.calib_method,
             int8_weights=args.int8_weights,
-            coreml_input=args.coreml_input, coreml_precision=args.coreml_precision, batch_size=args.batch_size,
+            coreml_input=args.coreml_input, coreml_precision=args.coreml_precision, batch_size=args.fixed_batch,
             log=print)
     except ParityError as err:
         print(f"\nEXPORT FAILED VERIFICATION: {err}", file=sys.stderr)
@@ -49,9 +49,9 @@ def register(subparsers) -> None:
     add_weights_options(src, required=False,
                         checkpoint_help="trained checkpoint (any accepted format); the variant is read from it")
     grammar.add(src, "--model", help="variant name, e.g. repvit_m0_9 (random weights without --checkpoint)")
-    src.add_argument("--num-classes", type=int, default=1000, help="classes when building without a checkpoint")
+    grammar.add(src, "--num-classes", default=1000, help="classes when building without a checkpoint")
     src.add_argument("--distillation", action="store_true", help="with a distillation head (no checkpoint)")
-    p.add_argument("--format", required=True, choices=list(FORMATS))
+    grammar.add(p, "--format", default="onnx", choices=list(FORMATS), help=f"the export format: {', '.join(FORMATS)}")
     grammar.add(p, "--output", help="file name (used as given; OpenVINO writes its .bin beside the .xml) or "
                                     "directory (default: ./<variant>-fused.<ext>)")
     grammar.add(p, "--img-size", help="input resolution (default: the model's preprocessing input size)")
@@ -59,12 +59,12 @@ def register(subparsers) -> None:
     grammar.add(ver, "--images", help="real images to verify on (default: two photos shipped with matplotlib)")
     grammar.add(ver, "--num-real", default=8, help="real images to verify on (0 to skip)")
     ver.add_argument("--num-random", type=int, default=4, help="random inputs to verify on")
-    ver.add_argument("--tol", type=float, help="override the format's tolerance on the max logit difference")
+    grammar.add(ver, "--tol", help="largest allowed |PyTorch - export| logit (default: the format's tolerance)")
     ver.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails verification, "
                                                                 "renamed -UNVERIFIED")
     grammar.add_report(ver, help="write the verification report to this JSON file")
     onnx = p.add_argument_group("ONNX, OpenVINO, LiteRT and ExecuTorch")
-    onnx.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    grammar.add(onnx, "--opset")
     onnx.add_argument("--fp16", action="store_true", help="ONNX: half-precision weights and compute, float32 "
                                                           "input/output")
     grammar.add(onnx, "--int8", help="also write an INT8 model (<name>-int8), calibrated on --calib-images: ONNX "
@@ -79,9 +79,10 @@ def register(subparsers) -> None:
     cm = p.add_argument_group("Core ML")
     cm.add_argument("--coreml-input", default="image", choices=["image", "tensor"],
                     help="image: RGB image input, normalization inside the model; tensor: normalized float input")
-    cm.add_argument("--coreml-precision", default="float16", choices=["float16", "float32"])
+    grammar.add(cm, "--coreml-precision")
     et = p.add_argument_group("ExecuTorch")
-    grammar.add(et, "--batch-size", default=1, help="fixed batch size of the ExecuTorch program")
+    grammar.add(et, "--fixed-batch", help="the batch size fixed in the ExecuTorch program")
+    grammar.add_deprecated(et, "--batch-size", "--fixed-batch", dest="fixed_batch", type=int)
     grammar.add(p, "--threads", help="CPU threads for PyTorch (the reference model, TorchScript, INT8 calibration of "
                                       "LiteRT and ExecuTorch): a count, or auto (the cores idle when the command "
                                       "starts) [auto]")

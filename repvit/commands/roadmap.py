@@ -19,7 +19,7 @@ def run(args) -> int:
     for path in args.accuracy or []:  # later files win for models they share
         accuracy.update(load_accuracy(path))
     rows = roadmap_rows(ablations=args.ablations, img_size=args.img_size, latency=not args.no_latency,
-                        runs=args.runs, warmup=args.warmup, accuracy=accuracy)
+                        runs=args.repeats, warmup=args.warmup, accuracy=accuracy)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     if args.plot:
         from ..roadmap.plot import plot_roadmap
@@ -44,7 +44,8 @@ def register(subparsers) -> None:
     grammar.add(p, "--img-size", default=224, help="input resolution for MACs and latency")
     grammar.add(p, "--threads", help="torch CPU threads for the latency runs: a count, or auto (the cores idle when "
                                      "the command starts) [auto]")
-    p.add_argument("--runs", type=int, default=50, help="timed forward passes per model (median reported)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed forward passes before timing")
+    grammar.add(p, "--repeats", default=50, help="timed forward passes per model (median reported)")
+    grammar.add_deprecated(p, "--runs", "--repeats", dest="repeats", type=int)
+    grammar.add(p, "--warmup", default=10, help="untimed forward passes per model before timing")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.set_defaults(func=run)

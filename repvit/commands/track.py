@@ -249,16 +249,16 @@ def register(subparsers) -> None:
                                                                         "(non-zero pixels; repeatable; --runtime torch)")
     p.add_argument("--frame", type=int, default=None,
                    help="the source frame --point/--box/--mask are on (default: the first frame tracked)")
-    p.add_argument("--prompts", metavar="FILE.json", help="objects and corrections on any frames (see above)")
+    grammar.add(p, "--prompts", help="objects and corrections on any frames (see above)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="track every Nth frame of a file or folder [1]")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after N tracked frames")
-    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                   help="the tracker: PyTorch, or the exported graphs on ONNX Runtime or OpenVINO (exported on first "
+    grammar.add(p, "--max-frames", help="stop after N tracked frames")
+    grammar.add(p, "--runtime", choices=RUNTIMES,
+                help="the tracker: PyTorch, or the exported graphs on ONNX Runtime or OpenVINO (exported on first "
                         "use, checked, and cached beside the weights) [torch]")
     p.add_argument("--export-dir", metavar="DIR", help="the exported graphs' folder (made there when absent)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of overlay.mp4 (default: the source's, or 24)")
     grammar.add(p, "--output", default="track-out", help="folder for masks/, overlay.mp4 and track.json")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous run's outputs in --output")
+    grammar.add(p, "--overwrite", help="replace a previous run's outputs in --output")
     grammar.add_report(p, help="write the run's JSON here instead of OUTPUT/track.json")
     add_edgetam_weights_options(p)
     grammar.add(p, "--device")

@@ -114,9 +114,8 @@ def register(subparsers) -> None:
     p.add_argument("--predictions", metavar="DIR", help="score these predictions instead of tracking")
     grammar.add(p, "--output", default="track-eval-out", help="folder for the predictions (one folder per sequence)")
     grammar.add_report(p, help="the scores as JSON (default: OUTPUT/davis.json)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="track sequences again whose predictions are complete (default: skip them)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help="the tracker: PyTorch [torch]")
+    grammar.add(p, "--overwrite", help="track sequences again whose predictions are complete (default: skip them)")
+    grammar.add(p, "--runtime", choices=RUNTIMES, help="the tracker: PyTorch [torch]")
     add_edgetam_weights_options(p)
     grammar.add(p, "--device")
     grammar.add(p, "--threads")

@@ -14,6 +14,8 @@ def register(subparsers) -> None:
                     "and flags override both. Run many processes with torchrun --nproc_per_node N -m repvit train.")
     add_options(parser)
     grammar.add_deprecated(parser, "--skip-bad-images", "--skip-bad", dest="skip_bad", nargs=0)
+    grammar.add_deprecated(parser, "--sched", "--schedule", dest="schedule",
+                           choices=["cosine", "step", "poly", "none"])
     parser.set_defaults(func=run)
 
 

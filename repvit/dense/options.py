@@ -7,55 +7,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.timing import threads_option
 from ..engine import option_table as base
-from ..engine.distributed import TIMEOUT_OPTION, timeout_minutes
-
-LOOP: list = [
-    (("--model",), dict(default="repvit_m0_9", metavar="NAME", help="RepViT variant of the backbone")),
-    (("--backbone",), dict(default=None, metavar="PATH", help="initialise the backbone from this classification checkpoint (ours, "
-                                              "official, timm), e.g. the best.pth of `repvit train`")),
-    (("--pretrained",), dict(default=None, metavar="NAME[:TAG]", help="initialise the backbone from official "
-                                                                      "ImageNet weights instead")),
-    (("--output", "-o"), dict(default="runs/dense", metavar="PATH", help="folder for checkpoints, logs and curves")),
-    (("--overwrite",), dict(action="store_true", default=False, help="start over even if --output holds a run")),
-    (("--resume",), dict(default=None, help="continue a run: PATH of its last.pth, or auto")),
-    (("--epochs",), dict(type=int, default=12, help="epochs")),
-    (("--batch-size", "-b"), dict(type=int, default=4, metavar="N", help="images per process and step")),
-    (("--lr",), dict(type=float, default=2e-4, help="AdamW learning rate")),
-    (("--weight-decay",), dict(type=float, default=0.05, help="weight decay (not on norms and biases)")),
-    (("--schedule",), dict(default="step", choices=["step", "poly", "cosine", "none"],
-                          help="lr decay after warm-up")),
-    (("--milestones",), dict(type=int, nargs="+", default=[8, 11], help="epochs at which step decays x0.1")),
-    (("--power",), dict(type=float, default=0.9, help="poly decay power")),
-    (("--min-lr",), dict(type=float, default=0.0, help="floor of the poly and cosine decay: the lr falls from "
-                                                       "--lr to this (mmcv's min_lr; ADE20K recipe: 1e-6)")),
-    (("--warmup-iters",), dict(type=int, default=500, help="linear warm-up iterations (capped at half the run)")),
-    (("--warmup-ratio",), dict(type=float, default=1e-3, help="the warm-up starts at this fraction of --lr "
-                                                              "(COCO recipe: 1e-6)")),
-    (("--clip-grad",), dict(type=float, default=0.0, help="clip the gradient norm to this (0: off)")),
-    (("--norm-eval",), dict(action=argparse.BooleanOptionalAction, default=True,
-                            help="keep the backbone's BatchNorm statistics frozen (the official recipes)")),
-    (("--frozen-stages",), dict(type=int, default=-1, help="-1 none, 0 the stem, N the stem and N stages")),
-    (("--sync-bn",), dict(action=argparse.BooleanOptionalAction, default=True,
-                          help="SyncBatchNorm under torchrun where statistics are trained")),
-    (("--workers", "-j"), dict(type=int, default=2, metavar="N", help="data-loading processes per rank")),
-    (("--threads",), dict(type=threads_option, default="auto", metavar="N|auto", help="CPU threads per process, or auto")),
-    (("--device",), dict(default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N")),
-    (("--seed",), dict(type=int, default=0, metavar="N", help="random seed (data order, augmentation, initial weights)")),
-    TIMEOUT_OPTION,
-    (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) bad annotations/images "
-                                                                     "instead of stopping")),
-    (("--eval-interval",), dict(type=int, default=1, help="validate every N epochs (and after the last)")),
-    (("--log-interval",), dict(type=int, default=10, help="steps between log lines when not on a terminal")),
-    (("--stop-after-epoch",), dict(type=int, default=None, help=argparse.SUPPRESS)),
-]
+from ..engine.distributed import timeout_minutes
+from ..engine.grammar import add_deprecated, row
+from ..engine.option_table import LOOP  # noqa: F401  (the engine's loop options, re-exported for the tests)
 
 SEGMENT: list = [
-    (("--data",), dict(default=None, metavar="PATH", help="root with train/ and val/, each images/ + labels/ (index PNGs)")),
-    (("--num-classes",), dict(type=int, default=None, help="classes (default: the length of --class-names)")),
+    row("--data", help="root with train/ and val/, each images/ + labels/ (index PNGs)"),
+    row("--num-classes", help="classes (default: the length of --class-names)"),
     (("--class-names",), dict(default=None, help="comma-separated class names, in label order")),
-    (("--ignore-index",), dict(type=int, default=255, help="label value to ignore (CamVid: 11)")),
+    row("--ignore-index", default=255, help="label value to ignore (CamVid: 11)"),
     (("--reduce-zero-label",), dict(action="store_true", default=False,
                                     help="label 0 means 'other' (ADE20K): ignore it and shift the rest down by one")),
     # The defaults below are the official ADE20K recipe's and those of the transforms in
@@ -64,7 +25,7 @@ SEGMENT: list = [
     (("--img-scale",), dict(type=int, nargs=2, default=[2048, 512], metavar=("LONG", "SHORT"),
                             help="random resize target: the image is rescaled to fit LONG x SHORT times a "
                                  "factor from --ratio-range (config null: the factor scales the image itself)")),
-    (("--ratio-range", "--scale"), dict(type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+    (("--ratio-range",), dict(type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
                                         help="range of the random resize factor")),
     (("--cat-max-ratio",), dict(type=float, default=0.75, help="redraw a crop (up to 10 times) where one class "
                                                                "covers this share of the labelled pixels (1: off)")),
@@ -73,16 +34,21 @@ SEGMENT: list = [
     (("--eval-size",), dict(type=int, nargs=2, default=[512, 2048], metavar=("SHORT", "LONG"),
                             help="validate on images rescaled to fit SHORT x LONG, sides rounded up to multiples "
                                  "of 32, scored at the label's size (config null: the raw size)")),
+    row("--val-split", default="folders", help="folders: train/ trains, val/ validates; sequence:P[,Q]: frames "
+                                               "of train/ and val/ named P* validate, the rest train; none: train on "
+                                               "all (final fit)"),
+    (("--whole-frame-epochs",), dict(type=int, default=0, metavar="N", help="train the last N epochs on whole "
+                                     "frames at --eval-size (no random scale or crop)")),
 ]
 
 DETECT: list = [
     (("--detector",), dict(default="fasterrcnn", choices=["maskrcnn", "fasterrcnn", "retinanet", "fcos"],
                            help="torchvision detector")),
-    (("--data",), dict(default=None, metavar="PATH", help="annotated folder (images/ + annotations.json or annotations/*.xml), "
-                                          "split into train and val by --val-fraction")),
+    row("--data", help="annotated folder (images/ + annotations.json or annotations/*.xml), split into train and "
+                       "val by --val-fraction"),
     (("--train",), dict(default=None, help="annotated training folder (instead of --data)")),
-    (("--val",), dict(default=None, help="annotated validation folder (with --train)")),
-    (("--val-fraction",), dict(type=float, default=0.2, help="share of --data held out for validation")),
+    row("--val", help="annotated validation folder (with --train)"),
+    row("--val-fraction", default=0.2),
     (("--min-size",), dict(type=int, nargs="+", default=[800], help="shorter image side (several: multi-scale)")),
     (("--max-size",), dict(type=int, default=1333, help="longest image side")),
 ]
@@ -92,6 +58,8 @@ TABLES = {"segment": LOOP + SEGMENT, "detect": LOOP + DETECT}
 
 def add_options(parser: argparse.ArgumentParser, task: str) -> None:
     base.add_options(parser, options=TABLES[task])
+    if task == "segment":   # the old alias; --scale is the crop area in `repvit train`
+        add_deprecated(parser, "--scale", "--ratio-range", dest="ratio_range", nargs=2, type=float)
 
 
 def resolve(explicit: dict, task: str) -> argparse.Namespace:

@@ -41,7 +41,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
 def adamw_with_warmup(model: nn.Module, cfg, steps_per_epoch: int) -> Optimization:
     """AdamW and its per-iteration schedule from the loop options (``lr``, ``weight_decay``,
     ``epochs``, ``warmup_iters`` (capped at half the run), ``schedule``, ``power``, ``milestones``,
-    ``clip_grad``; ``warmup_ratio`` and ``min_lr`` where the task's table has them)."""
+    ``clip_grad``, ``clip_mode``; ``warmup_ratio`` and ``min_lr`` where the task's table has them)."""
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     total = steps_per_epoch * cfg.epochs
     factor = partial(lr_factor, total=total, warmup=warmup_iters(cfg, steps_per_epoch), schedule=cfg.schedule,
@@ -49,7 +49,7 @@ def adamw_with_warmup(model: nn.Module, cfg, steps_per_epoch: int) -> Optimizati
                      warmup_ratio=getattr(cfg, "warmup_ratio", 1e-3), floor=getattr(cfg, "min_lr", 0.0) / cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return Optimization(optimizer, scheduler, advance=lambda num_updates: scheduler.step(),
-                        clip_grad=cfg.clip_grad or 0.0)
+                        clip_grad=cfg.clip_grad or 0.0, clip_mode=getattr(cfg, "clip_mode", "norm"))
 
 
 def warmup_iters(cfg, steps_per_epoch: int) -> int:

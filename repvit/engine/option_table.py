@@ -11,26 +11,81 @@ from typing import Any
 
 import yaml
 
+from . import grammar
+from .grammar import row
+
+# The loop options every task of the engine shares (``repvit detect train``, ``repvit segment train``,
+# ``repvit sam distill``), each a row of the grammar. The defaults are the dense tasks' CPU-sized ones;
+# a task's own table replaces a default with ``with_defaults``.
+LOOP: list = [
+    row("--model", default="repvit_m0_9", help="RepViT variant of the backbone"),
+    row("--backbone"),
+    row("--pretrained", help="initialise the backbone from official ImageNet weights instead"),
+    row("--output", default="runs/dense", help="folder for checkpoints, logs and curves"),
+    row("--overwrite", help="start over even if --output holds a run"),
+    row("--resume"),
+    row("--epochs", default=12),
+    row("--batch-size", default=4, help="images per process and step"),
+    row("--lr", default=2e-4, help="the peak learning rate of AdamW"),
+    row("--weight-decay", default=0.05),
+    row("--schedule", default="step", choices=["step", "poly", "cosine", "none"]),
+    row("--milestones", default=[8, 11]),
+    row("--power"),
+    row("--min-lr", default=0.0, help="the learning rate the poly and cosine decay end at (mmcv's min_lr; "
+                                      "ADE20K recipe: 1e-6)"),
+    row("--warmup-iters", default=500),
+    row("--warmup-ratio", help="the warm-up starts at this fraction of --lr (COCO recipe: 1e-6)"),
+    row("--clip-grad", default=0.0),
+    row("--clip-mode", default="norm"),
+    row("--norm-eval"),
+    row("--frozen-stages"),
+    row("--sync-bn", default=True),
+    row("--workers", default=2),
+    row("--threads"),
+    row("--device"),
+    row("--seed", help="random seed (data order, augmentation, initial weights)"),
+    row("--dist-timeout"),
+    row("--skip-bad", help="skip (and count) bad annotations/images instead of stopping"),
+    row("--eval-interval"),
+    row("--log-interval", default=10),
+    row("--stop-after-epoch"),
+]
+
+
+def with_defaults(table: list, **defaults) -> list:
+    """``table`` with other defaults for some of its options (``warmup_iters=200``)."""
+    out = []
+    for flags, kwargs in table:
+        name = flags[0].lstrip("-").replace("-", "_")
+        out.append((flags, {**kwargs, "default": defaults.pop(name)}) if name in defaults else (flags, kwargs))
+    if defaults:
+        raise ValueError(f"no such options in the table: {', '.join(defaults)}")
+    return out
+
 
 def add_options(parser: argparse.ArgumentParser, *, options, suppress_defaults: bool = True) -> None:
     """Add every training flag. With ``suppress_defaults`` only flags actually given appear in
-    the parsed namespace, which is how config files and flags are layered."""
-    parser.add_argument("-c", "--config", default=argparse.SUPPRESS if suppress_defaults else None,
-                        help="YAML file of option defaults (flags given here override it)")
+    the parsed namespace, which is how config files and flags are layered. A row taken from the
+    grammar (``grammar.row``) marks its option with that row."""
+    grammar.add(parser, "--config", help="YAML file of option defaults (flags given here override it)",
+                default=argparse.SUPPRESS if suppress_defaults else None)
     for flags, kwargs in options:
         kwargs = dict(kwargs)
+        shared = kwargs.pop("grammar", None)
         default = kwargs.get("default")
         if kwargs.get("help") not in (None, argparse.SUPPRESS) and default not in (None, False, []):
             shown = " ".join(f"{v:g}" for v in default) if isinstance(default, list) else default
             kwargs["help"] += f" [{shown}]"
         if suppress_defaults:
             kwargs["default"] = argparse.SUPPRESS
-        parser.add_argument(*flags, dest=flags[0].lstrip("-").replace("-", "_"), **kwargs)
+        action = parser.add_argument(*flags, dest=flags[0].lstrip("-").replace("-", "_"), **kwargs)
+        if shared is not None:
+            action.grammar = shared
 
 
 # Option names that changed, old -> new: a config file (a saved config.yaml of an older run, say) that
 # uses the old name still loads, with a note on stderr.
-RENAMED = {"skip_bad_images": "skip_bad"}
+RENAMED = {"skip_bad_images": "skip_bad", "sched": "schedule"}
 
 
 def load_config_file(path, options) -> dict:

@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dense.options import LOOP
 from ..engine.distributed import DistEnv, each_rank, shard, timeout_minutes
 from ..engine.timing import threads_option
 from ..engine import option_table as base
+from ..engine.grammar import row
+from ..engine.option_table import LOOP
 from .encoder import RepViTSamEncoder
 from .teacher import (TEACHERS, EmbeddingCache, build_teacher, check_img_size, list_images, sam_input,
                       teacher_identity)
@@ -45,7 +46,7 @@ TASK = "sam-distill"
 
 
 def _from_loop(flag: str, **defaults) -> tuple:
-    """A shared loop option with distillation's own defaults."""
+    """An option of the engine's loop table (a grammar row) with distillation's own defaults."""
     flags, kwargs = next((f, k) for f, k in LOOP if f[0] == flag)
     return flags, {**kwargs, **defaults}
 
@@ -62,17 +63,14 @@ class _NameOrBare(argparse.Action):
 
 
 OPTIONS: list = [
-    (("--data",), dict(default=None, metavar="PATH", help="folder of images (searched recursively); split by --val-fraction "
-                                          "unless --val is given")),
-    (("--val",), dict(default=None, help="folder of held-out images (instead of splitting --data)")),
-    (("--val-fraction",), dict(type=float, default=0.1, help="share of --data held out for the validation MSE")),
-    (("--max-images",), dict(type=int, default=None, help="use at most N images of --data, spread over its "
-                                                          "sub-folders (e.g. a slice of SA-1B)")),
-    (("--img-size",), dict(type=int, default=1024, metavar="N", help="input size of teacher and student, a multiple of 16; "
-                                                        "the embedding grid is img_size/16")),
-    (("--teacher",), dict(default="vit_h", choices=sorted(TEACHERS), help="segment-anything image encoder")),
-    (("--teacher-checkpoint",), dict(default=None, metavar="FILE", help="SAM weights of --teacher (e.g. "
-                                                                         "sam_vit_h_4b8939.pth)")),
+    row("--data", help="folder of images (searched recursively); split by --val-fraction unless --val is given"),
+    row("--val", help="folder of held-out images (instead of splitting --data)"),
+    row("--val-fraction", default=0.1, help="share of --data held out for the validation MSE"),
+    row("--max-images", help="use at most N images of --data, spread over its sub-folders (e.g. a slice of SA-1B)"),
+    row("--img-size", default=1024, help="input size of teacher and student, a multiple of 16; the embedding grid "
+                                         "is img_size/16"),
+    row("--teacher", default="vit_h", choices=sorted(TEACHERS), help="segment-anything image encoder"),
+    row("--teacher-checkpoint", help="SAM weights of --teacher (e.g. sam_vit_h_4b8939.pth)"),
     (("--teacher-random-seed",), dict(type=int, default=None, metavar="N",
                                       help="a randomly initialised teacher from this seed (pipeline checks, CI)")),
     (("--teacher-cache",), dict(default=None, metavar="DIR", help="folder of cached teacher embeddings "
@@ -80,12 +78,12 @@ OPTIONS: list = [
                                                                   "between runs")),
     (("--cache-dtype",), dict(default="float32", choices=["float32", "float16"],
                               help="precision of cached embeddings (float16 halves the disk)")),
-    (("--model",), dict(default="repvit_m2_3", metavar="NAME", help="RepViT variant of the student (RepViT-SAM: repvit_m2_3)")),
+    row("--model", default="repvit_m2_3", help="RepViT variant of the student (RepViT-SAM: repvit_m2_3)"),
     (("--student-init",), dict(default=None, metavar="FILE", help="start the student's backbone from this RepViT "
                                                                   "classification checkpoint")),
-    (("--pretrained",), dict(default=None, metavar="NAME[:TAG]", action=_NameOrBare,
-                             help="start the student's backbone from these official ImageNet weights (a release of "
-                                  "--model, e.g. repvit_m2_3); a bare --pretrained (deprecated) means --model's")),
+    row("--pretrained", action=_NameOrBare,
+        help="start the student's backbone from these official ImageNet weights (a release of "
+             "--model, e.g. repvit_m2_3); a bare --pretrained (deprecated) means --model's"),
     (("--decoder-from",), dict(default=None, metavar="SAMFILE", help="copy the prompt encoder and mask decoder "
                                                                      "from this SAM file (e.g. the teacher's)")),
     _from_loop("--output", default="runs/sam-distill"),
@@ -100,14 +98,14 @@ OPTIONS: list = [
     _from_loop("--power"),
     _from_loop("--warmup-iters", default=200),
     _from_loop("--clip-grad"),
+    _from_loop("--clip-mode"),
     _from_loop("--sync-bn"),
     _from_loop("--workers"),
     _from_loop("--threads"),
     _from_loop("--device"),
     _from_loop("--seed"),
     _from_loop("--dist-timeout"),
-    (("--skip-bad",), dict(action="store_true", default=False, help="skip (and count) unreadable images instead "
-                                                                     "of stopping")),
+    row("--skip-bad", help="skip (and count) unreadable images instead of stopping"),
     _from_loop("--eval-interval"),
     _from_loop("--log-interval"),
     _from_loop("--stop-after-epoch"),

@@ -14,11 +14,24 @@ Pairs are matched by file stem and checked when the dataset is built (both files
 full): an image without a label (or the reverse), a label whose size differs from its image, an
 unreadable or truncated file. All of them are reported at once, in one error grouped by reason,
 or with ``skip_bad=True`` skipped and summarized by ``skip_report()`` for the run's log.
+
+A dataset root (``ROOT/train`` and ``ROOT/val`` in this layout) is split for training and scoring
+by one of three forms (``--val-split``), decided from file names alone:
+
+* ``folders``: train/ trains, val/ validates (what the folders say; for CamVid an in-sequence
+  split, its val frames being one clip of a recording whose other frames are in train/);
+* ``sequence:P[,Q...]``: the frames of train/ and val/ whose names start with P (or Q ...)
+  validate, every other frame trains: a by-sequence split when names start with the recording
+  (CamVid's ``0006R0_f02220``), so val comes from a street and a light no training frame shows;
+* ``none``: every frame of train/ and val/ trains (the final fit, as CamVid papers train on
+  train + val; its epoch count comes from a by-sequence run), nothing is held out.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -37,22 +50,36 @@ class SegmentationDataError(ValueError):
 
 
 class SemanticFolder(torch.utils.data.Dataset):
-    """``(image float 0..1 [3, H, W], label int64 [H, W])`` pairs; ``transforms(image, label)`` may crop/flip."""
+    """``(image float 0..1 [3, H, W], label int64 [H, W])`` pairs; ``transforms(image, label)`` may crop/flip.
+
+    ``root`` is one folder of ``images/`` + ``labels/``; with ``split`` (a ``--val-split`` form, see
+    the module docstring) it is a dataset root instead, and the folder holds the frames of that
+    split's ``part`` ("train" or "val"), pairs matched and checked in the folder they sit in."""
 
     def __init__(self, root: Union[str, os.PathLike], *, num_classes: int, ignore_index: int = 255,
                  reduce_zero_label: bool = False, skip_bad: bool = False,
-                 transforms: Optional[Callable] = None, train_transform: Optional[Callable] = None):
+                 transforms: Optional[Callable] = None, train_transform: Optional[Callable] = None,
+                 split: Optional[str] = None, part: str = "val"):
         self.root = Path(root)
         self.train_transform = train_transform
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.reduce_zero_label, self.transforms = reduce_zero_label, transforms
-        images, labels = self.root / "images", self.root / "labels"
-        for folder in (images, labels):
-            if not folder.is_dir():
-                raise SegmentationDataError(f"{self.root}: expected images/ and labels/ folders (missing {folder.name}/)")
-        image_files = {p.stem: p for p in sorted(images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-        label_files = {p.stem: p for p in sorted(labels.iterdir()) if p.suffix.lower() == ".png"}
-        self.pairs, self.bad_inputs = _scan_pairs(image_files, label_files, source=str(self.root))
+        self.split = split
+        folders, keep = ([self.root], None) if split is None else split_part(self.root, split, part)
+        self.pairs, self.bad_inputs = [], BadInputs(str(self.root))
+        for folder in folders:
+            images, labels = folder / "images", folder / "labels"
+            for sub in (images, labels):
+                if not sub.is_dir():
+                    raise SegmentationDataError(f"{folder}: expected images/ and labels/ folders (missing {sub.name}/)")
+            image_files = {p.stem: p for p in sorted(images.iterdir())
+                           if p.suffix.lower() in IMAGE_SUFFIXES and (keep is None or keep(p.stem))}
+            label_files = {p.stem: p for p in sorted(labels.iterdir())
+                           if p.suffix.lower() == ".png" and (keep is None or keep(p.stem))}
+            pairs, bad = _scan_pairs(image_files, label_files, source=str(folder))
+            self.pairs += pairs
+            for entry in bad:
+                self.bad_inputs.add(entry.reason, entry.file, entry.detail)
         if not skip_bad:
             self.bad_inputs.raise_if_any(SegmentationDataError, SKIP_BAD_HINT)
         # (file, what is wrong) for each pair left out; bad_inputs has the reasons too
@@ -60,6 +87,16 @@ class SemanticFolder(torch.utils.data.Dataset):
         if not self.pairs:
             raise SegmentationDataError(f"{self.root}: no usable image/label pairs"
                                         + (f"\n{self.bad_inputs.summary()}" if self.bad_inputs else ""))
+
+    def with_transforms(self, transforms: Optional[Callable]) -> "SemanticFolder":
+        """The same checked pairs under other (evaluation) ``transforms`` and no training transform."""
+        other = copy.copy(self)
+        other.transforms, other.train_transform = transforms, None
+        return other
+
+    def sequences(self) -> Counter:
+        """Frames per recording (``sequence_of`` each name), in the order the pairs were found."""
+        return Counter(sequence_of(image.stem) for image, _ in self.pairs)
 
     def skip_report(self, files: int = 3) -> str:
         """What ``skip_bad`` left out, counted by reason with the first ``files`` names of each ("" if nothing)."""
@@ -132,6 +169,111 @@ def _check_pair(image: Path, label: Path) -> Optional[tuple[str, str, str]]:
         return "size mismatch", str(label), (f"label is {label_size[0]}x{label_size[1]} but its image {image.name} "
                                              f"is {size[0]}x{size[1]}")
     return None
+
+
+# --------------------------------------------------------------------------- splits
+SPLIT_FORMS = "folders, sequence:PREFIX[,PREFIX...] or none"
+_SHOWN_SEQUENCES = 12   # an error lists this many sequences, then counts the rest
+
+
+def sequence_of(name: str) -> str:
+    """The recording a frame belongs to, as its file name starts: the part before the first ``_``
+    (CamVid ``0016E5_07959`` -> ``0016E5``); a name without ``_`` is its own sequence."""
+    return name.split("_", 1)[0]
+
+
+def parse_split(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``(form, prefixes)`` of a ``--val-split`` value: ("folders", ()), ("none", ()) or
+    ("sequence", ("0006R0", ...))."""
+    text = str(spec).strip()
+    if text in ("folders", "none"):
+        return text, ()
+    form, _, rest = text.partition(":")
+    prefixes = tuple(p.strip() for p in rest.split(",") if p.strip())
+    if form != "sequence" or not prefixes:
+        raise ValueError(f"--val-split must be {SPLIT_FORMS} (e.g. sequence:0006R0), got {spec!r}")
+    return form, prefixes
+
+
+def split_part(root: Path, spec: str, part: str) -> tuple[list[Path], Optional[Callable[[str], bool]]]:
+    """The folders of ``root`` that hold ``part`` ("train" or "val") of split ``spec`` and which file
+    stems of them belong to it (None: all). Checks the split on the image names first: a prefix that
+    matches no frame, or one that leaves nothing to train on, is an error listing the sequences found."""
+    if part not in ("train", "val"):
+        raise ValueError(f"part must be 'train' or 'val', got {part!r}")
+    form, prefixes = parse_split(spec)
+    root = Path(root)
+    if form == "folders":
+        if not (root / part).is_dir():
+            raise SegmentationDataError(f"{root}: no {part}/ folder (--val-split folders reads train/ and val/ "
+                                        "under --data; pass the dataset root)")
+        return [root / part], None
+    folders = [root / name for name in ("train", "val") if (root / name / "images").is_dir()]
+    if not folders:
+        raise SegmentationDataError(f"{root}: neither train/images nor val/images is there (--val-split {spec} "
+                                    "splits the frames of both; pass the dataset root as --data)")
+    stems = _frame_names(folders)
+    found = Counter(sequence_of(stem) for stem in stems)
+    if form == "none":
+        if part == "val":
+            raise ValueError(f"--val-split none holds no frame out (a final fit on {root}/train and val): there is "
+                             "nothing to score; score a by-sequence split (sequence:PREFIX) or a folder instead")
+        return folders, None
+    held = lambda stem: stem.startswith(prefixes)  # noqa: E731
+    unmatched = [p for p in prefixes if not any(stem.startswith(p) for stem in stems)]
+    if unmatched:
+        raise SegmentationDataError(f"--val-split {spec}: no frame of {_where(folders)} has a name starting with "
+                                    f"{', '.join(unmatched)}; sequences there: {_list_sequences(found)} "
+                                    "(hold out some of these)")
+    if all(held(stem) for stem in stems):
+        raise SegmentationDataError(f"--val-split {spec} holds out every frame of {_where(folders)}, leaving nothing "
+                                    f"to train on; sequences there: {_list_sequences(found)} (hold out fewer)")
+    return folders, (held if part == "val" else lambda stem: not held(stem))
+
+
+def _frame_names(folders: list[Path]) -> list[str]:
+    """Image stems of ``folders`` (sorted); a name in two of them is an error (it would count twice)."""
+    seen: dict[str, Path] = {}
+    twice = []
+    for folder in folders:
+        for path in sorted((folder / "images").iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.stem in seen and seen[path.stem] != folder:
+                twice.append(path.stem)
+            seen[path.stem] = folder
+    if twice:
+        raise SegmentationDataError(f"{_where(folders)} both hold {len(twice)} frame(s) of the same name (e.g. "
+                                    f"{', '.join(twice[:3])}): a split by name would count them twice; rename or "
+                                    "remove the copies")
+    return sorted(seen)
+
+
+def _where(folders: list[Path]) -> str:
+    return " and ".join(str(f) for f in folders)
+
+
+def _list_sequences(counts: Counter) -> str:
+    """``0001TP 62, 0006R0 101, 0016E5 305`` (names in order; the rest counted past the first dozen)."""
+    names = sorted(counts)
+    shown = ", ".join(f"{name} {counts[name]}" for name in names[:_SHOWN_SEQUENCES])
+    more = len(names) - _SHOWN_SEQUENCES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def describe_split(spec: str, train: SemanticFolder, val: Optional[SemanticFolder]) -> str:
+    """The split of a run for its log: per part, the frames per sequence, and whether val shares a
+    sequence with train (in-sequence) or not (by-sequence). ``val`` None: nothing held out."""
+    train_seq = train.sequences()
+    line = f"split --val-split {spec}: train {len(train)} frames ({_list_sequences(train_seq)})"
+    if val is None:
+        return line + ("; nothing held out (a final fit): the val scores below are on these training frames, "
+                       "a fit check, not a held-out figure")
+    val_seq = val.sequences()
+    shared = sorted(set(val_seq) & set(train_seq))
+    kind = (f"in-sequence: val shares {', '.join(shared)} with train" if shared
+            else "by-sequence: no val sequence has a frame in train")
+    return line + f"; val {len(val)} frames ({_list_sequences(val_seq)}); {kind}"
 
 
 # --------------------------------------------------------------------------- transforms
@@ -343,6 +485,49 @@ class ResizeFlip:
         return image, label
 
 
+class WholeFrame:
+    """Training samples as evaluation sees them (the whole-frame phase of ``--whole-frame-epochs``):
+    the frame resized as ``EvalResize(size)`` resizes it (at its own size when ``size`` is None), the
+    label resized to match (nearest), no random scale and no crop; flipped with probability ``hflip``
+    and, with ``photometric``, distorted as ``TrainTransform`` does, all drawn from ``generator``."""
+
+    def __init__(self, size: Optional[tuple[int, int]] = EVAL_SIZE, *, hflip: float = 0.5, photometric: bool = True,
+                 divisor: int = SIZE_DIVISOR):
+        self.resize = EvalResize(size, divisor=divisor)
+        self.hflip, self.photometric = hflip, photometric
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator):
+        import torch.nn.functional as F
+        flip = torch.rand((), generator=generator).item() < self.hflip
+        image, _ = self.resize(image, None)
+        if tuple(label.shape[-2:]) != tuple(image.shape[-2:]):
+            label = F.interpolate(label[None, None].float(), size=image.shape[-2:], mode="nearest")[0, 0].long()
+        if flip:
+            image, label = image.flip(-1), label.flip(-1)
+        if self.photometric:
+            image = photometric_distortion(image, generator)
+        return image.contiguous(), label.contiguous()
+
+
+def stack_padded(batch: list, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate ``(image, label)`` samples, padding smaller ones at the bottom and right to the largest
+    (image with the ImageNet mean colour, label with ``ignore_index``, as ``TrainTransform`` pads):
+    whole frames of a dataset whose images differ in size still make one batch. Equal sizes stack as they are."""
+    import torch.nn.functional as F
+    height = max(image.shape[1] for image, _ in batch)
+    width = max(image.shape[2] for image, _ in batch)
+    images, labels = [], []
+    for image, label in batch:
+        pad_h, pad_w = height - image.shape[1], width - image.shape[2]
+        if pad_h or pad_w:
+            colour = torch.tensor(_PAD_COLOUR, dtype=image.dtype).view(3, 1, 1)
+            image = F.pad(image - colour, (0, pad_w, 0, pad_h), value=0.0) + colour
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=ignore_index)
+        images.append(image)
+        labels.append(label)
+    return torch.stack(images), torch.stack(labels)
+
+
 def transforms_from_options(cfg) -> tuple[TrainTransform, EvalResize]:
     """The training and evaluation transforms of ``repvit segment train`` options (``--crop``,
     ``--img-scale``, ``--ratio-range``, ``--cat-max-ratio``, ``--photometric``, ``--eval-size``,
@@ -351,3 +536,9 @@ def transforms_from_options(cfg) -> tuple[TrainTransform, EvalResize]:
                            ratio_range=tuple(cfg.ratio_range), cat_max_ratio=cfg.cat_max_ratio,
                            photometric=cfg.photometric, ignore_index=cfg.ignore_index)
     return train, EvalResize(tuple(cfg.eval_size) if cfg.eval_size else None)
+
+
+def whole_frame_from_options(cfg) -> WholeFrame:
+    """The whole-frame phase's transform of ``repvit segment train`` options: the frames at
+    ``--eval-size`` (as validation sees them), flipped, with ``--photometric`` if set."""
+    return WholeFrame(tuple(cfg.eval_size) if cfg.eval_size else None, photometric=cfg.photometric)

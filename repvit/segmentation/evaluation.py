@@ -26,7 +26,8 @@ def evaluate_segmenter(model: nn.Module, data: SemanticFolder, *, device: torch.
     back to the label's size (bilinear) before the argmax, so scores are at the label's resolution.
     Under torchrun (``env`` of a distributed run, called on every rank) each rank scores its share
     of the images and the confusion matrices are summed, so every rank returns the metrics of the
-    whole set, the same as one process would."""
+    whole set, the same as one process would. Data built with a ``split`` adds ``val_split`` and
+    its frames per ``sequences`` to the result."""
     model = model.eval().to(device)
 
     def score_share() -> torch.Tensor:
@@ -45,7 +46,9 @@ def evaluate_segmenter(model: nn.Module, data: SemanticFolder, *, device: torch.
     total = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)
     for part in each_rank(score_share, env):
         total.matrix += part
-    return {**total.compute(class_names), "images": len(data), "skipped": len(data.skipped)}
+    held_out = ({"val_split": data.split, "sequences": dict(sorted(data.sequences().items()))}
+                if getattr(data, "split", None) else {})   # scored a split of a dataset root: which frames
+    return {**total.compute(class_names), "images": len(data), "skipped": len(data.skipped), **held_out}
 
 
 def palette(num_classes: int) -> np.ndarray:

@@ -12,8 +12,8 @@ def add_sam_weights(p, *, unfused: bool = True) -> None:
                                         "by `repvit sam`")
     grammar.add(g, "--pretrained", action=grammar.NameOrBare, bare=SAM_RELEASE,
                 help=f"official weights: {SAM_RELEASE} (downloaded once into the torch hub cache)")
-    g.add_argument("--random-weights", action="store_true",
-                   help="deterministic random weights (seed 0): checks the pipeline, the masks mean nothing")
+    grammar.add(g, "--random-weights", help="deterministic random weights (seed 0): checks the pipeline, the masks "
+                                            "mean nothing")
     grammar.add_deprecated(g, "-w", "--checkpoint", dest="checkpoint")
     if unfused:
         grammar.add(p, "--unfused", help="keep the encoder's BatchNorms and branches (for comparison)")

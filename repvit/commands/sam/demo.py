@@ -38,7 +38,7 @@ def video_demo(args):
                                       seed=0 if spec == "random" else None)
     label = ("**random (seed 0): the tracks check the pipeline and mean nothing**" if spec == "random"
              else f"`{spec}`")
-    return VideoDemo(predictor, weights=label, max_frames=args.video_max_frames)
+    return VideoDemo(predictor, weights=label, max_frames=args.max_frames)
 
 
 def example_clips(folder, video) -> list:
@@ -102,6 +102,7 @@ def register(actions) -> None:
                                                       "file, edgetam (the official release) or random")
     v.add_argument("--video-examples", metavar="DIR", help="clips to offer: the video files in DIR, or DIR itself "
                                                            "when it is a folder of frames")
-    v.add_argument("--video-max-frames", type=int, default=60, help="cut clips at this many frames [60]")
+    grammar.add(v, "--max-frames", default=60, help="cut clips at this many frames")
+    grammar.add_deprecated(v, "--video-max-frames", "--max-frames", dest="max_frames", type=int)
     grammar.add(p, "--threads")
     p.set_defaults(func=grammar.with_threads(run_demo))

@@ -31,7 +31,7 @@ def run_eval(args: argparse.Namespace) -> int:
         bar.update_to(done, total)
     start = time.perf_counter()
     try:
-        report = evaluate_coco(model, annotations, images, prompt=args.prompt, point=args.point, limit=args.limit,
+        report = evaluate_coco(model, annotations, images, prompt=args.prompt, point=args.point, limit=args.max_images,
                                skip_bad=args.skip_bad, batch_size=args.batch_size, results=args.results,
                                progress=progress)
     finally:
@@ -79,9 +79,10 @@ def register(actions) -> None:
                         "farthest from the mask boundary, the click published SAM point figures simulate")
     p.add_argument("--point", dest="point", action=grammar.Deprecated, replacement="--point-at",
                    choices=("center", "farthest"))
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N images (by id), for quick runs")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="count and skip missing images and annotations without a usable mask instead of stopping")
+    grammar.add(p, "--max-images", help="only the first N images (by id), for quick runs")
+    grammar.add_deprecated(p, "--limit", "--max-images", dest="max_images", type=int)
+    grammar.add(p, "--skip-bad", help="count and skip missing images and annotations without a usable mask instead "
+                                      "of stopping")
     grammar.add(p, "--batch-size", default=64, help="prompts per decoder call")
     grammar.add_report(p, help="write the report (all figures, counts, timings) here")
     p.add_argument("--results", metavar="FILE", help="write the predicted masks as a COCO results file (RLE); "

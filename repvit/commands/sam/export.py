@@ -49,7 +49,7 @@ names are checked and the report says that no prediction was compared.
 def run_export(args: argparse.Namespace) -> int:
     from ...export.onnx import DEFAULT_OPSET
     from ...sam.export import export_sam, parse_formats
-    formats = parse_formats(args.formats) if args.formats else None  # bad names fail before the model loads
+    formats = parse_formats(args.format) if args.format else None  # bad names fail before the model loads
     if args.num_real < 1:
         raise ValueError(f"--num-real must be at least 1, got {args.num_real}")
     if args.int8 and not args.calib_images:
@@ -92,17 +92,16 @@ def register(actions) -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     grammar.add(p, "--output", default="repvit_sam_export", help="folder for the files and the report")
     grammar.add_deprecated(p, "--output-dir", "--output", dest="output")
-    p.add_argument("--formats", metavar="LIST",
-                   help="comma-separated: onnx, coreml, executorch, openvino, litert (default: all whose package is "
-                        "installed; "
-                        "the others are listed as skipped)")
+    grammar.add(p, "--format", help="comma-separated: onnx, coreml, executorch, openvino, litert (default: all whose "
+                                    "package is installed; the others are listed as skipped)")
+    grammar.add_deprecated(p, "--formats", "--format", dest="format")
     grammar.add(p, "--images",
                 help="photos to check parity on (files or folders). Default: the photographs shipped with "
                         "matplotlib, or a generated test card if those are missing (the report says which)")
     grammar.add(p, "--num-real", default=2, help="check on at most this many images (each costs one 1024x1024 "
                                                  "encoder run per format)")
     grammar.add_deprecated(p, "--max-images", "--num-real", dest="num_real", type=int)
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the package's, 18)")
+    grammar.add(p, "--opset")
     p.add_argument("--return-single-mask", action="store_true",
                    help="decoder returns one mask: the best of the three multimask outputs for a lone click or a "
                         "box, the single-mask output for more points")
@@ -112,8 +111,7 @@ def register(actions) -> None:
                                   "--calib-images and checked by their masks")
     grammar.add(p, "--calib-images", help="photos for INT8 calibration (a folder, searched recursively)")
     grammar.add(p, "--calib-count", default=16, help="calibration photos (each is one 1024x1024 encoder pass)")
-    p.add_argument("--coreml-precision", choices=("float16", "float32"), default="float16",
-                   help="Core ML compute precision (default float16)")
+    grammar.add(p, "--coreml-precision")
     grammar.add(p, "--report", help=f"write the report here (default: OUTPUT/{REPORT_NAME})")
     add_sam_weights(p, unfused=False)  # the exported encoder is always the fused one
     p.add_argument("--unfused", action=grammar.Deprecated, nargs=0, dest="unfused", replacement="",

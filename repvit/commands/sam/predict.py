@@ -13,27 +13,41 @@ from ._common import add_sam_weights, load_sam
 
 def _predictor(args):
     """segment-anything's SamPredictor on RepViT-SAM, or EdgeTAM's image predictor (same calls)."""
-    if getattr(args, "model", "repvit_sam") != EDGETAM:
+    if getattr(args, "family", "repvit_sam") != EDGETAM:
         from segment_anything import SamPredictor
         return SamPredictor(load_sam(args))
     try:
         from ...edgetam import ImagePredictor, build_edgetam
     except ImportError as err:
-        raise ImportError(f"--model edgetam needs Meta's sam2 package: pip install 'repvit-pytorch[edgetam]' ({err})") from None
+        raise ImportError(f"--family edgetam needs Meta's sam2 package: pip install 'repvit-pytorch[edgetam]' ({err})") from None
     pretrained, device, seed = edgetam_weights(args)
     args.device = str(device)
     return ImagePredictor(build_edgetam(args.checkpoint, pretrained=pretrained, fused=not args.unfused, device=device,
                                         seed=seed))
 
 
+def read_image_prompts(path) -> list:
+    """The objects of a ``--prompts`` file on one image: the grammar's one prompt-file schema, where
+    ``frame`` (an image is frame 0) may be left out and each entry is one object."""
+    from ...data.prompts import read_prompt_entries
+    from ...sam.prompts import Prompt
+    prompts = []
+    for i, entry in enumerate(read_prompt_entries(path, extra_keys=("object", "frame"))):
+        if entry.get("frame") not in (None, 0):
+            raise ValueError(f"prompt {i} of {str(path)!r}: frame {entry['frame']!r} on an image, which has only "
+                             "frame 0: leave 'frame' out (frames are for `repvit track`)")
+        prompts.append(Prompt(entry["points"], entry["box"]))
+    return prompts
+
+
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
     from ...data.images import load_rgb, overlay, save_png
-    from ...sam.prompts import Prompt, parse_box, parse_point, predict_prompts, read_prompt_file
+    from ...sam.prompts import Prompt, parse_box, parse_point, predict_prompts
     points = [parse_point(p) for p in args.point or []]
     boxes = [parse_box(b) for b in args.box or []]
-    prompts = read_prompt_file(args.prompts) if args.prompts else []
+    prompts = read_image_prompts(args.prompts) if args.prompts else []
     if len(boxes) > 1 and points:
         raise ValueError("several --box with --point is ambiguous: one --box with points is one object, several "
                          "boxes are several objects; put mixed prompts in a --prompts JSON file")
@@ -61,7 +75,7 @@ def run_predict(args: argparse.Namespace) -> int:
     decode_s = time.perf_counter() - start
     out = Path(args.output)
     stem = Path(args.image).stem
-    record = {"image": str(args.image), "model": args.model, "size": [image.shape[1], image.shape[0]],
+    record = {"image": str(args.image), "model": args.family, "size": [image.shape[1], image.shape[0]],
               "threads": args.threads_used, "encoder_seconds": round(encode_s, 4),
               "decoder_seconds": round(decode_s, 4), "decoder_first_call_seconds": round(warmup_s, 4),
               "fused": not args.unfused, "objects": []}
@@ -140,16 +154,16 @@ def register(actions) -> None:
                                        "([{\"points\": [[x, y, label]], \"box\": [x0, y0, x1, y1]}]). One image "
                                        "embedding serves every prompt.")
     p.add_argument("image")
-    p.add_argument("--point", action="append", metavar="X,Y[,LABEL]",
-                   help="a point; LABEL 1 (default) is on the object, 0 is background. Repeatable")
-    p.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1", help="a box around the object. Repeatable")
-    p.add_argument("--prompts", metavar="FILE.json", help="many objects at once (see above)")
+    grammar.add(p, "--point", action="append")
+    grammar.add(p, "--box", action="append")
+    grammar.add(p, "--prompts", help="many objects at once (see above)")
     p.add_argument("--multimask", choices=("auto", "on", "off"), default="auto",
                    help="auto: three candidates for a lone point (keeps the best), one otherwise")
-    grammar.add(p, "--model", choices=("repvit_sam", EDGETAM), default="repvit_sam",
+    grammar.add(p, "--family", choices=("repvit_sam", EDGETAM),
                 help="repvit_sam (RepViT-M2.3 encoder, segment-anything's decoder; default) or edgetam (the "
                      "RepViT-M1 EdgeTAM model of `repvit track`, in image mode; needs the [edgetam] extra). "
                      "Its weights: --checkpoint edgetam.pt, --pretrained edgetam or --random-weights")
+    grammar.add_deprecated(p, "--model", "--family", dest="family", choices=("repvit_sam", EDGETAM))
     grammar.add(p, "--output", default="sam-out", help="folder for <image>_mask.png, _overlay.png and _scores.json")
     grammar.add_report(p, help="also write the scores JSON here (OUTPUT/<image>_scores.json is always written)")
     add_sam_weights(p)

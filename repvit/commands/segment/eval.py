@@ -32,7 +32,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint} does not record the ignored label value (exported before it was "
                          "recorded): pass --ignore-index N")
     data = SemanticFolder(args.data, num_classes=model.num_classes, ignore_index=ignore, skip_bad=args.skip_bad,
-                          reduce_zero_label=model.reduce_zero_label, transforms=EvalResize(model.eval_size))
+                          reduce_zero_label=model.reduce_zero_label, transforms=EvalResize(model.eval_size),
+                          split=args.val_split)
     if data.skip_report():   # what --skip-bad left out, by reason
         print(data.skip_report(), file=sys.stderr)
     bar = Progress(desc="images", unit="img", enabled=not args.quiet)
@@ -59,7 +60,9 @@ def register(actions) -> None:
     add_common(ev, "segmentation model", exported="or a file of `repvit segment export` (.onnx, OpenVINO .xml, "
                                                   "LiteRT .tflite, ExecuTorch .pte; float or INT8), run by its runtime")
     grammar.add(ev, "--data", required=True, help="folder with images/ and labels/ (index PNGs)")
-    ev.add_argument("--ignore-index", type=int, default=None, help="label value to ignore (default: the checkpoint's)")
+    grammar.add(ev, "--ignore-index", help="label value to ignore (default: the checkpoint's)")
+    grammar.add(ev, "--val-split", help="--data is then a dataset root: score this "
+                    "split's val frames, as `segment train --val-split` made them (e.g. sequence:0006R0)")
     grammar.add(ev, "--skip-bad", help="skip (and count) bad image/label pairs")
     grammar.add(ev, "--quiet")
     ev.set_defaults(func=grammar.with_threads(run_eval))

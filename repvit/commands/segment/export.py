@@ -141,8 +141,8 @@ def register(actions) -> None:
     ex = actions.add_parser("export", help="the fused model to ONNX or OpenVINO (dynamic size), LiteRT or "
                                            "ExecuTorch (fixed size), float or INT8, checked on real images")
     grammar.add(ex, "--checkpoint", required=True, help="a segmentation model saved by this library")
-    ex.add_argument("--format", default="onnx", choices=list(SUFFIXES),
-                    help="onnx (checked with ONNX Runtime), openvino (an IR .xml with its .bin beside it, "
+    grammar.add(ex, "--format", default="onnx", choices=list(SUFFIXES),
+                help="onnx (checked with ONNX Runtime), openvino (an IR .xml with its .bin beside it, "
                          "checked with OpenVINO), litert (.tflite at a fixed size with its .json record beside "
                          "it, checked with the LiteRT interpreter) or executorch (.pte at a fixed size, XNNPACK, "
                          "checked with ExecuTorch's runtime) [onnx]")
