@@ -13,7 +13,16 @@ $(BIN)/repvit: pyproject.toml
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation 'sam2==1.1.0'
 	touch $@
 
-setup: $(BIN)/repvit
+# The demo page's live-tab test drives a real Chromium through Playwright, whose own browser download is
+# not reachable from these machines: Debian's chromium package is installed instead (as root, as on CI;
+# without root and without a chromium the browser test skips and says how to get one).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "make setup: no chromium and no root apt-get: the live tab's browser test will skip"; fi
+
+setup: $(BIN)/repvit chromium
 
 demo: setup
 	$(BIN)/repvit info
@@ -24,4 +33,4 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
-.PHONY: setup demo test
+.PHONY: setup demo test chromium

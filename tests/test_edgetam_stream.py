@@ -208,3 +208,18 @@ def test_seeded_random_weights_track_something(clip):
             nonempty(out.logits)
         else:
             assert (out.logits == -1024).all()
+
+
+def test_sam2_progress_bar_is_silenced_while_any_tracker_steps_and_restored_after_the_last():
+    """Trackers stepping in several threads (the demo's sessions) overlap: the first to enter swaps sam2's tqdm
+    out, one leaving while another is inside must not restore it, and the last to leave restores the original."""
+    import sam2.sam2_video_predictor as video
+    from repvit.edgetam.stream_torch import _quiet_sam2
+    original = video.tqdm
+    first, second = _quiet_sam2(), _quiet_sam2()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert video.tqdm is not original and list(video.tqdm([1, 2])) == [1, 2]   # the second is still inside
+    second.__exit__(None, None, None)
+    assert video.tqdm is original

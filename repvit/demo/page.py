@@ -1,5 +1,5 @@
 """The demo page: a Gradio layout over ``repvit.sam.demo.SamDemo`` (images) and, when given,
-``repvit.edgetam.video_demo.VideoDemo`` (videos).
+``repvit.edgetam.video_demo.VideoDemo`` (videos) and ``repvit.demo.live_session.LiveDemo`` (a webcam).
 
 This is the only module that imports Gradio (``pip install 'repvit-pytorch[sam-demo]'``), and only
 when a page is built. ``repvit sam demo`` serves it. Every file the page hands to Gradio lands in
@@ -17,6 +17,7 @@ import numpy as np
 from ..data.prompts import parse_box, parse_points
 from ..sam.demo import SCORE_COLUMNS, Result, SamDemo, add_corner, add_point
 from ..data.images import overlay
+from .live_tab import add_live_tab
 from .video_tab import add_video_tab
 
 INSTALL_HINT = "pip install 'repvit-pytorch[sam-demo]'"
@@ -34,7 +35,7 @@ def require_gradio():
 
 
 def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = (), cache_seconds: int = CACHE_SECONDS,
-              video=None, video_examples: Sequence[Union[str, Path]] = ()):
+              video=None, video_examples: Sequence[Union[str, Path]] = (), live=None):
     """The page as a ``gr.Blocks``; ``.launch()`` serves it.
 
     Every ``cache_seconds`` Gradio deletes the files this page put in its cache (uploads, drawn
@@ -47,6 +48,10 @@ def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = (), cache
 
     ``video`` (a ``repvit.edgetam.video_demo.VideoDemo``) adds the video tab (``video_tab.py``) with
     its endpoints ``/video_first_frame`` and ``/track``; ``video_examples`` are clips it offers.
+
+    ``live`` (a ``repvit.demo.live_session.LiveDemo``) adds the live tab (``live_tab.py``: the browser's
+    camera tracked as it streams, no API endpoint); left ``None`` it comes with the video tab, over the
+    video tab's predictor; ``False`` leaves it out.
     """
     gr = require_gradio()
 
@@ -96,6 +101,10 @@ def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = (), cache
 
     def show_upload(image):
         return image, image, image, "", "", None, None, None
+
+    if live is None and video is not None:
+        from .live_session import LiveDemo
+        live = LiveDemo(video.predictor, weights=video.weights)
 
     title = "RepViT-SAM: segment anything with a RepViT encoder"
     if cache_seconds < 1:
@@ -169,6 +178,9 @@ def build_app(demo: SamDemo, *, examples: Sequence[Union[str, Path]] = (), cache
             if video is not None:
                 with gr.Tab("video (EdgeTAM)", id="video"):
                     add_video_tab(gr, video, examples=video_examples, fail_clearly=fail_clearly)
+            if live:
+                with gr.Tab("live (EdgeTAM, webcam)", id="live"):
+                    add_live_tab(gr, live, fail_clearly=fail_clearly)
     return app
 
 

@@ -9,6 +9,7 @@ body tracks every object), so a stream computes what a whole-video propagation c
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from typing import Optional
 
@@ -42,14 +43,28 @@ def _quiet_sam2():
     without its CUDA extension (every CPU install) it warns in four lines on the first frame that it
     skips filling holes in the masks: ``TorchStreamingTracker.fills_holes`` says that once, as data."""
     import sam2.sam2_video_predictor as video
-    original = video.tqdm
-    video.tqdm = lambda iterable, *args, **kwargs: iterable
+    with _QUIET_LOCK:   # trackers in several threads (the demo's sessions): swapped by the first, restored by the last
+        if _QUIET_USERS[0] == 0:
+            _QUIET_USERS[1] = video.tqdm
+            video.tqdm = _no_bar
+        _QUIET_USERS[0] += 1
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"cannot import name '_C'", category=UserWarning)
             yield
     finally:
-        video.tqdm = original
+        with _QUIET_LOCK:
+            _QUIET_USERS[0] -= 1
+            if _QUIET_USERS[0] == 0:
+                video.tqdm = _QUIET_USERS[1]
+
+
+def _no_bar(iterable, *args, **kwargs):
+    return iterable
+
+
+_QUIET_LOCK = threading.Lock()
+_QUIET_USERS: list = [0, None]   # [trackers inside _quiet_sam2 now, sam2's own tqdm while they are]
 
 
 def _has_sam2_extension() -> bool:
