@@ -2,11 +2,12 @@
 by looping ``../shared/data/videos/bedroom`` (200 frames), sampled every ``--every`` frames, for the
 PyTorch tracker or the one over the exported graphs.
 
-One object (a box on frame 0), the model's 1024 input, seeded random weights that track (``seed=0``:
-the object score is positive, so every frame runs the full decoder and memory encoder). Frames are read
-from JPEG one at a time as the stream needs them. The JSON is rewritten at every sample, so a run that
-is stopped still records what it reached. The figures to compare are the peak RSS after 500 frames and
-after the last; ``held_frames`` shows what the tracker keeps.
+One object (a box on frame 0), the model's 1024 input (``--image-size`` for a shorter run), seeded
+random weights that track (``seed=0``: the object score is positive, so every frame runs the full
+decoder and memory encoder). Frames are read from JPEG one at a time as the stream needs them. The
+JSON is rewritten at every sample, so a run that is stopped still records what it reached. The
+figures to compare are the peak RSS after 500 frames and after the last; ``held_frames`` shows what
+the tracker keeps.
 
     PYTHONPATH=. python benchmarks/edgetam_stream_memory.py --runtime onnxruntime --frames 5000 \\
         --json runs/bench/stream_memory_onnx.json
@@ -47,6 +48,9 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=5000)
     p.add_argument("--every", type=int, default=100, help="sample RSS every N frames [100]")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=1024,
+                   help="the model's input side [1024]; smaller makes a 5,000-frame run fit in minutes: what the "
+                        "tracker keeps per frame (memories, pointers) does not depend on it")
     p.add_argument("--json", metavar="FILE", required=True)
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
@@ -55,12 +59,14 @@ def main() -> int:
         raise SystemExit(f"no frames in {FRAMES}")
     from repvit.edgetam import build_video_predictor
     result = {"environment": environment("cpu"), "runtime": args.runtime, "threads": args.threads,
+              "image_size": args.image_size,
               "source": f"{FRAMES} looped ({len(files)} frames)", "load_avg_1min_before": load_average(),
               "samples": []}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch_threads(args.threads), tempfile.TemporaryDirectory() as work:
-        predictor = build_video_predictor(seed=0, fused=True) if args.runtime == "torch" else None
+        predictor = (build_video_predictor(seed=0, fused=True, image_size=args.image_size) if args.runtime == "torch"
+                     else None)
         if args.runtime == "torch":
             from repvit.edgetam.stream_torch import TorchStreamingTracker
             tracker = TorchStreamingTracker(predictor)
@@ -70,8 +76,8 @@ def main() -> int:
             del predictor
             code = ("import sys, warnings; warnings.filterwarnings('ignore'); from repvit.edgetam import "
                     "build_video_predictor; from repvit.edgetam.export import export_edgetam; "
-                    "export_edgetam(build_video_predictor(seed=0, fused=True), sys.argv[1])")
-            subprocess.run([sys.executable, "-c", code, str(Path(work) / "onnx")], check=True)
+                    "export_edgetam(build_video_predictor(seed=0, fused=True, image_size=int(sys.argv[2])), sys.argv[1])")
+            subprocess.run([sys.executable, "-c", code, str(Path(work) / "onnx"), str(args.image_size)], check=True)
             tracker = OnnxStreamingTracker(Path(work) / "onnx", threads=args.threads, runtime=args.runtime)
         start = time.perf_counter()
         for t in range(args.frames):

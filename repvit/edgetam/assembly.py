@@ -61,9 +61,9 @@ def image_encoder() -> ImageEncoder:
     return ImageEncoder(trunk=trunk, neck=neck, scalp=1)
 
 
-def memory_attention() -> MemoryAttention:
+def memory_attention(image_size: int = IMAGE_SIZE) -> MemoryAttention:
     """Two layers: RoPE self-attention on the 64x64 frame, RoPE cross-attention to the latent memory."""
-    grid = IMAGE_SIZE // 16
+    grid = image_size // 16
     window_grid = int(NUM_LATENTS_2D ** 0.5)
     layer = MemoryAttentionLayer(
         activation="relu", dim_feedforward=2048, dropout=0.1, pos_enc_at_attn=False, d_model=HIDDEN_DIM,
@@ -144,8 +144,14 @@ def corrected_output(state: dict, output_dict: dict, frame_idx: int):
     return stored if prompted and stored is not None and stored.get("maskmem_features") is not None else None
 
 
-def assemble(video: bool = False) -> nn.Module:
-    """A freshly initialised EdgeTAM (or its video predictor), not yet in eval mode."""
+def assemble(video: bool = False, image_size: int = IMAGE_SIZE) -> nn.Module:
+    """A freshly initialised EdgeTAM (or its video predictor), not yet in eval mode.
+
+    ``image_size``: the square input side, a multiple of 256 (the perceiver's 16x16 windows on the
+    stride-16 map). The released weights are trained at 1024; other sizes are for experiments and for
+    checks whose subject does not depend on the size (a smaller frame makes a long memory run short)."""
+    if image_size % 256 or image_size < 256:
+        raise ValueError(f"EdgeTAM's input side must be a multiple of 256, got {image_size}")
     cls, options = (EdgeTAMVideoPredictor, {**MODEL_OPTIONS, **VIDEO_OPTIONS}) if video else (EdgeTAM, MODEL_OPTIONS)
-    return cls(image_encoder=image_encoder(), memory_attention=memory_attention(), memory_encoder=memory_encoder(),
-               spatial_perceiver=spatial_perceiver(), **options)
+    return cls(image_encoder=image_encoder(), memory_attention=memory_attention(image_size), memory_encoder=memory_encoder(),
+               spatial_perceiver=spatial_perceiver(), **{**options, "image_size": int(image_size)})

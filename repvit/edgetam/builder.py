@@ -49,20 +49,21 @@ def build_edgetam(checkpoint: PathLike | None = None, *, pretrained: bool = Fals
 
 
 def build_video_predictor(checkpoint: PathLike | None = None, *, pretrained: bool = False, fused: bool = False,
-                          device: Union[str, torch.device] = "cpu", progress: bool = True, seed: Optional[int] = None
-                          ) -> nn.Module:
+                          device: Union[str, torch.device] = "cpu", progress: bool = True, seed: Optional[int] = None,
+                          image_size: int = 1024) -> nn.Module:
     """EdgeTAM with sam2's video API, in eval mode.
 
     ``state = predictor.init_state(video_path=FOLDER_OF_JPEGS)``, then
     ``add_new_points_or_box(state, frame_idx=, obj_id=, points=, labels=, box=)`` for any number of
     objects on any frames, then ``for frame_idx, obj_ids, mask_logits in
     predictor.propagate_in_video(state)`` (logits at the video's resolution, one row per object).
+    ``image_size``: the model's input side (a multiple of 256; the released weights are trained at 1024).
     """
     return _build(checkpoint, pretrained=pretrained, fused=fused, device=device, progress=progress, video=True,
-                  seed=seed)
+                  seed=seed, image_size=image_size)
 
 
-def _build(checkpoint, *, pretrained, fused, device, progress, video, seed=None) -> nn.Module:
+def _build(checkpoint, *, pretrained, fused, device, progress, video, seed=None, image_size=1024) -> nn.Module:
     require_sam2()
     if sum((pretrained, checkpoint is not None, seed is not None)) > 1:
         raise ValueError("pass one of pretrained=True (official weights), checkpoint= (a file) and seed= (seeded "
@@ -72,7 +73,7 @@ def _build(checkpoint, *, pretrained, fused, device, progress, video, seed=None)
         from ..models.releases import EDGETAM, find_release
         checkpoint = fetch(find_release("edgetam", kind=EDGETAM), progress=progress)
     from .assembly import assemble
-    model = assemble(video=video)
+    model = assemble(video=video, image_size=image_size)
     if checkpoint is not None:
         load_edgetam_weights(model, checkpoint)
     elif seed is not None:

@@ -25,7 +25,7 @@ no-memory embedding of the prompted frame). ``repvit.edgetam.onnx_predictor.Onnx
 reference loop that reads it.
 
 Variable memory: fixed maxima with a validity flag per slot (F = ``num_maskmem`` = 7 frames, P =
-``max_obj_ptrs_in_encoder`` = 16 pointers by default), not dynamic axes. Empty slots get -inf
+``max_obj_ptrs_in_encoder`` = 16 pointers by default), not dynamic axes. Empty slots get -1e4
 before the softmax, so the result is sam2's for the frames present; the graph has no
 data-dependent shapes (what Core ML and other mobile runtimes need) and always costs the full
 bank, which is what a video reaches after its 7th frame anyway. Only the decoder's number of

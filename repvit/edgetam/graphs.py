@@ -20,7 +20,7 @@ Each class wraps submodules of a built EdgeTAM (``repvit.edgetam.build_edgetam``
   position encoding.
 * ``MemoryAttentionGraph``: the attention of ``_prepare_memory_conditioned_features`` for a frame
   that has memories, with a *fixed* number of memory slots and pointer slots and a validity flag
-  per slot (keys of empty slots get -inf before the softmax, so they weigh exactly nothing):
+  per slot (keys of empty slots get ``MASKED_KEY`` before the softmax, so they weigh exactly nothing):
   fixed shapes keep the graph free of data-dependent sizes (what mobile runtimes need) and the
   RoPE of the memory keys per frame becomes a plain reshape.
 
@@ -36,6 +36,12 @@ from torch import nn
 
 NO_OBJECT_SCORE = -1024.0   # sam2's mask logit for "object absent"
 POINTER_SPLIT = 4           # a 256-d object pointer enters the 64-d memory as 4 tokens
+
+
+# What an empty memory slot's keys get before the softmax: exp() of it underflows to exactly 0 in float32
+# (and float16) beside any real score, so they weigh nothing, as -inf would; but unlike -inf it keeps the
+# statistics an INT8 calibrator gathers finite.
+MASKED_KEY = -1.0e4
 
 
 def rope_tables(cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +199,7 @@ class MemoryAttentionGraph(nn.Module):
         keys = values + torch.cat([keys_pos, torch.zeros_like(pointers)], dim=1)
         valid = torch.cat([memory_valid[:, :, None].expand(b, frames, tokens).reshape(b, frames * tokens),
                            pointer_valid[:, :, None].expand(b, -1, POINTER_SPLIT).reshape(b, -1)], dim=1)
-        bias = torch.where(valid > 0.5, torch.zeros_like(valid), torch.full_like(valid, float("-inf")))[:, None, None]
+        bias = torch.where(valid > 0.5, torch.zeros_like(valid), torch.full_like(valid, MASKED_KEY))[:, None, None]
         for i, layer in enumerate(self.layers):
             x = x + self._self_attention(layer.self_attn, layer.norm1(x))
             if i == 0:   # the first self-attention reads the frame alone: computed once for every object

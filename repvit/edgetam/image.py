@@ -6,7 +6,7 @@ image transform, the encoder, the prompt encoder and mask decoder) and answers t
 ``set_image``, ``is_image_set``, ``original_size``, ``device``, ``transform.apply_coords_torch`` /
 ``apply_boxes_torch`` (pixels of the original image to the model's normalized 1024 frame) and
 ``predict_torch`` (batched prompts, boolean masks at the original size, predicted IoUs, low-res
-logits). So ``repvit sam predict --model edgetam`` runs the same prompt code as RepViT-SAM.
+logits). So ``repvit sam predict --family edgetam`` runs the same prompt code as RepViT-SAM.
 """
 from __future__ import annotations
 

@@ -223,8 +223,9 @@ def runner(model_or_path, threads: Optional[int] = None) -> Callable[[torch.Tens
 
 def quantize_openvino(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
                       calibration: Sequence[np.ndarray], *, preset: str = "mixed", weights: str = "int7",
-                      calibration_source: str = "") -> Path:
-    """Write the INT8 IR of ``fp32_path``, calibrated on ``calibration`` (preprocessed 1x3xHxW arrays).
+                      calibration_source: str = "", keep_float: Sequence[str] = ()) -> Path:
+    """Write the INT8 IR of ``fp32_path``, calibrated on ``calibration`` (preprocessed 1x3xHxW arrays, or
+    for a model of several inputs one ``{input name: array}`` per sample).
 
     ``preset="mixed"`` (default) quantizes activations asymmetrically, which suits RepViT's
     GELU and hard-swish outputs (mostly positive, a short negative tail); ``"performance"``
@@ -236,6 +237,8 @@ def quantize_openvino(fp32_path: Union[str, os.PathLike], out_path: Union[str, o
     pairs of uint8 x int8 products in 16 bits, which saturate with full-range weights: a CamVid
     Semantic FPN with random weights kept the class of 27% of its pixels that way and 96% with 7-bit
     weights (the same saturation as ONNX Runtime's, see ``quantize.py``).
+
+    ``keep_float``: regular expressions; operations whose names match one stay float (NNCF's ignored scope).
     """
     require()
     nncf = _require_nncf()
@@ -245,7 +248,8 @@ def quantize_openvino(fp32_path: Union[str, os.PathLike], out_path: Union[str, o
     if weights not in WEIGHT_ENCODINGS:
         raise ValueError(f"OpenVINO INT8 weights are int7 (7-bit range, every layer) or int8 (full range), got "
                          f"{weights!r}")
-    calibration = [np.ascontiguousarray(a, dtype=np.float32) for a in calibration]
+    calibration = [{k: np.ascontiguousarray(v) for k, v in a.items()} if isinstance(a, dict)
+                   else np.ascontiguousarray(a, dtype=np.float32) for a in calibration]
     if not calibration:
         raise ValueError("INT8 quantization needs calibration images")
     model = read_model(fp32_path)
@@ -258,7 +262,9 @@ def quantize_openvino(fp32_path: Union[str, os.PathLike], out_path: Union[str, o
             quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration),
                                       preset={"mixed": nncf.QuantizationPreset.MIXED,
                                               "performance": nncf.QuantizationPreset.PERFORMANCE}[preset],
-                                      advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow_fix))
+                                      advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow_fix),
+                                      ignored_scope=nncf.IgnoredScope(patterns=list(keep_float), validate=False)
+                                      if keep_float else None)
     finally:
         logging.getLogger("nncf").setLevel(level)
     quantized.set_friendly_name(model.get_friendly_name() + "_int8")
@@ -268,7 +274,7 @@ def quantize_openvino(fp32_path: Union[str, os.PathLike], out_path: Union[str, o
         "weights": ("int8 in a 7-bit range (overflow fix on every layer)" if weights == "int7"
                     else "int8 (7-bit range in the first layer only)") + ", symmetric, per output channel",
         "activations": "int8, " + ("asymmetric" if preset == "mixed" else "symmetric") + ", per tensor",
-        "calibration": {"images": len(calibration), "source": calibration_source}})
+        "calibration": {"images": len(calibration), "source": calibration_source}, "kept_float": list(keep_float)})
     return save(quantized, out_path, meta)
 
 

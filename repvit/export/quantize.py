@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -55,8 +56,9 @@ def calibration_batches(images: Union[str, os.PathLike, Sequence, None], preproc
 def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike],
                   calibration: Sequence[np.ndarray], *, method: str = "percentile", per_channel: bool = True,
                   op_types: Optional[Sequence[str]] = None, calibration_source: str = "",
-                  weights: str = "int7") -> Path:
-    """Write the INT8 QDQ model for ``fp32_path``; the metadata of the float model is carried over."""
+                  weights: str = "int7", keep_float: Sequence[str] = ()) -> Path:
+    """Write the INT8 QDQ model for ``fp32_path``; the metadata of the float model is carried over.
+    ``keep_float``: regular expressions; nodes whose names match one stay float."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -69,6 +71,7 @@ def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
         raise ValueError("INT8 quantization needs calibration images")
     source = onnx.load(str(fp32_path))
     input_name = source.graph.input[0].name
+    excluded = [n.name for n in source.graph.node if any(re.fullmatch(p, n.name) for p in keep_float)]
 
     class Feed(CalibrationDataReader):
         """Calibration images in chunks (``set_range``): ranges and histograms are merged chunk by
@@ -120,7 +123,7 @@ def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
                 weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                                   "entropy": CalibrationMethod.Entropy}[method],
-                op_types_to_quantize=list(op_types) if op_types else None,
+                op_types_to_quantize=list(op_types) if op_types else None, nodes_to_exclude=excluded,
                 extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True,
                                "CalibMovingAverage": False, "CalibStridedMinMax": chunk})
     quantized = onnx.load(str(out_path))
@@ -130,7 +133,7 @@ def quantize_onnx(fp32_path: Union[str, os.PathLike], out_path: Union[str, os.Pa
         "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": f"{weights}, symmetric, "
         + ("per output channel" if per_channel else "per tensor"), "activations": "uint8, per tensor",
         "calibration": {"method": method, "images": len(calibration), "source": calibration_source},
-        "op_types": list(op_types) if op_types else "all supported"})
+        "op_types": list(op_types) if op_types else "all supported", "kept_float": list(keep_float)})
     del quantized.metadata_props[:]
     for key, value in meta.items():
         quantized.metadata_props.add(key=key, value=value)
