@@ -48,7 +48,12 @@ def sgemm_gmacs(threads: int, size: int = 2048, repeats: int = 5) -> float:
 
 
 def graph_macs(model) -> dict:
-    """Multiply-adds of each exported graph for one object (half of torch's FLOP count)."""
+    """Multiply-adds of each exported graph for one object (half of torch's FLOP count).
+
+    Counted with attention on PyTorch's math backend: the flop counter has no formula for the fused CPU
+    attention kernel and counts its products as zero (the memory attention's four 4096-query attentions
+    are most of its work), while the math backend's matrix products are counted like any other."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
     from repvit.edgetam.export import bank_sizes, examples, fused_copy, graph_modules
     fused = fused_copy(model)
@@ -58,7 +63,7 @@ def graph_macs(model) -> dict:
     out = {}
     for name, module in modules.items():
         counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
+        with sdpa_kernel(SDPBackend.MATH), counter, torch.no_grad():
             module(*inputs[name])
         out[name] = counter.get_total_flops() / 2
     return out
@@ -92,7 +97,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--objects", type=int, nargs="+", default=[1])
-    p.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime", "openvino"])
+    p.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime", "openvino", "openvino-int8"],
+                   help="RUNTIME-int8[:GRAPH+GRAPH]: those graphs INT8 (default the image encoder; "
+                        "repvit.edgetam.export_int8, calibrated on 16 bedroom frames), the others float")
     p.add_argument("--json", metavar="FILE", required=True)
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
@@ -111,7 +118,17 @@ def main() -> int:
         export_edgetam(predictor, Path(work) / "onnx")
         trackers = {"torch": TorchStreamingTracker(predictor)}
         for rt in args.runtimes:
-            if rt != "torch":
+            if "-int8" in rt:
+                from repvit.edgetam.export_int8 import quantize_edgetam
+                base, _, graphs = rt.partition(":")
+                bedroom = sorted((SHARED / "videos" / "bedroom").glob("*.jpg"))[::12][:16]
+                folder = Path(work) / rt.replace(":", "_").replace("+", "_")
+                quantize_edgetam(Path(work) / "onnx", folder, [np.asarray(Image.open(f).convert("RGB")) for f in bedroom],
+                                 box=(300, 100, 600, 400), runtime=base[:-5], threads=args.threads,
+                                 graphs=tuple(graphs.split("+")) if graphs else ("image_encoder",),
+                                 source="videos/bedroom")
+                trackers[rt] = OnnxStreamingTracker(folder, threads=args.threads, runtime=base[:-5])
+            elif rt != "torch":
                 trackers[rt] = OnnxStreamingTracker(Path(work) / "onnx", threads=args.threads, runtime=rt)
         trackers = {k: v for k, v in trackers.items() if k in args.runtimes}
         spent = {rt: timed_runners(t) for rt, t in trackers.items() if rt != "torch"}
@@ -149,6 +166,10 @@ def main() -> int:
     per_frame = macs["image_encoder"] + macs["memory_attention"] + macs["prompt_decoder"] + macs["memory_encoder"]
     result["limit"] = {"gmacs_per_frame_one_object": round(per_frame, 2),
                        "ms_at_sgemm_peak": round(1e3 * per_frame / result["sgemm_gmacs"], 1)}
+    for key, row in result["runs"].items():   # each graph's rate, and its share of the sgemm peak
+        if "graphs_ms_per_frame" in row:
+            row["graphs_gmacs_per_s"] = {g: round(macs[g] * (1 if g == "image_encoder" else row["objects"]) / ms * 1e3,
+                                                  1) for g, ms in row["graphs_ms_per_frame"].items() if ms > 0}
     result["load_avg_1min_after"] = load_average()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
