@@ -59,6 +59,15 @@ def library_track(checkpoint: Path, frames, box: str, threads: int = 2) -> np.nd
     return np.stack([tracks.masks[frame][1] for frame in range(len(frames))])
 
 
+def test_latency_summary_of_known_frame_times():
+    """The figures track.json reports, on times whose answer is known: 100, 300 and 200 ms (the 99th
+    percentile interpolates between the sorted 200 and 300 at 1.98 of 2 steps: 298)."""
+    from repvit.edgetam.live import latency_summary
+    assert latency_summary([0.1, 0.3, 0.2]) == {"frames": 3, "median_ms": 200.0, "p99_ms": 298.0, "mean_ms": 200.0,
+                                                "max_ms": 300.0, "frames_per_second": 5.0}
+    assert latency_summary([]) == {"frames": 0}
+
+
 def test_cli_tracks_two_objects_each_as_alone(checkpoint, clip, tmp_path, capsys):
     # The clip's frames as the JPEG folder sam2's whole-video API reads: the command streams the same pixels
     # from it (from the .mp4 it would decode them without the JPEG round trip, and a few hundred pixels
