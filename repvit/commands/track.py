@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 from ..progress_bar import Progress
 from . import _grammar as grammar
@@ -149,12 +150,14 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
 
 
 def run_track(args: argparse.Namespace) -> int:
-    from ..data.images import overlay as draw
-    from ..data.stream import LiveVideoWriter, open_source
-    from ..edgetam.live import run_live
     from ..engine.timing import resolve_threads, torch_threads
     if (args.source is None) == (args.camera is None):
         raise ValueError("give one source: a frame folder, a video file, a URL or - (stdin), or --camera N")
+    if args.camera is None and args.source != "-" and "://" not in str(args.source):
+        from ..data.stream import list_videos
+        if list_videos(args.source):       # a folder of videos: each tracked into its own folder, torchrun shares them
+            from ._track_videos import run_track_videos
+            return run_track_videos(args)
     prompts = prompts_from_args(args)           # bad prompts fail before anything loads
     out = Path(args.output)
     _prepare_output(out, args.overwrite)
@@ -162,39 +165,62 @@ def run_track(args: argparse.Namespace) -> int:
     spec = args.source
     if args.camera is not None:
         spec = int(args.camera) if str(args.camera).isdigit() else str(args.camera)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with torch_threads(threads):
+            tracker, described = make_tracker(args, threads)
+            record, error = track_source(args, tracker, described, threads, spec, prompts, out, stop=stop,
+                                         report=args.report)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    latency = record["latency"]
+    speed = (f"median {latency['median_ms']:.0f} ms a frame, p99 {latency['p99_ms']:.0f} ms "
+             f"({latency['frames_per_second']:.2f} frames/s)" if latency.get("frames") else "no tracked frames timed")
+    print(f"{record['source']}: {len(record['objects'])} object(s) through {record['frames_done']} frames "
+          f"({record['stop_reason']}), {speed} on {described['runtime']} with {threads} thread(s), peak "
+          f"{latency['peak_rss_mb']:.0f} MB -> {out / 'masks'}, {record['report']}")
+    if error is not None:
+        raise error
+    return 130 if record["stop_reason"].startswith(("interrupted", "stopped")) else 0
+
+
+def track_source(args, tracker, described: dict, threads: int, spec, prompts: list, out: Path, *,
+                 stop: threading.Event, report=None, desc: str = "tracking") -> tuple[dict, Optional[BaseException]]:
+    """Track one source into ``out`` (masks/, overlay.mp4, track.json or ``report``) with a tracker made
+    by ``make_tracker``; returns the record written and the error that ended the run (not raised here)."""
+    from ..data.images import overlay as draw
+    from ..data.stream import LiveVideoWriter, open_source
+    from ..edgetam.live import run_live
     # objects all prompted on a later frame of a file or folder: track forward from there, then backward
-    seekable = args.camera is None and args.source != "-" and "://" not in str(args.source)
+    seekable = args.camera is None and spec != "-" and "://" not in str(spec)
     first = None if any(p.frame is None for p in prompts) else min(p.frame for p in prompts)
     backward_from = first if first and seekable else None
     source = open_source(spec, every=args.every, max_frames=args.max_frames, size=args.stdin_size,
                          start=backward_from or 0)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     writer = None
     backward: dict = {}
     try:
-        with torch_threads(threads):
-            tracker, described = make_tracker(args, threads)
-            fps = args.fps or source.fps or 24.0
-            writer = LiveVideoWriter(out / "overlay.mp4", fps=fps)
-            bar = Progress(args.max_frames, desc="tracking", unit="frame", enabled=not args.quiet)
-            try:
-                record, error = run_live(tracker, source, prompts, out, overlay=writer, draw=draw, stop=stop,
-                                         on_frame=lambda index, seconds: bar.update(1))
-                if backward_from and error is None and not stop.is_set() and record["frames_done"]:
-                    # the frames before the prompts, from the prompted frame back to frame 0 (the file is read
-                    # again, backward, rather than held); the overlay shows the forward pass
-                    tracker.reset_state()
-                    with open_source(spec, every=args.every, start=backward_from, reverse=True) as behind:
-                        backward, error = run_live(tracker, behind, [p for p in prompts if p.frame == backward_from],
-                                                   out, stop=stop, on_frame=lambda index, seconds: bar.update(1))
-                    record["frames_done"] += max(backward["frames_done"] - 1, 0)
-                    if backward["stop_reason"] != "end of stream":
-                        record["stop_reason"] = f"backward pass: {backward['stop_reason']}"
-            finally:
-                bar.close()
+        tracker.reset_state()
+        fps = args.fps or source.fps or 24.0
+        writer = LiveVideoWriter(out / "overlay.mp4", fps=fps)
+        bar = Progress(args.max_frames, desc=desc, unit="frame", enabled=not args.quiet)
+        try:
+            record, error = run_live(tracker, source, prompts, out, overlay=writer, draw=draw, stop=stop,
+                                     on_frame=lambda index, seconds: bar.update(1))
+            if backward_from and error is None and not stop.is_set() and record["frames_done"]:
+                # the frames before the prompts, from the prompted frame back to frame 0 (the file is read
+                # again, backward, rather than held); the overlay shows the forward pass
+                tracker.reset_state()
+                with open_source(spec, every=args.every, start=backward_from, reverse=True) as behind:
+                    backward, error = run_live(tracker, behind, [p for p in prompts if p.frame == backward_from],
+                                               out, stop=stop, on_frame=lambda index, seconds: bar.update(1))
+                record["frames_done"] += max(backward["frames_done"] - 1, 0)
+                if backward["stop_reason"] != "end of stream":
+                    record["stop_reason"] = f"backward pass: {backward['stop_reason']}"
+        finally:
+            bar.close()
     finally:
-        signal.signal(signal.SIGTERM, previous)
         overlay_path = writer.close() if writer is not None else None
         source.close()
     if backward:
@@ -205,16 +231,8 @@ def run_track(args: argparse.Namespace) -> int:
               "weights": args.checkpoint or (RELEASE if args.pretrained else "random (seed 0)"),
               "prompts": [p.as_dict() for p in prompts], **record, "masks": str(out / "masks"),
               "overlay": str(overlay_path) if overlay_path else None}
-    report = grammar.write_report(args.report or out / "track.json", record)
-    latency = record["latency"]
-    speed = (f"median {latency['median_ms']:.0f} ms a frame, p99 {latency['p99_ms']:.0f} ms "
-             f"({latency['frames_per_second']:.2f} frames/s)" if latency.get("frames") else "no tracked frames timed")
-    print(f"{source.description}: {len(record['objects'])} object(s) through {record['frames_done']} frames "
-          f"({record['stop_reason']}), {speed} on {described['runtime']} with {threads} thread(s), peak "
-          f"{latency['peak_rss_mb']:.0f} MB -> {out / 'masks'}, {report}")
-    if error is not None:
-        raise error
-    return 130 if record["stop_reason"].startswith(("interrupted", "stopped")) else 0
+    record["report"] = str(grammar.write_report(report or out / "track.json", record))
+    return record, error
 
 
 def _size(text: str) -> tuple:
@@ -238,18 +256,24 @@ def register(subparsers) -> None:
                     "objects; each --mask is an object; --prompts FILE.json holds objects and corrections on any "
                     "frames ([{\"object\": 1, \"frame\": 0, \"points\": [[x, y, 1]], \"box\": [x0, y0, x1, y1]}]). "
                     "Live sources drop frames when tracking is slower (the newest frame wins, the drops are "
-                    "counted). `repvit track eval --data DAVIS_ROOT` runs the DAVIS protocol. "
+                    "counted). A folder of videos (video files, frame sub-folders) tracks each into OUTPUT/<video>/, "
+                    "prompted by --prompts DIR (DIR/<video>.json) and/or --mask DIR (DIR/<video>.png, an index "
+                    "mask: each value an object); complete videos are skipped on a rerun, and under torchrun each "
+                    "rank tracks its share. `repvit track eval --data DAVIS_ROOT` runs the DAVIS protocol. "
                     f"Needs {EXTRA}.")
-    p.add_argument("source", metavar="SOURCE", nargs="?", help="a frame folder, a video file, a URL, or - (stdin)")
+    p.add_argument("source", metavar="SOURCE", nargs="?",
+                   help="a frame folder, a video file, a URL, - (stdin), or a folder of videos")
     p.add_argument("--camera", metavar="N", help="a camera: its index (V4L2 /dev/videoN) or device path")
     p.add_argument("--stdin-size", metavar="WxH", type=_size, help="the size of raw RGB24 frames on stdin (SOURCE -)")
     grammar.add(p, "--point", action="append")
     grammar.add(p, "--box", action="append")
     p.add_argument("--mask", action="append", metavar="MASK.png", help="an object's mask on the prompted frame "
-                                                                        "(non-zero pixels; repeatable; --runtime torch)")
+                   "(non-zero pixels; repeatable; --runtime torch); for a folder of videos, a folder of "
+                   "<video>.png index masks")
     p.add_argument("--frame", type=int, default=None,
                    help="the source frame --point/--box/--mask are on (default: the first frame tracked)")
-    grammar.add(p, "--prompts", help="objects and corrections on any frames (see above)")
+    grammar.add(p, "--prompts", help="objects and corrections on any frames (see above); for a folder of videos, a "
+                                     "folder of <video>.json")
     p.add_argument("--every", type=int, default=1, metavar="N", help="track every Nth frame of a file or folder [1]")
     grammar.add(p, "--max-frames", help="stop after N tracked frames")
     grammar.add(p, "--runtime", choices=RUNTIMES,

@@ -32,7 +32,7 @@ from . import video as _video
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, LiveVideoWriter, _natural_key, _one_line, _rgb
 
 __all__ = ["Frame", "FrameSource", "LiveVideoWriter", "SourceNotFound", "SourceUnavailable", "count_frames",
-           "from_iterable", "open_source"]
+           "from_iterable", "list_videos", "open_source"]
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "udp", "srt")
 Spec = Union[str, "os.PathLike[str]", int]
@@ -256,6 +256,31 @@ def count_frames(spec: Spec) -> int:
     container, stream = _open_container(str(path), str(path), "is it a complete video file?")
     with container:
         return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def list_videos(folder: Spec) -> list:
+    """The videos of a folder of videos as ``[(name, path)]`` in natural order: its video files (named
+    by their stem) and its sub-folders that hold frames (named as the folder). ``[]`` when ``folder``
+    is not a folder or holds frames itself (then it is one video). Two videos of one name (``a.mp4``
+    and ``a.avi``, or ``a.mp4`` and ``a/``) are refused: their outputs would share a folder."""
+    path = Path(str(folder))
+    if isinstance(folder, int) or not path.is_dir() or _frame_files(path):
+        return []
+    found: dict = {}
+    for entry in sorted(os.scandir(path), key=lambda e: _natural_key(Path(e.name))):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and Path(entry.name).suffix.lower() in VIDEO_SUFFIXES:
+            name = Path(entry.name).stem
+        elif entry.is_dir() and _frame_files(Path(entry.path)):
+            name = entry.name
+        else:
+            continue
+        if name in found:
+            raise ValueError(f"{path}: two videos are named {name!r} ({found[name].name}, {entry.name}); "
+                             "rename one: each video's outputs go to a folder of its name")
+        found[name] = Path(entry.path)
+    return list(found.items())
 
 
 def _frame_files(folder: Path) -> list:
