@@ -18,8 +18,8 @@ pytest.importorskip("onnxruntime", reason="the ONNX loop needs the onnx extra")
 
 from repvit.edgetam import build_video_predictor  # noqa: E402
 from repvit.edgetam.export import FILES, NAMES, SPEC_NAME, export_edgetam  # noqa: E402
-from repvit.edgetam.onnx_predictor import (Memory, OnnxTracker, choose, resize_bilinear,  # noqa: E402
-                                        round_to_bfloat16, use_multimask)
+from repvit.edgetam.onnx_predictor import (Memory, OnnxTracker, choose, resize_antialiased,  # noqa: E402
+                                        resize_bilinear, round_to_bfloat16, use_multimask)
 
 from .conftest import shared_data  # noqa: E402
 from .test_edgetam import write_reference_checkpoint  # noqa: E402
@@ -355,6 +355,11 @@ def test_numpy_helpers_match_torch():
         assert np.abs(resize_bilinear(x[0, 0].numpy(), h, w) - want).max() < 1e-5 * np.abs(want).max()
     y = torch.randn(1000, generator=gen) * 100
     assert np.array_equal(round_to_bfloat16(y.numpy()), y.to(torch.bfloat16).float().numpy())
+    for (h, w), (oh, ow) in (((180, 320), (1024, 1024)), ((1080, 1920), (1024, 1024)), ((1024, 1024), (256, 256)),
+                             ((97, 301), (40, 600))):      # up, down in one axis, down by 4, mixed
+        z = torch.randn(1, 1, h, w, generator=gen) * 10
+        want = F.interpolate(z, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+        assert np.abs(resize_antialiased(z[0, 0].numpy(), oh, ow) - want).max() < 1e-4 * np.abs(want).max()
 
 
 def test_tracker_refuses_what_it_cannot_do(tracker, frames, tmp_path, predictor, exported):
@@ -491,3 +496,65 @@ def test_the_onnx_stream_runs_every_object_of_a_frame_in_one_call_per_graph(expo
             assert each.masks[i].sum() > 50, (one.frame, i)
             assert iou(one.logits[i], each.logits[i]) >= 0.999
             close(one.logits[i], each.logits[i], rel=1e-4)
+
+
+def ellipse(size: tuple, centre: tuple, axes: tuple) -> np.ndarray:
+    """A filled ellipse as an HxW bool mask (``size`` is (width, height))."""
+    ys, xs = np.mgrid[:size[1], :size[0]]
+    return ((xs - centre[0]) / axes[0]) ** 2 + ((ys - centre[1]) / axes[1]) ** 2 <= 1
+
+
+GIRL, BOY = ellipse(SIZE, (133, 80), (22, 40)), ellipse(SIZE, (73, 90), (20, 45))
+
+
+@pytest.fixture(scope="module")
+def mask_reference(predictor, frames) -> tuple:
+    """sam2 on masks drawn by hand (ellipses, not shapes the model would make): ``add_new_mask`` for two
+    objects on frame 0 + ``propagate_in_video``; and the PyTorch stream (sam2's own correction) with a box on
+    frame 0 whose object is corrected to the girl's mask on frame 2."""
+    from repvit.edgetam.stream_torch import TorchStreamingTracker
+    state = predictor.init_state(video_path=str(frames))
+    with torch.inference_mode():
+        predictor.add_new_mask(state, frame_idx=0, obj_id=1, mask=torch.from_numpy(GIRL))
+        predictor.add_new_mask(state, frame_idx=0, obj_id=2, mask=torch.from_numpy(BOY))
+        whole = {t: logits[:, 0].numpy() for t, _, logits in predictor.propagate_in_video(state)}
+    return whole, corrected_stream(TorchStreamingTracker(predictor), stream_frames(frames))
+
+
+def corrected_stream(tracker, images: list) -> list:
+    outputs = []
+    for t, frame in enumerate(images):
+        out = tracker.step(frame)
+        if t == 0:
+            out = tracker.add_new_points_or_box(1, box=BOX)
+        if t == 2:
+            out = tracker.add_new_mask(1, GIRL)       # the tracked boy corrected to the girl's mask
+        outputs.append(out)
+    return outputs
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_onnx_stream_takes_mask_prompts_as_sam2_does(mask_reference, frames, exported, runtime):
+    """Mask prompts over the graphs: two objects' masks on frame 0 track as sam2's ``add_new_mask`` +
+    ``propagate_in_video``; a mask correction on a tracked frame equals the PyTorch stream's."""
+    from repvit.edgetam.onnx_stream import OnnxStreamingTracker
+    if runtime == "openvino":
+        pytest.importorskip("openvino", reason="the deploy extra is not installed")
+    whole, torch_stream = mask_reference
+    stream = OnnxStreamingTracker(exported[0], threads=1, runtime=runtime)
+    images = stream_frames(frames)
+    for t, frame in enumerate(images):
+        out = stream.step(frame)
+        if t == 0:
+            stream.add_new_mask(1, GIRL)
+            out = stream.add_new_mask(2, BOY)
+        for i in range(2):
+            b = whole[t][i] > 0
+            assert 50 < b.sum() < 0.9 * b.size, f"frame {t}, object {i + 1}: the reference has {b.sum()} pixels"
+            assert iou(out.logits[i], whole[t][i]) >= 0.99, (t, i)
+            close(out.logits[i], whole[t][i], rel=1e-3)
+    ours = corrected_stream(OnnxStreamingTracker(exported[0], threads=1, runtime=runtime), images)
+    for t, (mine, theirs) in enumerate(zip(ours, torch_stream)):
+        assert theirs.mask(1).sum() > 50 and iou(mine.logit(1), theirs.logit(1)) >= 0.99, t
+        close(mine.logit(1), theirs.logit(1), rel=1e-3)
+    assert iou(ours[2].logit(1), GIRL * 20.0 - 10) >= 0.97     # on its frame the mask prompt is the output

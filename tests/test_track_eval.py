@@ -122,8 +122,6 @@ def test_predictions_of_any_method_are_scored_without_a_model(davis, tmp_path, c
     assert report["J&F"]["mean"] == 1.0 and report["J"]["recall"] == 1.0
     assert main(["track", "eval", "--data", str(davis), "--sequences", "boat,nope", "--predictions", str(truth)]) == 2
     assert "nope not in" in capsys.readouterr().err
-    assert main(["track", "eval", "--data", str(davis), "--runtime", "onnxruntime", "--random-weights"]) == 2
-    assert "run the evaluation with --runtime torch" in capsys.readouterr().err
 
 
 def test_two_torchrun_ranks_share_the_sequences_and_a_rerun_resumes(checkpoint, tmp_path):
@@ -165,3 +163,30 @@ def test_two_torchrun_ranks_share_the_sequences_and_a_rerun_resumes(checkpoint, 
     for i in range(3):   # the rank's predictions are a single process's
         assert (np.asarray(Image.open(single / "bus" / f"{i:05d}.png")) ==
                 np.asarray(Image.open(tmp_path / "pred" / "bus" / f"{i:05d}.png"))).all()
+
+
+def test_the_protocol_over_the_exported_graphs_scores_as_the_pytorch_stream(checkpoint, davis, streamed, tmp_path):
+    """``--runtime onnxruntime``: the graphs are exported on first use, the objects prompted with their masks (the
+    exported mask-prompt path), and the predictions are the PyTorch stream's; graphs exported before mask
+    prompts get the spec's mask constants without being exported again."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    graphs = tmp_path / "graphs"
+    cmd = ["track", "eval", "--data", str(davis), "--output", str(tmp_path / "pred"), "--checkpoint", str(checkpoint),
+           "--threads", "1", "--quiet", "--runtime", "onnxruntime", "--export-dir", str(graphs)]
+    assert main(cmd) == 0
+    report = json.loads((tmp_path / "pred" / "davis.json").read_text())
+    assert report["run"]["runtime"] == "onnxruntime" and report["run"]["graphs"] == str(graphs)
+    torch_pred, torch_report = streamed
+    for i in range(FRAMES):
+        ours = read_annotation(tmp_path / "pred" / SEQUENCE / f"{i:05d}.png")
+        theirs = read_annotation(torch_pred / SEQUENCE / f"{i:05d}.png")
+        assert theirs.sum() > 100 and (ours == theirs).mean() > 0.999, i
+    assert abs(report["J&F"]["mean"] - torch_report["J&F"]["mean"]) < 2e-3
+    spec_path = graphs / "edgetam_export.json"
+    spec = json.loads(spec_path.read_text())
+    del spec["constants"]["mask_prompt"]                     # as a release before mask prompts wrote it
+    spec_path.write_text(json.dumps(spec))
+    stamps = {p.name: p.stat().st_mtime_ns for p in graphs.glob("*.onnx")}
+    assert main(cmd + ["--overwrite"]) == 0
+    assert "mask_prompt" in json.loads(spec_path.read_text())["constants"]
+    assert {p.name: p.stat().st_mtime_ns for p in graphs.glob("*.onnx")} == stamps     # not exported again

@@ -56,9 +56,6 @@ def video_prompts(args, videos: list) -> dict:
         where = " or ".join(f"{d}/<video>.{ext}" for d, ext in ((prompts_dir, "json"), (mask_dir, "png")) if d)
         raise ValueError(f"no prompts for {len(missing)} of {len(videos)} videos ({', '.join(missing[:8])}"
                          f"{', ...' if len(missing) > 8 else ''}): expected {where}")
-    if args.runtime != "torch" and any(p.mask is not None for ps in found.values() for p in ps):
-        raise ValueError(f"--mask with --runtime {args.runtime}: the exported prompt decoder takes points and boxes; "
-                         "use --runtime torch for mask prompts")
     if args.every > 1:
         off = sorted({p.frame for ps in found.values() for p in ps if p.frame is not None and p.frame % args.every})
         if off:
@@ -127,21 +124,14 @@ def _exit_code(outcomes: dict) -> int:
 
 def _track_share(args, mine: list, prompts: dict, out: Path, threads: int, stop: threading.Event, env) -> dict:
     """Track this rank's videos; ``{name: outcome}`` with status tracked, skipped, failed or stopped."""
-    from ..engine import distributed
     outcomes: dict = {}
     todo = [(name, path) for name, path in mine if args.overwrite or not (out / name / "track.json").is_file()]
     for name in sorted({name for name, _ in mine} - {name for name, _ in todo}):
             outcomes[name] = {"status": "skipped", "rank": env.rank, "output": str(out / name)}
             print(f"[rank {env.rank}] {name}: complete in {out / name}, skipped (--overwrite redoes it)",
                   file=sys.stderr)
-    if args.runtime != "torch" and env.distributed:
-        # the exported graphs are made once, by rank 0, before the other ranks read them
-        tracker = single.make_tracker(args, threads) if env.is_main else None
-        distributed.barrier(env)
-        if tracker is None:
-            tracker = single.make_tracker(args, threads)
-    else:
-        tracker = single.make_tracker(args, threads) if todo else None
+    # every rank makes its tracker, even with nothing to do: with exported graphs it is a collective step
+    tracker = single.make_tracker_on_ranks(args, threads, env) if todo or env.distributed else None
     for name, path in todo:
         if stop.is_set():
             break

@@ -78,9 +78,6 @@ def prompts_from_args(args) -> list:
         if off:
             raise ValueError(f"--every {args.every} tracks frames 0, {args.every}, {2 * args.every}, ...; prompts on "
                              f"frame(s) {sorted({p.frame for p in off})} would never be tracked")
-    if args.runtime != "torch" and any(p.mask is not None for p in prompts):
-        raise ValueError(f"--mask with --runtime {args.runtime}: the exported prompt decoder takes points and boxes; "
-                         "use --runtime torch for mask prompts")
     return prompts
 
 
@@ -134,6 +131,21 @@ def make_tracker(args, threads):
                                log=log)
     return OnnxStreamingTracker(folder, threads=threads, runtime=args.runtime), {
         "runtime": args.runtime, "device": "cpu", "graphs": str(folder)}
+
+
+def make_tracker_on_ranks(args, threads, env):
+    """``make_tracker`` on every torchrun rank: with an exported runtime rank 0 exports (or finds) the graphs
+    before the others read them, and an error there reaches every rank instead of leaving them waiting."""
+    from ..engine import distributed
+    if args.runtime == "torch" or not env.distributed:
+        return make_tracker(args, threads)
+    made: dict = {}
+
+    def first():
+        if env.is_main:
+            made["tracker"] = make_tracker(args, threads)
+    distributed.each_rank(first, env)
+    return made.get("tracker") or make_tracker(args, threads)
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -268,7 +280,7 @@ def register(subparsers) -> None:
     grammar.add(p, "--point", action="append")
     grammar.add(p, "--box", action="append")
     p.add_argument("--mask", action="append", metavar="MASK.png", help="an object's mask on the prompted frame "
-                   "(non-zero pixels; repeatable; --runtime torch); for a folder of videos, a folder of "
+                   "(non-zero pixels; repeatable); for a folder of videos, a folder of "
                    "<video>.png index masks")
     p.add_argument("--frame", type=int, default=None,
                    help="the source frame --point/--box/--mask are on (default: the first frame tracked)")

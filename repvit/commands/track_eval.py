@@ -40,7 +40,7 @@ def run_track_eval(args: argparse.Namespace) -> int:
             # under torchrun each rank tracks its share of the sequences, one line per sequence; rank 0 scores
             predictions = Path(args.output)
             mine = [sequences[i] for i in distributed.shard(range(len(sequences)), env)]
-            parts = distributed.each_rank(lambda: _track(args, mine, predictions, env.rank), env)
+            parts = distributed.each_rank(lambda: _track(args, mine, predictions, env), env)
             record.update(parts[0], world_size=env.world_size,
                           timings={k: v for part in parts for k, v in part["timings"].items()},
                           skipped_complete=sorted(s for part in parts for s in part["skipped_complete"]))
@@ -62,21 +62,17 @@ def run_track_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _track(args, sequences: list, output: Path, rank: int = 0) -> dict:
+def _track(args, sequences: list, output: Path, env) -> dict:
+    rank = env.rank
     from ..data.davis import list_frames
     from ..edgetam.vos import is_done, track_sequence
     from ..engine.timing import resolve_threads, torch_threads
     from ..progress_bar import Progress
-    from .track import load_predictor
-    if args.runtime != "torch":
-        raise ValueError(f"--runtime {args.runtime}: the DAVIS protocol prompts each object with its mask, and the "
-                         "exported prompt decoder takes points and boxes; run the evaluation with --runtime torch")
+    from .track import make_tracker_on_ranks
     threads = resolve_threads(args.threads)[0]
     done, timings = [], {}
     with torch_threads(threads):
-        predictor, device = load_predictor(args)
-        from ..edgetam.stream_torch import TorchStreamingTracker
-        tracker = TorchStreamingTracker(predictor)
+        tracker, described = make_tracker_on_ranks(args, threads, env)
         for name in sequences:
             frames = list_frames(args.data, name)
             if is_done(output, name, frames) and not args.overwrite:
@@ -94,8 +90,8 @@ def _track(args, sequences: list, output: Path, rank: int = 0) -> dict:
                              "median_ms": round(1e3 * times[len(times) // 2], 2), "rank": rank}
             print(f"[rank {rank}] {name}: {run['frames']} frames, {len(run['objects'])} object(s), median "
                   f"{timings[name]['median_ms']:.0f} ms a frame -> {output / name}", file=sys.stderr)
-    return {"method": "streaming tracker (TorchStreamingTracker)", "runtime": args.runtime, "threads": threads,
-            "device": str(device), "weights": args.checkpoint or (RELEASE if args.pretrained else "random (seed 0)"),
+    return {"method": f"streaming tracker ({type(tracker).__name__})", **described, "threads": threads,
+            "weights": args.checkpoint or (RELEASE if args.pretrained else "random (seed 0)"),
             "predictions": str(output), "skipped_complete": done, "timings": timings}
 
 
@@ -115,7 +111,10 @@ def register(subparsers) -> None:
     grammar.add(p, "--output", default="track-eval-out", help="folder for the predictions (one folder per sequence)")
     grammar.add_report(p, help="the scores as JSON (default: OUTPUT/davis.json)")
     grammar.add(p, "--overwrite", help="track sequences again whose predictions are complete (default: skip them)")
-    grammar.add(p, "--runtime", choices=RUNTIMES, help="the tracker: PyTorch [torch]")
+    grammar.add(p, "--runtime", choices=RUNTIMES,
+                help="the tracker: PyTorch, or the exported graphs on ONNX Runtime or OpenVINO (exported on first "
+                     "use, checked, and cached beside the weights) [torch]")
+    p.add_argument("--export-dir", metavar="DIR", help="the exported graphs' folder (made there when absent)")
     add_edgetam_weights_options(p)
     grammar.add(p, "--device")
     grammar.add(p, "--threads")

@@ -298,11 +298,25 @@ def export_spec(model: nn.Module, out_dir: Path, *, max_frames: int, max_pointer
                 "encoder with from_points 1; the frame stays a tracked frame (its slot keeps memory_tpos "
                 "num_maskmem-k) and keeps this output when the video is propagated again"]},
         "constants": {"no_memory_embedding": [float(v) for v in model.no_mem_embed.detach().flatten().tolist()],
-                      "no_object_score": NO_OBJECT_SCORE},
+                      "no_object_score": NO_OBJECT_SCORE, "mask_prompt": mask_prompt_constants(model)},
         "output": "the kept 256x256 logits resized to the video's size (bilinear, half-pixel centres, as "
                   "torch's align_corners=False); > 0 is the object. sam2's hole filling (fill_hole_area, "
                   "CUDA extension only) is not applied",
     }
+
+
+def mask_prompt_constants(model: nn.Module) -> dict:
+    """What a mask prompt needs beside the graphs (sam2's ``_use_mask_as_output``): the 4x4 stride-4
+    convolution that turns the binary mask at the model's size into the decoder's mask input."""
+    if not model.use_mask_input_as_output_without_sam:
+        raise ValueError("the exported loop follows EdgeTAM's mask prompts (use_mask_input_as_output_without_sam)")
+    conv = model.mask_downsample
+    return {"downsample_weight": [float(v) for v in conv.weight.detach().flatten().tolist()],
+            "downsample_bias": float(conv.bias.detach().item()),
+            "rule": "mask (frame size) -> model size (bilinear, antialiased, >= 0.5); output logits: that mask * 20 "
+                    "- 10 resized to 256x256 (bilinear, antialiased); pointer: the decoder on the frame's features "
+                    "(no memory) with no points and mask_input = the convolution of the binary mask; memory "
+                    "encoder on the output logits with from_points 1"}
 
 
 def export_edgetam(model: nn.Module, out_dir: Union[str, os.PathLike], *, opset: int = DEFAULT_OPSET,
@@ -367,6 +381,9 @@ def cached_export(model: nn.Module, folder: Union[str, os.PathLike], *, weights_
         try:
             spec = json.loads(spec_path.read_text())
             if spec.get("weights_id") == weights_id and spec.get("objects_axis"):
+                if "mask_prompt" not in spec["constants"]:   # graphs of the release before mask prompts
+                    spec["constants"]["mask_prompt"] = mask_prompt_constants(model)
+                    spec_path.write_text(json.dumps(spec, indent=1))
                 return folder
             log(f"{folder}: " + ("made from other weights" if spec.get("weights_id") != weights_id else
                                  "graphs of an older release (one object per call)") + ", exporting again")
@@ -384,6 +401,6 @@ def cached_export(model: nn.Module, folder: Union[str, os.PathLike], *, weights_
     return folder
 
 
-__all__ = ["export_edgetam", "cached_export", "export_spec", "fused_copy", "graph_modules", "bank_sizes", "output_folder", "examples",
+__all__ = ["export_edgetam", "cached_export", "export_spec", "mask_prompt_constants", "fused_copy", "graph_modules", "bank_sizes", "output_folder", "examples",
            "object_batch", "check_graph", "FILES", "NAMES",
            "SPEC_NAME"]

@@ -104,6 +104,26 @@ def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return (x[..., j0, :] * b0[:, None] + x[..., j1, :] * b1[:, None]).astype(np.float32)
 
 
+def _antialias_weights(n_in: int, n_out: int) -> np.ndarray:
+    """n_out x n_in weights of torch's antialiased bilinear resize along one axis (a triangle filter
+    stretched by the scale when shrinking, each row normalized; half-pixel centres)."""
+    scale = n_in / n_out
+    support, inv = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    weights = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+        w = np.maximum(1.0 - np.abs((np.arange(lo, hi) - centre + 0.5) * inv), 0.0).astype(np.float32)
+        weights[i, lo:hi] = w / w.sum() if w.sum() > 0 else w
+    return weights
+
+
+def resize_antialiased(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``x`` (HxW) resized as torch's ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)``."""
+    rows, cols = _antialias_weights(x.shape[0], height), _antialias_weights(x.shape[1], width)
+    return (rows @ x.astype(np.float32) @ cols.T).astype(np.float32)
+
+
 def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
     """float32 values rounded to the nearest bfloat16 (ties to even), kept as float32."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -202,14 +222,38 @@ class OnnxTracker:
 
     def decode(self, embed: np.ndarray, frame: dict, coords: np.ndarray, labels: np.ndarray, multimask: bool,
                mask_input: Optional[np.ndarray] = None):
-        feed = dict(image_embed=embed, high_res_0=frame["high_res_0"], high_res_1=frame["high_res_1"],
+        masks, ious, pointers, _ = self.run("prompt_decoder", **self._decoder_feed(embed, frame, coords, labels,
+                                                                                  mask_input))
+        return choose(self.spec["choice"], masks, ious, pointers, multimask)
+
+    def _decoder_feed(self, embeds: np.ndarray, frame: dict, coords: np.ndarray, labels: np.ndarray,
+                      mask_input: Optional[np.ndarray] = None) -> dict:
+        """The prompt decoder's inputs for a batch of objects' ``embeds`` (no mask input: sam2's no-mask embedding)."""
+        count = embeds.shape[0]
+        feed = dict(image_embed=embeds, high_res_0=frame["high_res_0"], high_res_1=frame["high_res_1"],
                     point_coords=coords, point_labels=labels)
         if self.takes_mask_input:
-            feed["mask_input"] = (np.zeros((1, 1, 4 * embed.shape[-2], 4 * embed.shape[-1]), np.float32)
+            feed["mask_input"] = (np.zeros((count, 1, 4 * embeds.shape[-2], 4 * embeds.shape[-1]), np.float32)
                                   if mask_input is None else np.ascontiguousarray(mask_input, np.float32))
-            feed["has_mask_input"] = np.array([0.0 if mask_input is None else 1.0], np.float32)
-        masks, ious, pointers, _ = self.run("prompt_decoder", **feed)
-        return choose(self.spec["choice"], masks, ious, pointers, multimask)
+            feed["has_mask_input"] = np.full((count,), 0.0 if mask_input is None else 1.0, np.float32)
+        return feed
+
+    def decode_mask(self, frame: dict, mask: np.ndarray) -> tuple:
+        """A mask prompt as sam2 takes it (``_use_mask_as_output``): ``mask`` (HxW bool, the frame's size) ->
+        (its 1x1x256x256 logits, the decoder's pointer for it): the mask is the output, the decoder only
+        makes the pointer, from the frame's own features and the mask as its mask input."""
+        constants = self.spec["constants"].get("mask_prompt")
+        if constants is None or not self.takes_mask_input:
+            raise ValueError("these graphs were exported before mask prompts were supported: export again with "
+                             "repvit.edgetam.export.export_edgetam")
+        size, low = self.size, self.size // 4
+        binary = (resize_antialiased(np.asarray(mask, np.float32), size, size) >= 0.5).astype(np.float32)
+        logits = resize_antialiased(binary * 20.0 - 10.0, low, low)[None, None]
+        kernel = np.asarray(constants["downsample_weight"], np.float32).reshape(4, 4)
+        mask_input = np.einsum("iajb,ab->ij", binary.reshape(low, 4, low, 4), kernel) + constants["downsample_bias"]
+        _, pointer = self.decode(frame["features"], frame, np.zeros((1, 1, 2), np.float32),
+                                 -np.ones((1, 1), np.float32), False, mask_input=mask_input[None, None])
+        return logits.astype(np.float32), pointer
 
     def encode_memory(self, frame: dict, mask: np.ndarray, pointer: np.ndarray, from_points: bool) -> Memory:
         memory, memory_pos = self.run("memory_encoder", features=frame["features"], mask_logits=mask,
@@ -275,11 +319,7 @@ class OnnxTracker:
         count = embeds.shape[0]
         if count > 1 and not self.batched:
             return [self.decode_tracked(embeds[i:i + 1], frame, multimask)[0] for i in range(count)]
-        feed = dict(image_embed=embeds, high_res_0=frame["high_res_0"], high_res_1=frame["high_res_1"],
-                    point_coords=np.zeros((count, 1, 2), np.float32), point_labels=-np.ones((count, 1), np.float32))
-        if self.takes_mask_input:
-            feed["mask_input"] = np.zeros((count, 1, 4 * embeds.shape[-2], 4 * embeds.shape[-1]), np.float32)
-            feed["has_mask_input"] = np.zeros((count,), np.float32)
+        feed = self._decoder_feed(embeds, frame, np.zeros((count, 1, 2), np.float32), -np.ones((count, 1), np.float32))
         masks, ious, pointers, _ = self.run("prompt_decoder", **feed)
         return [choose(self.spec["choice"], masks[i:i + 1], ious[i:i + 1], pointers[i:i + 1], multimask)
                 for i in range(count)]
@@ -479,5 +519,5 @@ class TrackingState:
         return self._cache[t]
 
 
-__all__ = ["OnnxTracker", "TrackingState", "choose", "use_multimask", "resize_bilinear", "round_to_bfloat16",
+__all__ = ["OnnxTracker", "TrackingState", "choose", "use_multimask", "resize_antialiased", "resize_bilinear", "round_to_bfloat16",
            "load_frame", "frame_input", "frame_files", "open_session", "open_runner", "RUNTIMES", "SPEC_NAME"]

@@ -7,8 +7,8 @@ encoder; the objects in one call per graph, along the graphs' objects axis), on 
 conditioning frames, the memories and pointers the current and the next frame read. Prompts
 follow ``OnnxTracker.add_new_points_or_box`` (and so sam2): a new object's prompt is decoded from
 the frame alone; a prompt for an object already tracked on the current frame corrects it, the
-decoder seeing the memory, the clicks and the frame's previous mask. Mask prompts need the
-PyTorch tracker for now (the exported decoder has no mask-only path): ``add_new_mask`` says so.
+decoder seeing the memory, the clicks and the frame's previous mask. A mask prompt is the object's
+output and memory on its frame, the decoder making only its pointer (``OnnxTracker.decode_mask``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data.prompts import Prompt
 from .onnx_predictor import Memory, OnnxTracker, frame_input, resize_bilinear, use_multimask
-from .streaming import ENDLESS, MemoryWindows, StepResult, check_frame, prompt_points
+from .streaming import ENDLESS, MemoryWindows, StepResult, check_frame, check_mask, prompt_points
 
 
 @dataclass
@@ -135,8 +135,20 @@ class OnnxStreamingTracker:
         return self._result()
 
     def add_new_mask(self, obj_id: int, mask) -> StepResult:
-        raise NotImplementedError("mask prompts run on the PyTorch tracker (TorchStreamingTracker, --runtime torch): "
-                                  "the exported prompt decoder takes points and boxes")
+        """Prompt ``obj_id`` on the current frame with a mask (HxW, the frame's size): the mask is the
+        object's output on this frame and its memory, the decoder making only its pointer (as sam2 does)."""
+        if self.frame_index < 0:
+            raise RuntimeError("no frame yet: call step(frame) first, then prompt objects on it")
+        obj_id, t = int(obj_id), self.frame_index
+        mask = check_mask(mask, self.frame_size)
+        obj = self.objects.get(obj_id)
+        pending_cond = obj is not None and obj.pending is not None and obj.pending[2]
+        correction = obj is not None and t in obj.tracked and not pending_cond
+        feats = self._frame_features()
+        logits, pointer = self.graphs.decode_mask(feats, mask)
+        memory = self.graphs.encode_memory(feats, logits, pointer, from_points=True)
+        self.objects.setdefault(obj_id, _Object()).pending = (logits, memory, not correction or self.corrections_as_cond)
+        return self._result()
 
     def remove_object(self, obj_id: int) -> None:
         """Stop tracking ``obj_id`` (its memory is freed); a ValueError names the objects there are."""
