@@ -31,6 +31,6 @@ demo: setup
 # Two workers, one compute thread each (tests/conftest.py), whole files per worker (module fixtures are
 # built once): on a 2-core machine this took the suite from about 27 to 18 minutes.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 .PHONY: setup demo test chromium

@@ -25,13 +25,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from repvit.data.stream import read_frames  # noqa: E402
 from repvit.engine.timing import environment, load_average  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def frames_of(folder: Path, count: int, step: int = 1) -> list:
-    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.jpg"))[:count * step:step]]
 
 
 def first_box(sequence: str) -> tuple:
@@ -56,7 +53,8 @@ def main() -> int:
     from repvit.edgetam.export_int8 import KEEP_FLOAT, mask_agreement, quantize_edgetam
     from repvit.edgetam.onnx_stream import OnnxStreamingTracker
     sequences = sorted(p.name for p in (SHARED / "davis-2016" / "JPEGImages" / "480p").iterdir())
-    calibration = frames_of(SHARED / "videos" / "bedroom", args.calibration, step=200 // args.calibration)
+    calibration = read_frames(SHARED / "videos" / "bedroom", every=200 // args.calibration,
+                              max_frames=args.calibration)
     result = {"environment": environment("cpu"), "runtime": args.runtime, "frames_per_sequence": args.frames,
               "calibration": f"{len(calibration)} frames of videos/bedroom, box (300, 100, 600, 400) on the first",
               "kept_float": KEEP_FLOAT, "load_avg_1min_before": load_average(), "settings": {}}
@@ -74,7 +72,7 @@ def main() -> int:
             candidate = OnnxStreamingTracker(int8_dir, threads=args.threads, runtime=args.runtime)
             rows, ious = {}, []
             for sequence in sequences:
-                frames = frames_of(SHARED / "davis-2016" / "JPEGImages" / "480p" / sequence, args.frames)
+                frames = read_frames(SHARED / "davis-2016" / "JPEGImages" / "480p" / sequence, max_frames=args.frames)
                 row = mask_agreement(reference, candidate, frames, first_box(sequence))
                 rows[sequence] = row
                 ious += row["per_frame_iou"]

@@ -4,8 +4,8 @@ For each runtime (PyTorch eager on sam2's predictor; the four exported graphs on
 OpenVINO) one object (a box on frame 0) streams through ``--frames`` frames of a DAVIS sequence (or the
 bedroom video); rounds are interleaved (the runtime order rotates each round) and the first frames of
 each round are warm-up. A frame's time is ``step()``'s: image encoder + memory attention + decoder +
-memory encoder of every object. For the exported trackers each graph's share is timed by wrapping its
-runner. The limit: every graph's multiply-adds counted by ``torch.utils.flop_counter`` (matmuls and
+memory encoder of every object. For the exported trackers each graph's share is timed by a watcher on its
+calls (``OnnxTracker.watch``). The limit: every graph's multiply-adds counted by ``torch.utils.flop_counter`` (matmuls and
 attention included, not just convolutions and linears) over the best sgemm rate this process reaches on
 the same threads: the time a frame would take if every multiply-add ran at peak.
 
@@ -15,6 +15,7 @@ the same threads: the time a frame would take if every multiply-add ran at peak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from repvit.data.stream import read_frames  # noqa: E402
 from repvit.engine.timing import environment, load_average, torch_threads  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -70,22 +72,19 @@ def graph_macs(model) -> dict:
 
 
 def frames_of(sequence: str, count: int) -> list:
+    """The first frames of a shared DAVIS sequence (the bedroom video where there is no such sequence)."""
     folder = SHARED / "davis-2016" / "JPEGImages" / "480p" / sequence
-    files = sorted(folder.glob("*.jpg"))[:count] if folder.is_dir() else sorted(
-        (SHARED / "videos" / "bedroom").glob("*.jpg"))[:count]
-    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    return read_frames(folder if folder.is_dir() else SHARED / "videos" / "bedroom", max_frames=count)
 
 
-def timed_runners(tracker) -> dict:
-    """Wrap each graph runner of an OnnxStreamingTracker so its calls are timed (seconds per name)."""
+def timed_graphs(tracker, stack: contextlib.ExitStack) -> dict:
+    """Seconds spent in each graph of an OnnxStreamingTracker, kept by a watcher on its graph calls while
+    ``stack`` is open."""
     spent = {name: 0.0 for name in tracker.graphs.runners}
-    for name, run in list(tracker.graphs.runners.items()):
-        def wrapped(feed, run=run, name=name):
-            start = time.perf_counter()
-            result = run(feed)
-            spent[name] += time.perf_counter() - start
-            return result
-        tracker.graphs.runners[name] = wrapped
+
+    def add(name: str, feed: dict, seconds: float) -> None:
+        spent[name] += seconds
+    stack.enter_context(tracker.graphs.watch(add))
     return spent
 
 
@@ -111,7 +110,7 @@ def main() -> int:
     result = {"environment": environment("cpu"), "threads": args.threads, "sequence": args.sequence,
               "frame_size": list(frames[0].shape[:2]), "frames": len(frames), "warmup": args.warmup,
               "load_avg_1min_before": load_average(), "runs": {}}
-    with torch_threads(args.threads), tempfile.TemporaryDirectory() as work:
+    with torch_threads(args.threads), tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as watching:
         predictor = build_video_predictor(seed=0, fused=True)
         result["macs"] = {k: round(v / 1e9, 3) for k, v in graph_macs(predictor).items()}
         result["sgemm_gmacs"] = round(sgemm_gmacs(args.threads), 1)
@@ -131,7 +130,7 @@ def main() -> int:
             elif rt != "torch":
                 trackers[rt] = OnnxStreamingTracker(Path(work) / "onnx", threads=args.threads, runtime=rt)
         trackers = {k: v for k, v in trackers.items() if k in args.runtimes}
-        spent = {rt: timed_runners(t) for rt, t in trackers.items() if rt != "torch"}
+        spent = {rt: timed_graphs(t, watching) for rt, t in trackers.items() if rt != "torch"}
         times = {(rt, n): [] for rt in trackers for n in args.objects}
         graph_time = {(rt, n): {g: 0.0 for g in spent[rt]} for rt in spent for n in args.objects}
         for r in range(args.rounds):

@@ -73,3 +73,17 @@ def make_subset(root: Path, dest: Path, per_class_train: int, per_class_val: int
 def tiny_imagenette(imagenette_root, tmp_path_factory) -> Path:
     """A 10-class real-image subset: 8 train and 4 val images per class."""
     return make_subset(imagenette_root, tmp_path_factory.mktemp("imagenette-tiny"), 8, 4)
+
+
+def pytest_sessionfinish(session):
+    """A worker that cannot exit after its last test (a thread that never ends: a server, a reader) would
+    leave the whole run waiting for it. Name such threads now, and if the process is still alive two
+    minutes later, print every thread's stack and end it, so the run finishes and says where it hung."""
+    import faulthandler
+    import sys
+    import threading
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        print(f"\n[tests] threads still running after the last test of this process: "
+              f"{', '.join(t.name for t in stuck)}", file=sys.__stderr__, flush=True)
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.__stderr__)

@@ -474,19 +474,15 @@ def test_the_onnx_stream_runs_every_object_of_a_frame_in_one_call_per_graph(expo
         stream = OnnxStreamingTracker(exported[0], threads=1)
         stream.graphs.batched = batched
         count = {name: 0 for name in stream.graphs.runners}
-        for name, run in list(stream.graphs.runners.items()):
-            def counted(feed, run=run, name=name):
-                count[name] += 1
-                return run(feed)
-            stream.graphs.runners[name] = counted
         outputs[batched] = []
-        for t, image in enumerate(images):
-            out = stream.step(image)
-            if t == 0:
-                for obj_id, prompt in prompts.items():
-                    out = stream.add_new_points_or_box(obj_id, **prompt)
-                count.update({name: 0 for name in count})
-            outputs[batched].append(out)
+        with stream.graphs.watch(lambda name, feed, seconds: count.update({name: count[name] + 1})):
+            for t, image in enumerate(images):
+                out = stream.step(image)
+                if t == 0:
+                    for obj_id, prompt in prompts.items():
+                        out = stream.add_new_points_or_box(obj_id, **prompt)
+                    count.update({name: 0 for name in count})
+                outputs[batched].append(out)
         calls[batched] = dict(count)
     assert calls[True] == {name: 2 for name in calls[True]}, calls[True]            # frames 1 and 2, all objects
     assert calls[False]["memory_attention"] == 6 and calls[False]["image_encoder"] == 2, calls[False]

@@ -184,7 +184,7 @@ class StandInStream:
 
 
 def stand_in(monkeypatch, stream: StandInStream) -> StandInStream:
-    import repvit.commands.track as command
+    import repvit.commands._tracking as command
     monkeypatch.setattr(command, "make_tracker", lambda args, threads: (stream, {"runtime": "stand-in"}))
     return stream
 
@@ -272,7 +272,7 @@ def test_cli_track_stops_cleanly_on_sigterm(bedroom, tmp_path):
     out = tmp_path / "out"
     code = ("import sys; sys.path.insert(0, {repo!r})\n"
             "from tests.test_track import StandInStream\n"
-            "import repvit.commands.track as command\n"
+            "import repvit.commands._tracking as command\n"
             "command.make_tracker = lambda args, threads: (StandInStream(delay=0.4), {{'runtime': 'stand-in'}})\n"
             "from repvit.cli import main\n"
             "sys.exit(main(['track', {src!r}, '--point', '100,60', '--output', {out!r}, '--quiet']))\n")

@@ -149,7 +149,7 @@ def test_two_torchrun_ranks_share_the_videos_and_a_rerun_resumes(videos, tmp_pat
     script = tmp_path / "stand_in_track.py"
     script.write_text(f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
                       "from tests.test_track import StandInStream\n"
-                      "import repvit.commands.track as command\n"
+                      "import repvit.commands._tracking as command\n"
                       "command.make_tracker = lambda args, threads: (StandInStream(), {'runtime': 'stand-in'})\n"
                       "from repvit.cli import main\n"
                       "sys.exit(main(sys.argv[1:]))\n")

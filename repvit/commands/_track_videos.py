@@ -22,12 +22,11 @@ import threading
 from pathlib import Path
 
 from . import _grammar as grammar
-from . import track as single
+from . import _tracking as tracking
 
 
 def video_prompts(args, videos: list) -> dict:
     """``{video name: [LivePrompt]}`` from ``--prompts DIR`` and ``--mask DIR``; every video must have some."""
-    from ..edgetam.live import LivePrompt
     if args.point or args.box:
         raise ValueError(f"{args.source} is a folder of videos: --point/--box would prompt every video at the same "
                          "place; give --prompts DIR (DIR/<video>.json) or --mask DIR (DIR/<video>.png)")
@@ -44,7 +43,7 @@ def video_prompts(args, videos: list) -> dict:
     for name, _ in videos:
         prompts = []
         if prompts_dir is not None and (prompts_dir / f"{name}.json").is_file():
-            prompts += single.read_track_prompts(prompts_dir / f"{name}.json")
+            prompts += tracking.read_track_prompts(prompts_dir / f"{name}.json")
         if mask_dir is not None and (mask_dir / f"{name}.png").is_file():
             prompts += _index_mask_prompts(mask_dir / f"{name}.png", args.frame,
                                            taken={p.object_id for p in prompts})
@@ -131,7 +130,7 @@ def _track_share(args, mine: list, prompts: dict, out: Path, threads: int, stop:
             print(f"[rank {env.rank}] {name}: complete in {out / name}, skipped (--overwrite redoes it)",
                   file=sys.stderr)
     # every rank makes its tracker, even with nothing to do: with exported graphs it is a collective step
-    tracker = single.make_tracker_on_ranks(args, threads, env) if todo or env.distributed else None
+    tracker = tracking.make_tracker_on_ranks(args, threads, env) if todo or env.distributed else None
     for name, path in todo:
         if stop.is_set():
             break
@@ -139,7 +138,7 @@ def _track_share(args, mine: list, prompts: dict, out: Path, threads: int, stop:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
-            record, error = single.track_source(args, tracker[0], tracker[1], threads, str(path), prompts[name], partial,
+            record, error = tracking.track_source(args, tracker[0], tracker[1], threads, str(path), prompts[name], partial,
                                          stop=stop, desc=name)
         except Exception as err:         # noqa: BLE001 - a video that cannot be opened: recorded, the others go on
             record, error = {"stop_reason": f"error: {type(err).__name__}: {err}", "frames_done": 0,

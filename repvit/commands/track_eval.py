@@ -68,7 +68,7 @@ def _track(args, sequences: list, output: Path, env) -> dict:
     from ..edgetam.vos import is_done, track_sequence
     from ..engine.timing import resolve_threads, torch_threads
     from ..progress_bar import Progress
-    from .track import make_tracker_on_ranks
+    from ._tracking import make_tracker_on_ranks
     threads = resolve_threads(args.threads)[0]
     done, timings = [], {}
     with torch_threads(threads):
@@ -114,7 +114,7 @@ def register(subparsers) -> None:
     grammar.add(p, "--runtime", choices=RUNTIMES,
                 help="the tracker: PyTorch, or the exported graphs on ONNX Runtime or OpenVINO (exported on first "
                      "use, checked, and cached beside the weights) [torch]")
-    p.add_argument("--export-dir", metavar="DIR", help="the exported graphs' folder (made there when absent)")
+    grammar.add(p, "--export-dir")
     add_edgetam_weights_options(p)
     grammar.add(p, "--device")
     grammar.add(p, "--threads")

@@ -32,7 +32,7 @@ from . import video as _video
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, LiveVideoWriter, _natural_key, _one_line, _rgb
 
 __all__ = ["Frame", "FrameSource", "LiveVideoWriter", "SourceNotFound", "SourceUnavailable", "count_frames",
-           "from_iterable", "list_videos", "open_source"]
+           "from_iterable", "list_videos", "open_source", "read_frames"]
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "udp", "srt")
 Spec = Union[str, "os.PathLike[str]", int]
@@ -243,6 +243,13 @@ def from_iterable(images: Iterable[np.ndarray], *, live: bool = True, fps: Optio
     generator): live by default, so the newest frame wins exactly as for a camera."""
     items = (_Item(i, image) for i, image in enumerate(images) if i % every == 0)
     return FrameSource(items, kind="iterable", description=description, live=live, fps=fps, max_frames=max_frames)
+
+
+def read_frames(spec: Spec, *, every: int = 1, max_frames: Optional[int] = None) -> list:
+    """A short file or folder read whole, as a list of HxWx3 uint8 RGB arrays (every ``every``-th frame,
+    at most ``max_frames``): for benchmarks and tests that replay the same frames several times."""
+    with open_source(spec, every=every, max_frames=max_frames) as source:
+        return [frame.image for frame in source]
 
 
 def count_frames(spec: Spec) -> int:

@@ -44,17 +44,15 @@ def calibration_feeds(float_dir: Union[str, os.PathLike], frames: Sequence[np.nd
     as the float stream runs them on ``frames`` with one object prompted by ``box`` on the first frame."""
     stream = OnnxStreamingTracker(float_dir, threads=threads, runtime=runtime)
     feeds = {name: [] for name in INT8_GRAPHS}
-    for name in INT8_GRAPHS:
-        run = stream.graphs.runners[name]
 
-        def recorded(feed, run=run, name=name):
+    def record(name: str, feed: dict, seconds: float) -> None:
+        if name in feeds:
             feeds[name].append({key: np.array(value) for key, value in feed.items()})
-            return run(feed)
-        stream.graphs.runners[name] = recorded
-    for t, frame in enumerate(frames):
-        stream.step(frame)
-        if t == 0:
-            stream.add_new_points_or_box(1, box=box)
+    with stream.graphs.watch(record):
+        for t, frame in enumerate(frames):
+            stream.step(frame)
+            if t == 0:
+                stream.add_new_points_or_box(1, box=box)
     return feeds
 
 

@@ -29,11 +29,13 @@ keeps its first output).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -212,9 +214,27 @@ class OnnxTracker:
         self.takes_mask_input = "mask_input" in self.spec["graphs"]["prompt_decoder"]["inputs"]
         # graphs with an objects axis: one call per graph serves every object of a frame
         self.batched = bool(self.spec.get("objects_axis", False))
+        self._watchers: list = []
 
     def run(self, name: str, **feed) -> list:
-        return self.runners[name](feed)
+        if not self._watchers:
+            return self.runners[name](feed)
+        start = time.perf_counter()
+        outputs = self.runners[name](feed)
+        seconds = time.perf_counter() - start
+        for watcher in list(self._watchers):
+            watcher(name, feed, seconds)
+        return outputs
+
+    @contextlib.contextmanager
+    def watch(self, watcher: Callable[[str, dict, float], None]):
+        """Inside the block, ``watcher(graph name, feed, seconds)`` follows every graph call (to count, time or
+        record them: calibration feeds, per-graph timings)."""
+        self._watchers.append(watcher)
+        try:
+            yield self
+        finally:
+            self._watchers.remove(watcher)
 
     def encode_image(self, image: np.ndarray) -> dict:
         names = self.spec["graphs"]["image_encoder"]["outputs"]

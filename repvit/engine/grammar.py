@@ -96,6 +96,8 @@ SHARED: tuple = (
          type=timeout_minutes),
     _row(("--runtime",), "NAME", "what runs the model: torch, or an exported graph on the runtime named",
          default="torch"),
+    _row(("--export-dir",), "DIR", "the folder of a model's exported graphs: used when it holds them for these "
+                                   "weights, else they are exported there first"),
     _row(("--channels-last",), None, "run the model in the channels_last memory format"),
     # -- what it writes -----------------------------------------------------------------------------------
     _row(("--output", "-o"), "PATH", "what the command writes: a file or a folder as the command's kind "
