@@ -49,7 +49,7 @@ def live_options(parser: argparse.ArgumentParser):
     """The options of ``parser`` a user sees (not --help, sub-commands or hidden deprecated aliases)."""
     for action in parser._actions:
         if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction,
-                                                               registry.Deprecated)):
+                                                               registry.Deprecated, registry.Retired)):
             yield action
 
 
@@ -90,7 +90,7 @@ def problems(command: str, parser: argparse.ArgumentParser, defaults: dict | Non
         if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue
         where = f"{command} {'/'.join(action.option_strings)}"
-        if isinstance(action, registry.Deprecated):
+        if isinstance(action, (registry.Deprecated, registry.Retired)):
             if action.help is not argparse.SUPPRESS:
                 found.append(f"{where}: a deprecated alias must be hidden from --help")
             continue
@@ -249,17 +249,27 @@ def parse(argv):
     (["train", "--data", "d", "--skip-bad-images"], "skip_bad", True, "--skip-bad-images is deprecated: use --skip-bad"),
     (["eval", "--data", "d", "--checkpoint", "c", "--skip-bad-images"], "skip_bad", True,
      "--skip-bad-images is deprecated: use --skip-bad"),
-    (["sam", "eval", "--point", "farthest", "--random-weights"], "point", "farthest",
-     "--point is deprecated: use --point-at"),
 ])
 def test_deprecated_spellings_still_work_and_say_so_once(argv, dest, value, message, capsys):
-    flag = next(a for a in argv if a in ("--output-dir", "--coco", "-w", "--json", "--point", "--pretrained",
+    flag = next(a for a in argv if a in ("--output-dir", "--coco", "-w", "--json", "--pretrained",
                                          "--skip-bad-images"))
     again = argv + argv[argv.index(flag):argv.index(flag) + 2] if flag != "--pretrained" else argv + [flag]
     args = parse(again)
     assert getattr(args, dest) == value
     err = capsys.readouterr().err
     assert err.count(message) == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sam", "eval", "--point", "farthest", "--random-weights"], "--point farthest is no longer read by repvit sam "
+     "eval: write --point-at center|farthest (--point is a point prompt X,Y[,LABEL] in every command)"),
+    (["sam", "export", "--random-weights", "--max-images", "3"], "--max-images 3 is no longer read by repvit sam "
+     "export: write --num-real N (--max-images is how many images of the input are used in every command)"),
+])
+def test_spellings_that_meant_something_else_here_are_refused_naming_the_new_one(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, dest, value, message", [

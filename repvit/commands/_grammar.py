@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 
 from ..engine.grammar import (BY_FLAG, DEPRECATED, ONOFF, PER_COMMAND, SHARED, Deprecated,  # noqa: F401
-                              FlagOrDeprecatedFile, NameOrBare, Shared, add, add_deprecated, deprecated_table,
+                              FlagOrDeprecatedFile, NameOrBare, Retired, Shared, add, add_deprecated, add_retired,
+                              deprecated_table,
                               markdown_table, row, warn_once)
 
 

@@ -200,9 +200,9 @@ DEPRECATED = {
     "--pretrained, no name (sam actions)": "--pretrained repvit_sam",
     "--pretrained, no name (sam distill, or pretrained: true in YAML)": "--pretrained NAME, e.g. repvit_m2_3",
     "--unfused (sam export)": "nothing: the exported encoder is always the fused one",
-    "--point center|farthest (sam eval; --point is a prompt X,Y elsewhere)": "--point-at center|farthest",
+    "--point center|farthest (sam eval; refused: --point is a prompt X,Y elsewhere)": "--point-at center|farthest",
     "--skip-bad-images (train, eval; skip_bad_images: in YAML)": "--skip-bad",
-    "--max-images N (sam export)": "--num-real N",
+    "--max-images N (sam export; refused: --max-images is the input's image count elsewhere)": "--num-real N",
     "--sched NAME (train; sched: in YAML)": "--schedule NAME",
     "--scale MIN MAX (segment train; --scale is the crop area in train)": "--ratio-range MIN MAX",
     "--model NAME (sam predict, the model family)": "--family NAME",
@@ -233,6 +233,20 @@ class Deprecated(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         warn_once(self, f"{option_string} is deprecated: " + (self.message or f"use {self.replacement}"))
         setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+class Retired(argparse.Action):
+    """An old spelling that meant something else in one command than the spelling means everywhere else:
+    refused with the spelling to write instead, so that no spelling is read with two meanings."""
+
+    def __init__(self, option_strings, dest, *, replacement: str, meaning: str, nargs=None, **kwargs):
+        kwargs.update(help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, nargs=nargs, **kwargs)
+        self.replacement, self.meaning = replacement, meaning
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {values} is no longer read by {parser.prog}: write {self.replacement} "
+                     f"({option_string} is {self.meaning} in every command)")
 
 
 class NameOrBare(argparse.Action):
@@ -316,6 +330,12 @@ def add_deprecated(parser, old: str, new: str, *, dest: str, nargs=None, type=No
     """The old spelling ``old`` of ``new``: converted with ``new``'s ``type`` (and checked against its
     ``choices``), stored in its ``dest``."""
     return parser.add_argument(old, dest=dest, action=Deprecated, replacement=new, nargs=nargs, type=type, **kwargs)
+
+
+def add_retired(parser, old: str, new: str, *, meaning: str) -> argparse.Action:
+    """The old spelling ``old`` of ``new`` in this command, refused (``Retired``): ``old`` is ``meaning`` elsewhere."""
+    return parser.add_argument(old, dest=f"retired_{old.lstrip('-').replace('-', '_')}", action=Retired,
+                               replacement=new, meaning=meaning)
 
 
 def markdown_table() -> str:

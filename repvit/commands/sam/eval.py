@@ -77,8 +77,7 @@ def register(actions) -> None:
     p.add_argument("--point-at", dest="point", choices=("center", "farthest"), default="center",
                    help="where the point goes: the centre of the ground-truth box (default), or the mask pixel "
                         "farthest from the mask boundary, the click published SAM point figures simulate")
-    p.add_argument("--point", dest="point", action=grammar.Deprecated, replacement="--point-at",
-                   choices=("center", "farthest"))
+    grammar.add_retired(p, "--point", "--point-at center|farthest", meaning="a point prompt X,Y[,LABEL]")
     grammar.add(p, "--max-images", help="only the first N images (by id), for quick runs")
     grammar.add_deprecated(p, "--limit", "--max-images", dest="max_images", type=int)
     grammar.add(p, "--skip-bad", help="count and skip missing images and annotations without a usable mask instead "

@@ -100,7 +100,7 @@ def register(actions) -> None:
                         "matplotlib, or a generated test card if those are missing (the report says which)")
     grammar.add(p, "--num-real", default=2, help="check on at most this many images (each costs one 1024x1024 "
                                                  "encoder run per format)")
-    grammar.add_deprecated(p, "--max-images", "--num-real", dest="num_real", type=int)
+    grammar.add_retired(p, "--max-images", "--num-real N", meaning="how many images of the input are used")
     grammar.add(p, "--opset")
     p.add_argument("--return-single-mask", action="store_true",
                    help="decoder returns one mask: the best of the three multimask outputs for a lone click or a "
