@@ -75,15 +75,46 @@ def tiny_imagenette(imagenette_root, tmp_path_factory) -> Path:
     return make_subset(imagenette_root, tmp_path_factory.mktemp("imagenette-tiny"), 8, 4)
 
 
+AFTER_CRASH = Path(__file__).resolve().parents[1] / ".pytest-after-crash"
+_RUN: dict = {"collected": [], "done": set(), "crashed": []}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """(The controller, under xdist.) Every test the run is to hold, as a worker collected them."""
+    if not _RUN["collected"]:
+        _RUN["collected"] = list(ids)
+
+
+def pytest_runtest_logreport(report):
+    """(The controller, under xdist: every worker's reports arrive here.) Which tests ran to an outcome, and
+    which one a dying worker took with it."""
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _RUN["done"].add(report.nodeid)
+    if report.failed and "crashed while running" in str(report.longrepr):
+        _RUN["crashed"].append(report.nodeid)
+
+
 def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):
+        # The controller. A worker that dies (a native crash, silent) ends the run with that test failed and the
+        # rest of its file unrun (--max-worker-restart 0: xdist's file scheduler hangs when it replaces a worker
+        # near the end). The Makefile then runs .pytest-after-crash, those tests, again in one process: a crash
+        # that happens again, or any real failure, still fails the run.
+        AFTER_CRASH.unlink(missing_ok=True)
+        if _RUN["crashed"]:
+            rerun = [i for i in _RUN["collected"] if i not in _RUN["done"] or i in _RUN["crashed"]]
+            AFTER_CRASH.write_text("".join(f"{nodeid}\n" for nodeid in rerun))
+            print(f"\n[tests] a worker died running {', '.join(_RUN['crashed'])}; the {len(rerun)} tests it left are "
+                  f"listed in {AFTER_CRASH.name}", flush=True)
+        return
+    _worker_exit_guard()
+
+
+def _worker_exit_guard():
     """A worker that cannot exit after its last test (a thread that never ends: a server, a reader) would
-    leave the whole run waiting for it. Name such threads now, and if the process is still alive two
-    minutes later, print every thread's stack and end it, so the run finishes and says where it hung."""
+    leave the whole run waiting for it: if the process is still alive two minutes after its last test,
+    print every thread's stack and end it, so the run finishes and says where it hung."""
     import faulthandler
     import sys
-    import threading
-    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
-    if stuck:
-        print(f"\n[tests] threads still running after the last test of this process: "
-              f"{', '.join(t.name for t in stuck)}", file=sys.__stderr__, flush=True)
     faulthandler.dump_traceback_later(120, exit=True, file=sys.__stderr__)
