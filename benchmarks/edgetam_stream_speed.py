@@ -11,6 +11,9 @@ the same threads: the time a frame would take if every multiply-add ran at peak.
 
     PYTHONPATH=. python benchmarks/edgetam_stream_speed.py --threads 2 --objects 1 4 \\
         --json runs/bench/edgetam_stream_speed.json
+
+``repvit bench --task track`` times the same trackers on a generated clip (no data needed) through the bench
+command's grammar; this script adds DAVIS frames, several object counts and INT8 of any graph set.
 """
 from __future__ import annotations
 
@@ -24,51 +27,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.data.stream import read_frames  # noqa: E402
+from repvit.edgetam.bench import graph_macs, sgemm_gmacs  # noqa: E402
 from repvit.engine.timing import environment, load_average, torch_threads  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOXES = ((300, 60, 520, 300), (100, 100, 300, 400), (520, 200, 760, 460), (50, 20, 250, 200))
-
-
-def sgemm_gmacs(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """The best multiply-add rate (GMAC/s) of a float32 matrix product on ``threads`` threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = float("inf")
-    with torch_threads(threads):
-        torch.mm(a, b)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - start)
-    return size ** 3 / best / 1e9
-
-
-def graph_macs(model) -> dict:
-    """Multiply-adds of each exported graph for one object (half of torch's FLOP count).
-
-    Counted with attention on PyTorch's math backend: the flop counter has no formula for the fused CPU
-    attention kernel and counts its products as zero (the memory attention's four 4096-query attentions
-    are most of its work), while the math backend's matrix products are counted like any other."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-    from repvit.edgetam.export import bank_sizes, examples, fused_copy, graph_modules
-    fused = fused_copy(model)
-    max_frames, max_pointers = bank_sizes(fused, None, None)
-    modules = graph_modules(fused, max_frames=max_frames, max_pointers=max_pointers)
-    inputs = examples(fused, max_frames=max_frames, max_pointers=max_pointers)
-    out = {}
-    for name, module in modules.items():
-        counter = FlopCounterMode(display=False)
-        with sdpa_kernel(SDPBackend.MATH), counter, torch.no_grad():
-            module(*inputs[name])
-        out[name] = counter.get_total_flops() / 2
-    return out
 
 
 def frames_of(sequence: str, count: int) -> list:

@@ -172,3 +172,35 @@ def test_a_missing_litert_runtime_is_one_line_naming_the_extra(monkeypatch, caps
     code = main(["bench", "--runtimes", "eager-fused,litert-int8", "--img-size", "32", "--threads", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.endswith("pip install 'repvit-pytorch[litert]'"), err
+
+
+def test_cli_bench_track_task_times_each_tracker_per_frame_beside_its_graphs_and_the_limit(tmp_path, capsys):
+    """``--task track``: the PyTorch stream and the exported graphs on ONNX Runtime, two objects, one row each with
+    a frame's time; the exported tracker's time split over its four graphs; the multiply-add limit beside them."""
+    pytest.importorskip("sam2", reason="EdgeTAM needs the edgetam extra (Meta's sam2)")
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    out = tmp_path / "track.json"
+    assert main(["bench", "--task", "track", "--img-size", "256", "--objects", "2", "--runtimes",
+                 "eager-fused,onnxruntime", "--warmup", "1", "--rounds", "2", "--repeats", "2", "--threads", "1",
+                 "--report", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    rows = {r["runtime"]: r for r in data["results"]}
+    assert sorted(rows) == ["eager", "onnxruntime"] and data["settings"]["objects"] == 2
+    assert all(r["samples"] == 4 and r["median_ms"] > 0 and r["model"] == "EdgeTAM stream, 2 object(s)"
+               for r in rows.values())
+    graphs = data["graphs_ms_per_frame"]["onnxruntime"]
+    assert sorted(graphs) == ["image_encoder", "memory_attention", "memory_encoder", "prompt_decoder"]
+    assert all(ms > 0 for ms in graphs.values())
+    assert sum(graphs.values()) < 1.5 * rows["onnxruntime"]["median_ms"]     # the graphs are the frame's time
+    limit = data["limit"]
+    macs = limit["gmacs_per_graph_one_object"]
+    # attention counted: the memory attention is more work than the image encoder (as at 1024: 44.5 vs 19.4)
+    assert macs["memory_attention"] > macs["image_encoder"] > macs["prompt_decoder"] > 0
+    assert abs(limit["gmacs_per_frame"] - (macs["image_encoder"] + 2 * (macs["memory_attention"] + macs[
+        "prompt_decoder"] + macs["memory_encoder"]))) < 0.05
+    assert 0 < limit["ms_per_frame_at_sgemm_peak"] < rows["eager"]["median_ms"]
+    capsys.readouterr()
+    assert main(["bench", "--task", "track", "--runtimes", "litert"]) == 2
+    assert "--task track runs on eager-fused, onnxruntime, int8, openvino, openvino-int8" in capsys.readouterr().err
+    assert main(["bench", "--task", "track", "--model", "repvit_m0_9"]) == 2
+    assert "--model: not options of --task track" in capsys.readouterr().err

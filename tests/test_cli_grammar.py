@@ -306,7 +306,8 @@ def test_the_new_spellings_parse_without_a_message(capsys):
     assert parse(["export", "--model", "repvit_m0_6"]).format == "onnx"      # no longer required
     assert parse(["export", "--model", "repvit_m0_6", "--fixed-batch", "2"]).fixed_batch == 2
     assert parse(["sam", "demo", "--random-weights"]).max_frames == 60
-    assert parse(["bench"]).repeats == 20 and parse(["roadmap"]).repeats == 50 and parse(["demo"]).repeats == 5
+    assert parse(["roadmap"]).repeats == 50 and parse(["demo"]).repeats == 5
+    assert parse(["bench"]).repeats is None and parse(["bench", "--repeats", "7"]).repeats == 7   # None: per task
     assert capsys.readouterr().err == ""
 
 

@@ -1,6 +1,7 @@
 """``repvit bench``: CPU batch-1 latency or GPU throughput, every figure with its conditions; the
 classifier (``--task classify``, beside timm), the dense backbone + FPN (``--task dense``, beside
-MobileNetV3-Large with the same FPN) or RepViT-SAM's image encoder (``--task sam``)."""
+MobileNetV3-Large with the same FPN), RepViT-SAM's image encoder (``--task sam``) or EdgeTAM's streaming
+trackers, per frame (``--task track``)."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,11 @@ def run(args) -> int:
     if args.device == "auto":
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.task == "track":
+        return run_track_task(args)
+    for flag, default in (("warmup", 10), ("rounds", 10), ("repeats", 20)):
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.task != "classify":
         return run_module_task(args)
     if args.pretrained:
@@ -128,6 +134,51 @@ def run_module_task(args) -> int:
     return 0
 
 
+def run_track_task(args) -> int:
+    """``--task track``: EdgeTAM's streaming trackers, one call a frame (``repvit.edgetam.bench``)."""
+    import sys
+
+    from ..engine.timing import resolve_threads
+    not_here = [flag for flag, given in (("--checkpoint", args.checkpoint), ("--pretrained", args.pretrained),
+                                         ("--model", args.model), ("--compare-timm", args.compare_timm),
+                                         ("--calib-images", args.calib_images), ("--optimized", args.optimized),
+                                         ("--batch-size", args.batch_size)) if given]
+    if not_here:
+        raise ValueError(f"{', '.join(not_here)}: not options of --task track, which times EdgeTAM's streaming "
+                         "trackers with seeded random weights (latency does not depend on them) on a generated clip; "
+                         "--objects sets how many objects each frame tracks")
+    if args.device != "cpu" or args.compile or args.cuda_graphs or args.dtype not in (None, "float32") \
+            or args.channels_last:
+        raise ValueError("--task track is measured on the CPU (--device cpu), in float32 and INT8 (--runtimes)")
+    try:
+        from ..edgetam.bench import TRACK_RUNTIMES, track_latency
+    except ImportError as err:
+        raise ImportError(f"--task track needs Meta's sam2 package: pip install 'repvit-pytorch[edgetam]' ({err})") \
+            from None
+    if args.runtimes:
+        runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    else:
+        runtimes = [r for r in ("eager-fused", "onnxruntime", "openvino") if r in installed_runtimes()]
+    out = sys.stderr if args.json else sys.stdout
+    log = (lambda line: print(line, file=out)) if not args.quiet else (lambda _: None)
+    report, details = track_latency(img_size=args.img_size or 1024, objects=args.objects,
+                                    threads=resolve_threads(args.threads)[0], runtimes=runtimes,
+                                    warmup=3 if args.warmup is None else args.warmup, rounds=args.rounds or 4,
+                                    iters=args.repeats or 5, log=log)
+    print(format_report(report), file=out)
+    limit = details["limit"]
+    print(f"the multiply-add limit: {limit['gmacs_per_frame']} GMAC a frame at {limit['sgemm_gmacs_per_s']} GMAC/s "
+          f"(the best sgemm of these threads) = {limit['ms_per_frame_at_sgemm_peak']} ms a frame", file=out)
+    for runtime, graphs in details["graphs_ms_per_frame"].items():
+        print(f"{runtime} per frame: " + ", ".join(f"{g} {ms:.1f} ms" for g, ms in graphs.items()), file=out)
+    payload = {**report.as_dict(), **details, "track_runtimes": list(TRACK_RUNTIMES)}
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    if args.report:
+        grammar.write_report(args.report, payload)
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="latency (CPU, batch 1) or throughput (GPU) with the conditions stated")
     grammar.add(p, "--model", action="append", help="variant (repeat for several; default repvit_m0_9)")
@@ -135,10 +186,14 @@ def register(subparsers) -> None:
                                                            "weights")
     grammar.add(p, "--device", help="cpu: batch-1 latency; cuda or cuda:N: throughput; auto: cuda when a GPU is "
                                     "visible, else cpu [auto]")
-    p.add_argument("--task", default="classify", choices=["classify", "dense", "sam"],
+    p.add_argument("--task", default="classify", choices=["classify", "dense", "sam", "track"],
                    help="classify: the classifier (beside timm with --compare-timm); dense: backbone + FPN (P2-P6, "
-                        "256 channels) beside MobileNetV3-Large with the same FPN; sam: RepViT-SAM's image encoder. "
-                        "dense and sam time random weights on the CPU [classify]")
+                        "256 channels) beside MobileNetV3-Large with the same FPN; sam: RepViT-SAM's image encoder; "
+                        "track: EdgeTAM's streaming trackers, one call a frame (runtimes eager-fused, onnxruntime, "
+                        "int8, openvino, openvino-int8; INT8: the image encoder). dense, sam and track time random "
+                        "weights on the CPU [classify]")
+    p.add_argument("--objects", type=int, default=1, metavar="N",
+                   help="--task track: objects tracked in every frame (1 to 4) [1]")
     grammar.add(p, "--img-size", help="input resolution (square side, pixels) [224 classify, 512 dense, 1024 sam]")
     grammar.add(p, "--batch-size", help="default 1 on CPU, 256 on GPU")
     grammar.add(p, "--threads", help="CPU threads for PyTorch, ONNX Runtime and OpenVINO: a count, or auto (the "
@@ -159,10 +214,10 @@ def register(subparsers) -> None:
     p.add_argument("--compare-timm", action="store_true", help="run timm's RepViT through the same harness, "
                                                                "interleaved")
     timing = p.add_argument_group("timing")
-    grammar.add(timing, "--warmup", default=10, help="untimed calls per candidate before timing")
-    timing.add_argument("--rounds", type=int, default=10, metavar="N",
-                        help="interleaved rounds: each runs every candidate --repeats times in turn [10]")
-    grammar.add(timing, "--repeats", default=20, help="timed calls per candidate per round")
+    grammar.add(timing, "--warmup", help="untimed calls per candidate before timing [10; track 3]")
+    timing.add_argument("--rounds", type=int, default=None, metavar="N",
+                        help="interleaved rounds: each runs every candidate --repeats times in turn [10; track 4]")
+    grammar.add(timing, "--repeats", help="timed calls per candidate per round [20; track 5]")
     grammar.add_deprecated(timing, "--iters", "--repeats", dest="repeats", type=int)
     grammar.add(p, "--json", action=grammar.FlagOrDeprecatedFile, file_dest="report",
                 help="print the results as JSON on stdout (the table goes to stderr)")
