@@ -32,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from repvit.data.stream import read_frames  # noqa: E402
-from repvit.edgetam.bench import graph_macs, sgemm_gmacs  # noqa: E402
+from repvit.runtime.track_bench import graph_macs, sgemm_gmacs  # noqa: E402
 from repvit.engine.timing import environment, load_average, torch_threads  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -151,7 +151,7 @@ def run_track_task(args) -> int:
             or args.channels_last:
         raise ValueError("--task track is measured on the CPU (--device cpu), in float32 and INT8 (--runtimes)")
     try:
-        from ..edgetam.bench import TRACK_RUNTIMES, track_latency
+        from ..runtime.track_bench import TRACK_RUNTIMES, track_latency
     except ImportError as err:
         raise ImportError(f"--task track needs Meta's sam2 package: pip install 'repvit-pytorch[edgetam]' ({err})") \
             from None

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..engine.timing import environment, load_average, time_interleaved, torch_threads
-from ..runtime.bench import Report, Result, add_rows
+from .bench import Report, Result, add_rows
 
 TRACK_RUNTIMES = ("eager-fused", "onnxruntime", "int8", "openvino", "openvino-int8")
 LABEL = {"eager-fused": "eager", "onnxruntime": "onnxruntime", "int8": "onnxruntime-int8", "openvino": "openvino",
@@ -78,7 +78,7 @@ def graph_macs(model) -> dict:
     count its products as zero (most of the memory attention's work)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
-    from .export import bank_sizes, examples, fused_copy, graph_modules
+    from ..edgetam.export import bank_sizes, examples, fused_copy, graph_modules
     fused = fused_copy(model)
     max_frames, max_pointers = bank_sizes(fused, None, None)
     modules = graph_modules(fused, max_frames=max_frames, max_pointers=max_pointers)
@@ -115,10 +115,10 @@ def track_latency(*, img_size: int = 1024, frame_size: tuple = FRAME_SIZE, objec
                   rounds: int = 4, iters: int = 5, log: Callable[[str], None] = lambda _: None) -> tuple:
     """Per-frame latency of every requested tracker (see the module docstring): the bench report (one row per
     tracker) and ``{"graphs_ms_per_frame": {runtime: {graph: ms}}, "limit": {...}}``."""
-    from . import build_video_predictor
-    from .export import export_edgetam
-    from .onnx_stream import OnnxStreamingTracker
-    from .stream_torch import TorchStreamingTracker
+    from ..edgetam import build_video_predictor
+    from ..edgetam.export import export_edgetam
+    from ..edgetam.onnx_stream import OnnxStreamingTracker
+    from ..edgetam.stream_torch import TorchStreamingTracker
     unknown = [r for r in runtimes if r not in TRACK_RUNTIMES]
     if unknown:
         raise ValueError(f"--task track runs on {', '.join(TRACK_RUNTIMES)}; not {', '.join(unknown)}")
@@ -145,7 +145,7 @@ def track_latency(*, img_size: int = 1024, frame_size: tuple = FRAME_SIZE, objec
             else:
                 folder, engine = float_dir, "openvino" if runtime.startswith("openvino") else "onnxruntime"
                 if runtime in DTYPE:
-                    from .export_int8 import quantize_edgetam
+                    from ..edgetam.export_int8 import quantize_edgetam
                     folder = Path(tmp) / runtime
                     quantize_edgetam(float_dir, folder, frames, box=boxes[0], runtime=engine, threads=used,
                                      source="the generated clip")
