@@ -311,10 +311,17 @@ def cpu_latency(models: Sequence[str], *, img_size: int = 224, threads: int = 2,
             raise ValueError("nothing to measure: check --runtimes")
         log(f"timing {len(candidates)} candidates: {warmup} warm-up calls, {rounds} interleaved rounds x {iters} calls, "
             f"{used} threads")
-        report.load_before = load_average()
-        samples = time_interleaved(candidates, warmup=warmup, rounds=rounds, iters=iters)
-        report.load_after = load_average()
+        samples = time_with_load(report, candidates, warmup=warmup, rounds=rounds, iters=iters)
     return add_rows(report, samples, meta, batch)
+
+
+def time_with_load(report: Report, candidates: dict, **timing) -> dict:
+    """``time_interleaved(candidates, **timing)``, the machine's 1-minute load recorded in ``report`` before
+    and after (every row carries both)."""
+    report.load_before = load_average()
+    samples = time_interleaved(candidates, **timing)
+    report.load_after = load_average()
+    return samples
 
 
 def add_rows(report: Report, samples: dict, meta: dict, batch: int) -> Report:
@@ -387,10 +394,8 @@ def gpu_throughput(models: Sequence[str], *, device: str = "cuda", batch: int = 
                 meta[(name, "optimized")] = Result(runtime=f"optimize_for_inference ({best.path})", source="repvit",
                                                    fused=True, **{**base, "compiled": best.compiled,
                                                                   "cuda_graphs": best.cuda_graphs})
-        report.load_before = load_average()
-        samples = time_interleaved(candidates, warmup=warmup, rounds=rounds, iters=iters, per_call=False,
-                                   sync=torch.cuda.synchronize)
-        report.load_after = load_average()
+        samples = time_with_load(report, candidates, warmup=warmup, rounds=rounds, iters=iters, per_call=False,
+                                 sync=torch.cuda.synchronize)
     return add_rows(report, samples, meta, batch)
 
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..models.reparam import reparameterize
-from .bench import CPU_RUNTIMES, Report, Result, add_rows
-from ..engine.timing import environment, load_average, time_interleaved, torch_threads
+from .bench import CPU_RUNTIMES, Report, Result, add_rows, time_with_load
+from ..engine.timing import environment, torch_threads
 
 TASK_IMG_SIZE = {"classify": 224, "dense": 512, "sam": 1024}
 SAM_VARIANT = "repvit_m2_3"        # RepViT-SAM's encoder
@@ -214,10 +214,8 @@ def module_latency(subjects: Sequence[Subject], *, task: str, img_size: int, thr
             raise ValueError("nothing to measure: check --runtimes")
         log(f"timing {len(candidates)} candidates: {warmup} warm-up calls, {rounds} interleaved rounds x {iters} "
             f"calls, {used} threads")
-        report.load_before = load_average()
         with torch.inference_mode():
-            samples = time_interleaved(candidates, warmup=warmup, rounds=rounds, iters=iters)
-        report.load_after = load_average()
+            samples = time_with_load(report, candidates, warmup=warmup, rounds=rounds, iters=iters)
     return add_rows(report, samples, meta, batch)
 
 

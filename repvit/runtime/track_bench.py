@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..engine.timing import environment, load_average, time_interleaved, torch_threads
-from .bench import Report, Result, add_rows
+from ..engine.timing import environment, torch_threads
+from .bench import Report, Result, add_rows, time_with_load
 
 TRACK_RUNTIMES = ("eager-fused", "onnxruntime", "int8", "openvino", "openvino-int8")
 LABEL = {"eager-fused": "eager", "onnxruntime": "onnxruntime", "int8": "onnxruntime-int8", "openvino": "openvino",
@@ -162,10 +162,8 @@ def track_latency(*, img_size: int = 1024, frame_size: tuple = FRAME_SIZE, objec
                                    note="INT8 calibrated on the generated clip" if runtime in DTYPE else "")
         log(f"timing {len(candidates)} trackers: {warmup} warm-up frames, {rounds} interleaved rounds x {iters} "
             f"frames, {used} threads")
-        report.load_before = load_average()
         with torch.inference_mode():
-            samples = time_interleaved(candidates, warmup=warmup, rounds=rounds, iters=iters)
-        report.load_after = load_average()
+            samples = time_with_load(report, candidates, warmup=warmup, rounds=rounds, iters=iters)
         steps = warmup + rounds * iters
         details = {"graphs_ms_per_frame": {}, "limit": {}}
         details["graphs_ms_per_frame"] = {LABEL[r]: {g: round(1e3 * s / steps, 2) for g, s in t.items()}
